@@ -1,0 +1,130 @@
+"""Frozen, keyword-only configuration dataclasses loaded from TOML, with validation.
+
+A run is fully described by one TOML file. ``load_config(cls, path)`` reads it into the
+dataclass ``cls`` (nested dataclasses for TOML tables), refusing unknown keys and values of
+the wrong type with a :class:`ConfigError` that names the file, the dotted key and the
+value. Each dataclass validates the meaning of its own values in ``__post_init__`` with
+:func:`require`, so a config built in Python is checked the same way as one read from disk.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown, of the wrong type or out of range."""
+
+
+def require(condition: bool, key: str, value: Any, expected: str) -> None:
+    """Raise :class:`ConfigError` naming ``key`` and ``value`` unless ``condition``."""
+    if not condition:
+        raise ConfigError(f"{key} = {value!r}: {expected}")
+
+
+def _convert(tp: Any, value: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} = {value!r}: expected a table")
+        return from_mapping(tp, value, prefix=key)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _convert(arg, value, key)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{key} = {value!r}: {errors}")
+    if origin is typing.Literal:
+        choices = typing.get_args(tp)
+        require(value in choices, key, value, f"expected one of {list(choices)}")
+        return value
+    if origin in (tuple, list):
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{key} = {value!r}: expected a list")
+        (item,) = typing.get_args(tp)[:1] or (Any,)
+        items = [_convert(item, v, f"{key}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{key} = {value!r}: expected a number")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key} = {value!r}: expected an integer")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key} = {value!r}: expected true or false")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key} = {value!r}: expected a string")
+        return value
+    return value
+
+
+def from_mapping(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
+    """Build dataclass ``cls`` from a (nested) mapping, checking keys and types."""
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    hints = typing.get_type_hints(cls)
+    dotted = (prefix + ".") if prefix else ""
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(
+            f"unknown key {dotted}{unknown[0]!s}; expected one of {sorted(fields)}"
+        )
+    kwargs = {}
+    for name, field in fields.items():
+        if name not in data:
+            if field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
+                raise ConfigError(f"missing key {dotted}{name}")
+            continue
+        kwargs[name] = _convert(hints[name], data[name], dotted + name)
+    try:
+        return cls(**kwargs)
+    except ConfigError as err:
+        if prefix and not str(err).startswith(prefix):
+            raise ConfigError(f"{dotted}{err}") from None
+        raise
+
+
+def load_config(cls: type[T], path: str | Path) -> T:
+    """Read TOML file ``path`` into dataclass ``cls``; errors name the file and the key."""
+    path = Path(path)
+    try:
+        with path.open("rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file") from None
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path}: not valid TOML: {err}") from None
+    try:
+        return from_mapping(cls, data)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
+
+
+def to_mapping(obj: Any) -> dict[str, Any]:
+    """The inverse of :func:`from_mapping` (tuples become lists), for writing resolved configs."""
+    def convert(v: Any) -> Any:
+        if dataclasses.is_dataclass(v):
+            return {f.name: convert(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        if isinstance(v, tuple | list):
+            return [convert(x) for x in v]
+        return v
+
+    return convert(obj)
