@@ -1,0 +1,478 @@
+"""Generic training utilities shared by the forecast emulator and the diffusion prior.
+
+What lives here, and nothing model-specific:
+
+- :func:`select_device`: ``"auto"`` / ``"cpu"`` / ``"cuda"`` / ``"cuda:1"``.
+- :func:`init_distributed` / :class:`DistContext`: ``torch.distributed`` from the environment
+  variables that ``torchrun`` sets (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``,
+  ``MASTER_ADDR``, ``MASTER_PORT``); backend ``gloo`` on the CPU, ``nccl`` on GPUs; a plain
+  single process when ``WORLD_SIZE`` is unset. :func:`wrap_ddp` wraps a model in DDP only
+  when there are several processes, so the same command runs everywhere.
+- Resume state: :func:`save_checkpoint` / :func:`load_checkpoint` (model, optimizer,
+  scheduler, step, named ``torch.Generator`` states, a JSON-able ``extra`` dict), written
+  atomically (temporary file, then ``os.replace``) and read back with
+  ``torch.load(weights_only=True)``: a checkpoint can never execute code.
+- Weights for users: :func:`export_weights` writes ``NAME.safetensors`` (tensors only) plus
+  the card ``NAME.json`` (variables, grid, normalisation, command, data, scores, parameter
+  count, ...); :func:`load_weights` reads both back and refuses, with a message naming the
+  file, anything that is not such a weights file (:class:`WeightsError`).
+- :func:`train_loop`: a seeded, resumable loop ``for step in range(start, steps)`` over a
+  batch source, with a tqdm bar showing the loss on rank 0, periodic checkpoints and a
+  ``loss.jsonl`` log.
+
+Exact resume: the loop asks the batch source for the batches *from a given step on*
+(``batches(start_step)``); a source whose batch at step ``s`` depends only on
+``(seed, s, rank)`` (e.g. :func:`step_seeded_batches`) gives after a resume exactly the
+numbers of an uninterrupted run. Any other ``torch.Generator`` the loss uses (noise levels of
+a diffusion loss, say) is passed in ``generators`` and its state is checkpointed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+import torch.distributed as dist
+from diffda.cycler.rng import torch_generator
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+Batch = TypeVar("Batch")
+
+WEIGHTS_FORMAT = "diffda-weights-v1"
+CHECKPOINT_FORMAT = "diffda-checkpoint-v1"
+
+
+class WeightsError(ValueError):
+    """A file given as weights (or a checkpoint) is not one; the message names the file."""
+
+
+# ----------------------------------------------------------------------------- devices
+
+
+def select_device(name: str = "auto", local_rank: int = 0) -> torch.device:
+    """The device to train on.
+
+    ``"auto"``: ``cuda:<local_rank>`` when a GPU is visible, else ``cpu``. ``"cuda"`` without
+    an index also picks ``cuda:<local_rank>`` (one GPU per torchrun process). An explicit
+    ``"cuda:1"`` or ``"cpu"`` is taken as given; asking for CUDA without a GPU is an error.
+    """
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {name!r} requested but no CUDA GPU is available")
+        if name == "cuda":
+            name = f"cuda:{local_rank % torch.cuda.device_count()}"
+    device = torch.device(name)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    return device
+
+
+@dataclass(frozen=True)
+class DistContext:
+    """Where this process stands among the training processes."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        """True on rank 0, the only process that writes files and shows progress."""
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def init_distributed(device: str = "auto", backend: str | None = None) -> DistContext:
+    """Join the process group that ``torchrun`` describes in the environment, if any.
+
+    Reads ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK`` (set by ``torchrun``); with
+    ``WORLD_SIZE`` unset or 1 this is a single process and nothing is initialised. The
+    backend defaults to ``nccl`` on CUDA devices and ``gloo`` on the CPU.
+    """
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    dev = select_device(device, local_rank)
+    if world_size > 1 and not dist.is_initialized():
+        backend = backend or ("nccl" if dev.type == "cuda" else "gloo")
+        dist.init_process_group(backend=backend, rank=rank, world_size=world_size)
+    return DistContext(rank=rank, world_size=world_size, local_rank=local_rank, device=dev)
+
+
+def cleanup_distributed() -> None:
+    """Leave the process group (a no-op for a single process)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier(ctx: DistContext) -> None:
+    """Wait for all ranks (a no-op for a single process)."""
+    if ctx.distributed:
+        dist.barrier()
+
+
+def wrap_ddp(model: nn.Module, ctx: DistContext) -> nn.Module:
+    """``DistributedDataParallel(model)`` when several processes train, else ``model``."""
+    if not ctx.distributed:
+        return model
+    ids = [ctx.device.index] if ctx.device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The bare model inside a DDP wrapper (or the model itself)."""
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def all_reduce_mean(value: Tensor, ctx: DistContext) -> Tensor:
+    """Mean of a tensor over ranks (the tensor itself for a single process)."""
+    if not ctx.distributed:
+        return value
+    out = value.detach().clone()
+    dist.all_reduce(out, op=dist.ReduceOp.SUM)
+    return out / ctx.world_size
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in unwrap(model).parameters() if p.requires_grad)
+
+
+# ----------------------------------------------------------------------- atomic files
+
+
+def atomic_write_bytes(path: str | Path, write: Callable[[Path], None]) -> Path:
+    """Call ``write(tmp)`` on a temporary file next to ``path``, then ``os.replace`` it.
+
+    A crash leaves either the old file or the new one, never a half-written one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Write ``text`` to ``path`` atomically."""
+    return atomic_write_bytes(path, lambda tmp: tmp.write_text(text))
+
+
+# ------------------------------------------------------------------------ checkpoints
+
+
+def save_checkpoint(
+    path: str | Path,
+    *,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    step: int,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    generators: Mapping[str, torch.Generator] | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write the resume state atomically: model, optimizer, scheduler, ``step`` (the number
+    of optimizer steps done), generator states and ``extra`` (JSON-able: config, history).
+
+    Only tensors and plain containers are stored, so :func:`load_checkpoint` can use
+    ``torch.load(weights_only=True)``.
+    """
+    state = {
+        "format": CHECKPOINT_FORMAT,
+        "step": int(step),
+        "model": unwrap(model).state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "generators": {k: g.get_state() for k, g in (generators or {}).items()},
+        "extra": json.dumps(dict(extra or {})),
+    }
+    return atomic_write_bytes(path, lambda tmp: torch.save(state, tmp))
+
+
+def load_checkpoint(
+    path: str | Path,
+    *,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    generators: Mapping[str, torch.Generator] | None = None,
+    map_location: str | torch.device = "cpu",
+) -> tuple[int, dict[str, Any]]:
+    """Restore what :func:`save_checkpoint` wrote, in place; returns ``(step, extra)``.
+
+    Raises :class:`WeightsError` naming ``path`` if the file is not such a checkpoint.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such checkpoint")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any failure means "not a checkpoint"
+        raise WeightsError(
+            f"{path}: not a diffda checkpoint ({type(err).__name__}: {err})"
+        ) from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise WeightsError(f"{path}: not a diffda checkpoint (no format {CHECKPOINT_FORMAT!r})")
+    unwrap(model).load_state_dict(state["model"])
+    if optimizer is not None:
+        optimizer.load_state_dict(state["optimizer"])
+    if scheduler is not None and state["scheduler"] is not None:
+        scheduler.load_state_dict(state["scheduler"])
+    for name, g in (generators or {}).items():
+        if name not in state["generators"]:
+            raise WeightsError(f"{path}: checkpoint has no state for generator {name!r}")
+        g.set_state(state["generators"][name])
+    return int(state["step"]), json.loads(state["extra"])
+
+
+# ---------------------------------------------------------------------------- weights
+
+
+def _card_path(weights_path: Path) -> Path:
+    return weights_path.with_suffix(".json")
+
+
+def export_weights(
+    path: str | Path, state_dict: Mapping[str, Tensor], card: Mapping[str, Any]
+) -> tuple[Path, Path]:
+    """Write ``path`` (``.safetensors``: tensors only, no code) and its card ``path.json``.
+
+    The card is a JSON object describing the weights (variables, grid, normalisation,
+    training command and data, scores, ...); ``format`` and ``n_parameters`` are added
+    here. Both files are written atomically. Returns ``(weights_path, card_path)``.
+    """
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise ValueError(f"{path}: weights are written as .safetensors")
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state_dict.items()}
+    full_card = {
+        "format": WEIGHTS_FORMAT,
+        **dict(card),
+        "n_parameters": int(sum(v.numel() for v in tensors.values() if v.is_floating_point())),
+    }
+    meta = {"format": WEIGHTS_FORMAT}
+    atomic_write_bytes(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
+    card_path = atomic_write_text(_card_path(path), json.dumps(full_card, indent=2) + "\n")
+    return path, card_path
+
+
+def load_weights(
+    path: str | Path, map_location: str | torch.device = "cpu"
+) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """Read weights written by :func:`export_weights`: ``(state_dict, card)``.
+
+    Refuses with :class:`WeightsError` (naming the file) anything else: a file that is not
+    safetensors (a pickle, a checkpoint, a netCDF file, text), a safetensors file without
+    the diffda format tag, or weights whose JSON card is missing or not a diffda card.
+    """
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such weights file")
+    try:
+        with safe_open(str(path), framework="pt", device=str(map_location)) as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    except Exception as err:  # noqa: BLE001 - any failure means "not a weights file"
+        raise WeightsError(
+            f"{path}: not a safetensors weights file ({type(err).__name__}: {err}); "
+            "weights are written by 'cycler train' (NAME.safetensors + NAME.json)"
+        ) from None
+    if meta.get("format") != WEIGHTS_FORMAT:
+        raise WeightsError(f"{path}: safetensors file without the {WEIGHTS_FORMAT!r} tag")
+    card_path = _card_path(path)
+    try:
+        card = json.loads(card_path.read_text())
+    except FileNotFoundError:
+        raise WeightsError(f"{path}: its card {card_path} is missing") from None
+    except json.JSONDecodeError as err:
+        raise WeightsError(f"{card_path}: card is not valid JSON ({err})") from None
+    if not isinstance(card, dict) or card.get("format") != WEIGHTS_FORMAT:
+        raise WeightsError(f"{card_path}: not a diffda weights card")
+    return tensors, card
+
+
+def update_card(path: str | Path, **fields: Any) -> dict[str, Any]:
+    """Merge ``fields`` into the JSON card of weights ``path`` (atomically); returns it."""
+    card_path = _card_path(Path(path))
+    card = json.loads(card_path.read_text())
+    card.update(fields)
+    atomic_write_text(card_path, json.dumps(card, indent=2) + "\n")
+    return card
+
+
+# ---------------------------------------------------------------------- batch sources
+
+
+def step_seeded_batches(
+    draw: Callable[[torch.Generator], Batch], seed: int, rank: int = 0, stream: str = "batches"
+) -> Callable[[int], Iterator[Batch]]:
+    """A resumable batch source: the batch of step ``s`` is ``draw(g)`` with
+    ``g = torch_generator(seed, stream, s, rank)``, whatever happened before step ``s``.
+
+    Returns ``batches(start_step) -> iterator`` as :func:`train_loop` expects.
+    """
+
+    def batches(start: int) -> Iterator[Batch]:
+        step = start
+        while True:
+            yield draw(torch_generator(seed, stream, step, rank))
+            step += 1
+
+    return batches
+
+
+def cosine_warmup_lambda(total_steps: int, warmup_steps: int = 0, floor: float = 0.0):
+    """Learning-rate factor: linear warm-up, then cosine decay to ``floor``; for LambdaLR.
+
+    Returned as a picklable callable object so that nothing but numbers is checkpointed.
+    """
+    return _CosineWarmup(total_steps, warmup_steps, floor)
+
+
+@dataclass(frozen=True)
+class _CosineWarmup:
+    total_steps: int
+    warmup_steps: int
+    floor: float
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
+        span = max(1, self.total_steps - self.warmup_steps)
+        frac = min(1.0, (step - self.warmup_steps) / span)
+        return self.floor + (1 - self.floor) * 0.5 * (1 + math.cos(math.pi * frac))
+
+
+# ------------------------------------------------------------------------------- loop
+
+
+@dataclass
+class LoopResult:
+    """What :func:`train_loop` did: the step reached and the rank-mean losses logged."""
+
+    step: int
+    losses: list[float]
+    seconds: float
+
+
+def train_loop(
+    *,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loss_fn: Callable[[nn.Module, Batch], Tensor],
+    batches: Callable[[int], Iterable[Batch]],
+    steps: int,
+    ctx: DistContext | None = None,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    checkpoint_path: str | Path | None = None,
+    checkpoint_every: int = 500,
+    resume: bool = False,
+    generators: Mapping[str, torch.Generator] | None = None,
+    extra: Callable[[], Mapping[str, Any]] | None = None,
+    grad_clip: float | None = None,
+    log_path: str | Path | None = None,
+    log_every: int = 10,
+    max_seconds: float | None = None,
+    desc: str = "train",
+    progress: bool = True,
+) -> LoopResult:
+    """Train ``model`` for ``steps`` optimizer steps in total (counting resumed ones).
+
+    Per step: ``batch = next(it)``, ``loss = loss_fn(model, batch)``, backward, optional
+    gradient-norm clipping, ``optimizer.step()``, ``scheduler.step()``. With ``resume`` and an
+    existing ``checkpoint_path`` the state is restored first and the batch source restarts at
+    the restored step (``batches(step)``). A checkpoint is written (rank 0) every
+    ``checkpoint_every`` steps, at the end, and when ``max_seconds`` of wall time are spent
+    (then the loop stops early; run again with ``resume`` to continue). ``log_path`` gets one
+    JSON line ``{"step", "loss", "lr", "seconds"}`` every ``log_every`` steps (rank 0).
+    """
+    ctx = ctx or DistContext()
+    start = 0
+    if resume and checkpoint_path is not None and Path(checkpoint_path).is_file():
+        start, _ = load_checkpoint(
+            checkpoint_path, model=model, optimizer=optimizer, scheduler=scheduler,
+            generators=generators, map_location=ctx.device,
+        )
+    losses: list[float] = []
+    t0 = time.perf_counter()
+
+    def checkpoint(step: int) -> None:
+        if checkpoint_path is not None and ctx.is_main:
+            save_checkpoint(
+                checkpoint_path, model=model, optimizer=optimizer, step=step,
+                scheduler=scheduler, generators=generators, extra=extra() if extra else None,
+            )
+        barrier(ctx)
+
+    bar = tqdm(
+        total=steps, initial=start, desc=desc, disable=not (progress and ctx.is_main),
+        dynamic_ncols=True,
+    )
+    log = open(log_path, "a") if (log_path is not None and ctx.is_main) else None  # noqa: SIM115
+    step = start
+    try:
+        it = iter(batches(start))
+        model.train()
+        while step < steps:
+            batch = next(it)
+            optimizer.zero_grad(set_to_none=True)
+            loss = loss_fn(model, batch)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"{desc}: loss is {loss.item()} at step {step}")
+            loss.backward()
+            if grad_clip is not None:
+                nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+            optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
+            step += 1
+            mean_loss = float(all_reduce_mean(loss.detach(), ctx))
+            losses.append(mean_loss)
+            bar.update(1)
+            bar.set_postfix(loss=f"{mean_loss:.4g}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
+            if log is not None and (step % log_every == 0 or step == steps):
+                window = losses[-log_every:]
+                log.write(json.dumps({
+                    "step": step, "loss": sum(window) / len(window),
+                    "lr": optimizer.param_groups[0]["lr"],
+                    "seconds": round(time.perf_counter() - t0, 2),
+                }) + "\n")
+                log.flush()
+            out_of_time = max_seconds is not None and time.perf_counter() - t0 > max_seconds
+            if ctx.distributed and max_seconds is not None:
+                flag = torch.tensor(float(out_of_time), device=ctx.device)
+                out_of_time = bool(all_reduce_mean(flag, ctx) > 0)
+            if step % checkpoint_every == 0 or step == steps or out_of_time:
+                checkpoint(step)
+            if out_of_time:
+                break
+    finally:
+        bar.close()
+        if log is not None:
+            log.close()
+    return LoopResult(step=step, losses=losses, seconds=time.perf_counter() - t0)
