@@ -34,6 +34,8 @@ from diffda.observations.stations import (
 )
 
 MISSING = -9999
+#: Sounding-data headers have 71 columns; derived-parameter (-drvd) headers about 160.
+DERIVED_HEADER_MIN = 100
 REMOVED = -8888
 
 #: Header columns, 1-based inclusive (``igra2-data-format.txt``, "Header Record Format").
@@ -239,6 +241,11 @@ def read_igra(path: str | os.PathLike[str]) -> IgraFile:
             if not line.strip():
                 continue
             if line.startswith("#"):
+                if len(line.rstrip()) > DERIVED_HEADER_MIN:
+                    raise ValueError(
+                        f"{path}:{lineno}: a {len(line.rstrip())}-character header: this looks "
+                        "like an IGRA v2 derived-parameter file (-drvd), not sounding data"
+                    )
                 close()
                 header, rows = None, []
                 try:

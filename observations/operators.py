@@ -273,3 +273,42 @@ def forecast_grid_operator(
 ) -> CoarseGridOperator:
     """The forecast-grid operator: coarsening to the emulator's grid (default 16x32)."""
     return CoarseGridOperator(grid, coarse, variables, observed)
+
+
+def smooth_sphere_fields(lat: np.ndarray, lon: np.ndarray) -> dict[str, np.ndarray]:
+    """Closed-form smooth fields on the sphere, for tests and benchmarks (degrees in).
+
+    ``s``: a polynomial of degree 3 in Cartesian ``(x, y, z)`` (spherical harmonics of
+    degree <= 3); ``u``, ``v``: east and north components of the tangent field
+    ``w x r + (I - r r^T) c`` (a solid-body rotation about a tilted axis plus a projected
+    constant vector), smooth across the poles as a vector field but not as components.
+    """
+    la, lo = np.deg2rad(np.asarray(lat, float)), np.deg2rad(np.asarray(lon, float))
+    x, y, z = np.cos(la) * np.cos(lo), np.cos(la) * np.sin(lo), np.sin(la)
+    s = x + 0.5 * y * z + z**2 - 0.3 * x * y + 0.2 * x * x * z
+    r = np.stack([x, y, z], axis=-1)
+    w, c = np.array([0.3, -0.5, 0.8]), np.array([0.4, 0.2, -0.6])
+    vec = np.cross(w, r) + c - (r @ c)[..., None] * r
+    east = np.stack([-np.sin(lo), np.cos(lo), np.zeros_like(lo)], axis=-1)
+    north = np.stack([-np.sin(la) * np.cos(lo), -np.sin(la) * np.sin(lo), np.cos(la)], axis=-1)
+    return {"s": s, "u": (vec * east).sum(-1), "v": (vec * north).sum(-1)}
+
+
+def grid_sample_reference(x: Tensor, lat: np.ndarray, lon: np.ndarray) -> Tensor:
+    """``grid_sample(mode="bicubic")`` at points, periodic in longitude (NOTES.md recipe:
+    circular pad by 2 columns, ``align_corners=True``; rows clamped at the border).
+
+    ``x``: ``(member, var, lat, lon)``; returns ``(member, var, n)``. The paper's operator,
+    kept for comparison in benchmarks (Keys a = -0.75, first-order accurate, no jvp).
+    """
+    nlat, nlon = x.shape[-2:]
+    xp = torch.cat([x[..., -2:], x, x[..., :2]], dim=-1)
+    col = torch.as_tensor((np.asarray(lon) % 360.0) * nlon / 360.0 + 2.0, dtype=x.dtype)
+    row = torch.as_tensor((np.asarray(lat) + 90.0) * nlat / 180.0 - 0.5, dtype=x.dtype)
+    gx = 2.0 * col / (nlon + 3) - 1.0
+    gy = 2.0 * row / (nlat - 1) - 1.0
+    g = torch.stack([gx, gy], -1)[None, None].expand(x.shape[0], 1, -1, 2)
+    out = torch.nn.functional.grid_sample(
+        xp, g, mode="bicubic", padding_mode="border", align_corners=True
+    )
+    return out[:, :, 0, :]

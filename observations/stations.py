@@ -87,7 +87,8 @@ def check_coordinates(lat: np.ndarray, lon: np.ndarray, what: str = "station") -
         i = int(np.flatnonzero(bad)[0])
         raise ValueError(
             f"{what}: coordinate {i} is outside the globe or not finite "
-            f"(lat={lat.flat[i]!r}, lon={lon.flat[i]!r}; need -90 <= lat <= 90, finite lon)"
+            f"(lat={float(lat.flat[i])}, lon={float(lon.flat[i])}; "
+            "need -90 <= lat <= 90, finite lon)"
         )
 
 
