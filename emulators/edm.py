@@ -152,11 +152,59 @@ class EMA:
 
     @torch.no_grad()
     def update(self, model: nn.Module, beta: float) -> None:
-        if not 0.0 <= beta <= 1.0 or math.isnan(beta):
-            raise ValueError(f"EMA decay must lie in [0, 1], got {beta}")
-        src = model.state_dict()
-        for name, t in self.module.state_dict().items():
-            if t.is_floating_point():
-                t.lerp_(src[name].to(t.dtype), 1.0 - beta)
-            else:
-                t.copy_(src[name])
+        ema_update(self.module, model, beta)
+
+
+@torch.no_grad()
+def ema_update(ema: nn.Module, model: nn.Module, beta: float) -> None:
+    """``ema <- beta ema + (1 - beta) model`` for floating-point tensors, copy for others."""
+    if not 0.0 <= beta <= 1.0 or math.isnan(beta):
+        raise ValueError(f"EMA decay must lie in [0, 1], got {beta}")
+    src = model.state_dict()
+    for name, t in ema.state_dict().items():
+        if t.is_floating_point():
+            t.lerp_(src[name].to(t.dtype), 1.0 - beta)
+        else:
+            t.copy_(src[name])
+
+
+class EDMTrainer(nn.Module):
+    """What training updates and checkpoints: the denoiser ``net`` and its EMA copy ``ema``.
+
+    ``forward(x0, generator)`` is the per-sample loss of Eq. 6 for ``net`` (so DDP wraps the
+    whole object and synchronises the gradients of ``net``); :meth:`update_ema` is called
+    after every optimiser step (e.g. from ``optimizer.register_step_post_hook``). ``ema``'s
+    parameters take no gradient; the number of EMA updates is a buffer, so a resumed run
+    continues the average exactly.
+    """
+
+    def __init__(
+        self,
+        net: EDMPrecond,
+        p_mean: float = -0.5,
+        p_std: float = 1.5,
+        ema_halflife_steps: float = 500.0,
+        ema_warmup_ratio: float | None = 0.05,
+    ) -> None:
+        super().__init__()
+        self.net = net
+        self.ema = EMA(net).module
+        self.p_mean, self.p_std = float(p_mean), float(p_std)
+        self.ema_halflife_steps = float(ema_halflife_steps)
+        self.ema_warmup_ratio = ema_warmup_ratio
+        self.register_buffer("ema_updates", torch.zeros((), dtype=torch.int64))
+
+    def forward(self, x0: Tensor, generator: torch.Generator) -> Tensor:
+        return edm_loss(self.net, x0, generator, self.p_mean, self.p_std, self.net.sigma_data)
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """The parameters of ``net`` (those the optimiser updates)."""
+        return list(self.net.parameters())
+
+    @torch.no_grad()
+    def update_ema(self) -> float:
+        """One EMA step towards ``net``; returns the decay used."""
+        self.ema_updates += 1
+        beta = ema_decay(int(self.ema_updates), self.ema_halflife_steps, self.ema_warmup_ratio)
+        ema_update(self.ema, self.net, beta)
+        return beta

@@ -1,0 +1,432 @@
+"""Command line of the diffusion prior: ``cycler train prior`` and ``cycler evaluate prior``.
+
+- ``cycler train prior CONFIG.toml [--out DIR] [--resume]``: train the EDM prior on the
+  nature run at full resolution (config :class:`PriorTrainConfig`, default
+  ``runs/prior.toml``). Writes ``DIR/checkpoint.pt`` (resume state: network, EMA,
+  optimiser, scheduler, step), ``DIR/loss.jsonl``, ``DIR/config.json`` and, when a run
+  ends, ``DIR/prior.safetensors`` + ``DIR/prior.json`` (the EMA network; the card says how
+  many steps it had). Stops after ``train.max_minutes`` and continues with ``--resume``
+  with the numbers of an uninterrupted run. Runs unchanged on a GPU (``device = "auto"``)
+  and under ``torchrun --nproc_per_node=N`` (via :mod:`diffda.emulators.training`).
+- ``cycler evaluate prior WEIGHTS --data PATH [--years Y ...] [--members N] [--json]
+  [--plots DIR]``: unconditional samples against held-out states: per-variable mean and
+  std by latitude, zonal power spectra, the tracer's negative fraction; plots.
+
+The science is in :mod:`diffda.emulators.edm`, :mod:`diffda.emulators.prior` and
+:mod:`diffda.cycler.sampler`; this module wires them up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from diffda.cycler.config import load_config, require, to_mapping
+from diffda.cycler.rng import member_generators, torch_generator
+from diffda.cycler.sampler import SamplerConfig, sample_posterior
+from diffda.emulators.edm import EDMTrainer
+from diffda.emulators.emulator import VARIABLES, CoarseStates, load_coarse_states
+from diffda.emulators.grid import Grid
+from diffda.emulators.prior import (
+    DiffusionPrior,
+    area_weighted_moments,
+    build_prior,
+    negative_fraction,
+)
+from diffda.emulators.training import (
+    DistContext,
+    atomic_write_text,
+    cleanup_distributed,
+    cosine_warmup_lambda,
+    count_parameters,
+    init_distributed,
+    step_seeded_batches,
+    train_loop,
+    update_card,
+    wrap_ddp,
+)
+from diffda.emulators.unet import UNetConfig
+from torch import Tensor
+
+# ------------------------------------------------------------------------------ config
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PriorDataConfig:
+    """Which states train the prior, on which grid (the store's own grid by default)."""
+
+    path: str = "runs/data/nature.zarr"
+    train_years: tuple[int, ...] = (1, 2, 3, 4)
+    valid_years: tuple[int, ...] = (5,)
+    variables: tuple[str, ...] = VARIABLES
+    nlat: int = 32
+    nlon: int = 64
+
+    def __post_init__(self) -> None:
+        require(len(self.variables) > 0, "data.variables", self.variables, "must not be empty")
+        require(self.nlat >= 2 and self.nlon >= 2, "data.nlat", (self.nlat, self.nlon),
+                "grid must be at least 2x2")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class EDMTrainConfig:
+    """EDM parameters (Karras et al. 2022; paper Sec. 3.4) and the weight average."""
+
+    p_mean: float = -0.5
+    p_std: float = 1.5
+    sigma_data: float = 1.0
+    ema_halflife_steps: float = 500.0
+    ema_warmup_ratio: float = 0.05
+
+    def __post_init__(self) -> None:
+        require(self.p_std > 0, "edm.p_std", self.p_std, "must be positive")
+        require(self.sigma_data > 0, "edm.sigma_data", self.sigma_data, "must be positive")
+        require(self.ema_halflife_steps > 0, "edm.ema_halflife_steps", self.ema_halflife_steps,
+                "must be positive")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PriorOptimConfig:
+    """AdamW with linear warm-up and cosine decay; batch size per process."""
+
+    steps: int = 4000
+    batch_size: int = 16
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    warmup_steps: int = 200
+    lr_floor: float = 0.05
+    grad_clip: float | None = 1.0
+    checkpoint_every: int = 100
+    log_every: int = 10
+    max_minutes: float | None = None
+    device: str = "auto"
+    threads: int = 1
+
+    def __post_init__(self) -> None:
+        for key in ("steps", "batch_size", "checkpoint_every", "log_every", "threads"):
+            require(getattr(self, key) >= 1, f"train.{key}", getattr(self, key), "must be >= 1")
+        require(self.lr > 0, "train.lr", self.lr, "must be positive")
+        require(self.warmup_steps >= 0, "train.warmup_steps", self.warmup_steps, "must be >= 0")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PriorTrainConfig:
+    """``runs/prior.toml``: ``seed`` and the tables ``[data]``, ``[model]`` (a
+    :class:`~diffda.emulators.unet.UNetConfig`; ``channels`` follows ``data.variables``),
+    ``[edm]``, ``[train]``."""
+
+    seed: int = 0
+    data: PriorDataConfig = dataclasses.field(default_factory=PriorDataConfig)
+    model: UNetConfig = dataclasses.field(default_factory=UNetConfig)
+    edm: EDMTrainConfig = dataclasses.field(default_factory=EDMTrainConfig)
+    train: PriorOptimConfig = dataclasses.field(default_factory=PriorOptimConfig)
+
+
+# ------------------------------------------------------------------------------- train
+
+
+def load_states(path: str | Path, grid: Grid, variables: tuple[str, ...],
+                years: tuple[int, ...], progress: bool = False) -> CoarseStates:
+    """Read the states of ``years`` on ``grid`` into memory, physical units (area-weighted
+    coarsening if the store is finer; identity at the store's grid)."""
+    return load_coarse_states(path, grid, variables, years, progress=progress)
+
+
+def train_prior(
+    cfg: PriorTrainConfig,
+    out: Path,
+    *,
+    resume: bool = False,
+    data: CoarseStates | None = None,
+    ctx: DistContext | None = None,
+    command: str = "",
+    progress: bool = True,
+) -> tuple[DiffusionPrior, dict[str, Any]]:
+    """Train the prior as ``cfg`` says; files go to ``out`` (rank 0).
+
+    The batch of step ``s`` (states and the loss's noise) depends only on ``(seed, s, rank)``,
+    so a resumed run gives the numbers of an uninterrupted one. Returns the EMA prior (ready
+    to sample) and a summary.
+    """
+    ctx = ctx or DistContext()
+    dc, tc, ec = cfg.data, cfg.train, cfg.edm
+    grid = Grid(dc.nlat, dc.nlon)
+    if data is None:
+        data = load_states(dc.path, grid, dc.variables, dc.train_years,
+                           progress=ctx.is_main and progress)
+    mean, std = area_weighted_moments(data.states, grid)
+    prior = build_prior(cfg.model, dc.variables, mean, std, grid, ec.sigma_data,
+                        seed_generator=torch_generator(cfg.seed, "prior-init"))
+    z = prior.normalise(data.states.float()).to(ctx.device)  # (time, var, lat, lon)
+    trainer = EDMTrainer(prior.net, ec.p_mean, ec.p_std, ec.ema_halflife_steps,
+                         ec.ema_warmup_ratio).to(ctx.device)
+    model = wrap_ddp(trainer, ctx)
+    optimizer = torch.optim.AdamW(trainer.trainable_parameters(), lr=tc.lr,
+                                  weight_decay=tc.weight_decay)
+    optimizer.register_step_post_hook(lambda *_: trainer.update_ema())
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, cosine_warmup_lambda(tc.steps, tc.warmup_steps, tc.lr_floor)
+    )
+
+    def draw(g: torch.Generator) -> tuple[Tensor, torch.Generator]:
+        idx = torch.randint(0, z.shape[0], (tc.batch_size,), generator=g)
+        return z[idx.to(z.device)], g  # g then draws the loss's sigma and noise
+
+    def loss_fn(m: torch.nn.Module, batch: tuple[Tensor, torch.Generator]) -> Tensor:
+        x0, g = batch
+        return m(x0, g).mean()
+
+    if ctx.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "config.json", json.dumps(to_mapping(cfg), indent=2) + "\n")
+    result = train_loop(
+        model=model, optimizer=optimizer, scheduler=scheduler, loss_fn=loss_fn,
+        batches=step_seeded_batches(draw, cfg.seed, ctx.rank, stream="prior-batches"),
+        steps=tc.steps, ctx=ctx, checkpoint_path=out / "checkpoint.pt",
+        checkpoint_every=tc.checkpoint_every, resume=resume, grad_clip=tc.grad_clip,
+        log_path=out / "loss.jsonl", log_every=tc.log_every,
+        max_seconds=tc.max_minutes * 60 if tc.max_minutes is not None else None,
+        desc="train prior", progress=progress, extra=lambda: {"config": to_mapping(cfg)},
+    )
+    summary = {
+        "step": result.step, "steps": tc.steps, "finished": result.step >= tc.steps,
+        "seconds_this_run": round(result.seconds, 1),
+        "final_loss": float(np.mean(result.losses[-50:])) if result.losses else None,
+        "n_parameters": count_parameters(trainer.net), "world_size": ctx.world_size,
+        "device": str(ctx.device),
+    }
+    ema = DiffusionPrior(trainer.ema, dc.variables, mean, std, grid).eval().requires_grad_(False)
+    if ctx.is_main:
+        ema.export(out / "prior.safetensors", {
+            "command": command,
+            "data": {"path": dc.path, "train_years": list(dc.train_years),
+                     "valid_years": list(dc.valid_years), "n_times": len(data.times)},
+            "edm": to_mapping(ec),
+            "training": {**to_mapping(tc), **summary, "seed": cfg.seed},
+        })
+    return ema, summary
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", type=Path, help="TOML config, e.g. runs/prior.toml")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="output folder (default runs/<config name>)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from OUT/checkpoint.pt if it exists")
+
+
+def train(args: argparse.Namespace) -> int:
+    """``cycler train prior CONFIG.toml [--out DIR] [--resume]``."""
+    cfg = load_config(PriorTrainConfig, args.config)
+    out = args.out or Path("runs") / Path(args.config).stem
+    torch.set_num_threads(cfg.train.threads)
+    ctx = init_distributed(cfg.train.device)
+    try:
+        _, summary = train_prior(
+            cfg, out, resume=args.resume, ctx=ctx,
+            command="cycler train prior " + " ".join(shlex.quote(a) for a in sys.argv[3:]),
+        )
+    finally:
+        cleanup_distributed()
+    if ctx.is_main:
+        print(json.dumps(summary))
+        state = "final" if summary["finished"] else f"partial, step {summary['step']}"
+        print(f"weights ({state}): {out / 'prior.safetensors'} (+ prior.json)")
+        if not summary["finished"]:
+            print(f"continue with: cycler train prior {args.config} --out {out} --resume")
+    return 0
+
+
+# ---------------------------------------------------------------------------- evaluate
+
+
+def zonal_power_spectrum(x: np.ndarray, area_weights: np.ndarray) -> np.ndarray:
+    """Zonal power spectrum ``(..., lat, lon) -> (nlon // 2 + 1,)``: ``|FFT_lon(x)_k|^2 / nlon^2``
+    (one-sided: doubled except at ``k = 0`` and Nyquist), averaged over the leading dims and
+    over latitude with area weights. Its sum over ``k`` is the mean of ``x^2``."""
+    nlon = x.shape[-1]
+    p = np.abs(np.fft.rfft(x, axis=-1)) ** 2 / nlon**2
+    p[..., 1: (nlon + 1) // 2] *= 2.0
+    p = p.reshape(-1, x.shape[-2], p.shape[-1]).mean(axis=0)  # (lat, k)
+    w = area_weights / area_weights.sum()
+    return (w[:, None] * p).sum(axis=0)
+
+
+def climate_statistics(states: np.ndarray, grid: Grid) -> dict[str, np.ndarray]:
+    """Per-variable statistics of ``(sample, var, lat, lon)`` states: ``mean_by_lat`` and
+    ``std_by_lat`` ``(var, lat)`` over samples and longitude, ``spectrum`` ``(var, k)`` of
+    anomalies from the zonal-and-sample mean, ``std`` ``(var,)`` (area-weighted, global)."""
+    w = grid.area_weights()
+    mean_lat = states.mean(axis=(0, 3))
+    std_lat = states.std(axis=(0, 3))
+    anom = states - mean_lat[None, :, :, None]
+    spec = np.stack([zonal_power_spectrum(anom[:, v], w) for v in range(states.shape[1])])
+    gmean = (states.mean(axis=(0, 3)) * w).sum(-1) / w.sum()
+    gvar = (((states - gmean[None, :, None, None]) ** 2).mean(axis=(0, 3)) * w).sum(-1) / w.sum()
+    return {"mean_by_lat": mean_lat, "std_by_lat": std_lat, "spectrum": spec,
+            "std": np.sqrt(gvar)}
+
+
+def compare_climates(
+    samples: np.ndarray, truth: np.ndarray, grid: Grid, variables: tuple[str, ...]
+) -> dict[str, Any]:
+    """Scores of unconditional samples against held-out states, per variable:
+
+    - ``mean_by_lat_error``: area-weighted mean (``_max``: max) over latitude of
+      ``|mean_s - mean_t| / std_t(global)``;
+    - ``std_by_lat_error``: same of ``|std_s - std_t| / std_t`` (by latitude);
+    - ``spectrum_ratio_min/max``: range of sample/truth zonal power for ``k = 1..nlon/2``;
+    - ``negative_fraction`` (samples and truth), for positive variables.
+    """
+    s, t = climate_statistics(samples, grid), climate_statistics(truth, grid)
+    w = grid.area_weights() / grid.area_weights().sum()
+    out: dict[str, Any] = {}
+    for v, name in enumerate(variables):
+        mean_err = np.abs(s["mean_by_lat"][v] - t["mean_by_lat"][v]) / t["std"][v]
+        std_err = np.abs(s["std_by_lat"][v] - t["std_by_lat"][v]) / t["std_by_lat"][v]
+        ratio = s["spectrum"][v, 1:] / t["spectrum"][v, 1:]
+        out[name] = {
+            "mean_by_lat_error": float((w * mean_err).sum()),
+            "mean_by_lat_error_max": float(mean_err.max()),
+            "std_by_lat_error": float((w * std_err).sum()),
+            "std_by_lat_error_max": float(std_err.max()),
+            "spectrum_ratio_min": float(ratio.min()),
+            "spectrum_ratio_max": float(ratio.max()),
+            "spectrum_ratio_by_k": [round(float(r), 4) for r in ratio],
+            "global_std_samples": float(s["std"][v]),
+            "global_std_truth": float(t["std"][v]),
+            "negative_fraction_samples": negative_fraction(samples[:, v]),
+            "negative_fraction_truth": negative_fraction(truth[:, v]),
+        }
+    out["_stats"] = {"samples": s, "truth": t}
+    return out
+
+
+def sample_unconditional(
+    prior: DiffusionPrior, members: int, seed: int, config: SamplerConfig,
+    batch: int = 16, progress: bool = True,
+) -> Tensor:
+    """``(members, var, lat, lon)`` unconditional samples in physical units (Algorithm 1
+    without likelihood terms), ``batch`` members at a time; member ``m`` uses generator
+    ``(seed, "prior-evaluate", 0, m)``."""
+    gens = member_generators(seed, "prior-evaluate", 0, members)
+    out = []
+    from tqdm.auto import tqdm
+
+    for start in tqdm(range(0, members, batch), desc="sample prior", disable=not progress):
+        z = sample_posterior(prior, gens[start:start + batch], prior.state_shape, [], config)
+        out.append(prior.denormalise(z))
+    return torch.cat(out)
+
+
+def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("weights", type=Path, help="prior .safetensors (with its .json card)")
+    parser.add_argument("--data", required=True, help="canonical dataset (zarr or netCDF)")
+    parser.add_argument("--years", type=int, nargs="+", default=None,
+                        help="held-out years (default: the card's valid_years)")
+    parser.add_argument("--members", type=int, default=64, help="number of samples")
+    parser.add_argument("--steps", type=int, default=SamplerConfig().num_steps,
+                        help="sampler steps")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--json", action="store_true", help="print the scores as one JSON object")
+    parser.add_argument("--plots", type=Path, default=None, help="folder for figures")
+    parser.add_argument("--update-card", action="store_true",
+                        help="write the scores into the weights' card")
+
+
+def evaluate(args: argparse.Namespace) -> int:
+    """``cycler evaluate prior WEIGHTS --data PATH [--json] [--plots DIR]``."""
+    torch.set_num_threads(args.threads)
+    prior = DiffusionPrior.load(args.weights)
+    years = tuple(args.years or prior.card.get("data", {}).get("valid_years", [5]))
+    truth = load_states(args.data, prior.grid, prior.variables, years).states.numpy()
+    config = SamplerConfig(num_steps=args.steps)
+    samples = sample_unconditional(prior, args.members, args.seed, config,
+                                   progress=not args.json).numpy()
+    scores = compare_climates(samples, truth, prior.grid, prior.variables)
+    stats = scores.pop("_stats")
+    result = {"weights": str(args.weights), "data": str(args.data), "years": list(years),
+              "members": args.members, "n_truth": int(truth.shape[0]),
+              "sampler_steps": args.steps, "variables": scores}
+    if args.plots is not None:
+        result["plots"] = [str(p) for p in plot_climates(stats, prior.grid, prior.variables,
+                                                         args.plots, samples, truth)]
+    if args.update_card:
+        update_card(args.weights, scores={k: {kk: vv for kk, vv in v.items()
+                                              if kk != "spectrum_ratio_by_k"}
+                                          for k, v in scores.items()},
+                    scores_data={"path": str(args.data), "years": list(years),
+                                 "members": args.members})
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for name, s in scores.items():
+            print(f"{name:>8}: mean-by-lat err {s['mean_by_lat_error']:.3f} "
+                  f"(max {s['mean_by_lat_error_max']:.3f}), std-by-lat err "
+                  f"{s['std_by_lat_error']:.3f} (max {s['std_by_lat_error_max']:.3f}), "
+                  f"spectrum ratio {s['spectrum_ratio_min']:.2f}..{s['spectrum_ratio_max']:.2f}, "
+                  f"negative fraction {s['negative_fraction_samples']:.4f} "
+                  f"(truth {s['negative_fraction_truth']:.4f})")
+    return 0
+
+
+def plot_climates(
+    stats: dict[str, dict[str, np.ndarray]], grid: Grid, variables: tuple[str, ...],
+    folder: Path, samples: np.ndarray, truth: np.ndarray,
+) -> list[Path]:
+    """Mean and std by latitude, zonal spectra, and maps of samples next to truth."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folder.mkdir(parents=True, exist_ok=True)
+    s, t = stats["samples"], stats["truth"]
+    nv = len(variables)
+    paths = []
+    fig, ax = plt.subplots(2, nv, figsize=(3.2 * nv, 5.5), squeeze=False)
+    for v, name in enumerate(variables):
+        for row, key in enumerate(("mean_by_lat", "std_by_lat")):
+            ax[row, v].plot(grid.lat, t[key][v], "k-", label="held-out nature run")
+            ax[row, v].plot(grid.lat, s[key][v], "r--", label="prior samples")
+            ax[row, v].set_title(f"{name}: {key.replace('_by_lat', '')} by latitude")
+            ax[row, v].set_xlabel("latitude (deg)")
+    ax[0, 0].legend(fontsize=7)
+    fig.tight_layout()
+    paths.append(folder / "prior_mean_std_by_lat.png")
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+    fig, ax = plt.subplots(1, nv, figsize=(3.2 * nv, 3.0), squeeze=False)
+    k = np.arange(1, t["spectrum"].shape[1])
+    for v, name in enumerate(variables):
+        ax[0, v].loglog(k, t["spectrum"][v, 1:], "k-", label="nature run")
+        ax[0, v].loglog(k, s["spectrum"][v, 1:], "r--", label="prior")
+        ax[0, v].set_title(f"{name}: zonal power")
+        ax[0, v].set_xlabel("zonal wavenumber")
+    ax[0, 0].legend(fontsize=7)
+    fig.tight_layout()
+    paths.append(folder / "prior_zonal_spectra.png")
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+    fig, ax = plt.subplots(nv, 3, figsize=(10, 2.2 * nv), squeeze=False)
+    for v, name in enumerate(variables):
+        lo, hi = np.percentile(truth[:, v], [1, 99])
+        for c, (img, label) in enumerate(((truth[-1, v], "nature run"),
+                                          (samples[0, v], "sample 0"),
+                                          (samples[1, v], "sample 1"))):
+            im = ax[v, c].imshow(img, origin="lower", extent=(0, 360, -90, 90), vmin=lo, vmax=hi,
+                                 cmap="viridis", aspect="auto")
+            ax[v, c].set_title(f"{name}: {label}", fontsize=8)
+        fig.colorbar(im, ax=ax[v].tolist(), shrink=0.8)
+    paths.append(folder / "prior_sample_maps.png")
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+    return paths
