@@ -17,9 +17,10 @@ direction and speed (meteorological convention, direction the wind blows *from*)
 
 from __future__ import annotations
 
+import json
 import math
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -370,30 +371,40 @@ STANDARD_TEMPERATURE_C = {1000: 14.3, 850: 1.5, 700: -4.6, 500: -21.2, 300: -44.
 MODEL_VARIABLES = ("height", "u", "v", "tracer")
 
 
-def model_values(sounding: Sounding, level_hpa: int = 500) -> dict[str, float]:
-    """Model variables from the standard level ``level_hpa`` of one sounding.
+def model_values(sounding: Sounding, level_hpa: int | Mapping[str, int] = 500) -> dict[str, float]:
+    """Model variables from standard pressure levels of one sounding.
 
-    ``height`` = GPH (m); ``u``, ``v`` from WDIR/WSPD; ``tracer`` = specific humidity
-    (kg/kg) from TEMP and DPDP. NaN where the level or a needed value is missing or removed.
+    ``level_hpa``: one level for all variables, or a level per variable (e.g.
+    ``{"height": 500, "u": 500, "v": 500, "tracer": 850}``). ``height`` = GPH (m);
+    ``u``, ``v`` from WDIR/WSPD; ``tracer`` = specific humidity (kg/kg) from TEMP and DPDP.
+    NaN where the level or a needed value is missing or removed by QC.
     """
+    levels = (dict.fromkeys(MODEL_VARIABLES, level_hpa) if isinstance(level_hpa, int)
+              else dict(level_hpa))
+    unknown = sorted(set(levels) - set(MODEL_VARIABLES))
+    if unknown:
+        raise ValueError(f"unknown model variable(s) {unknown}; known: {list(MODEL_VARIABLES)}")
     lv = sounding.levels
-    rows = np.flatnonzero((lv.press == level_hpa * 100) & (lv.lvltyp1 == 1))
-    if len(rows) == 0:
-        return dict.fromkeys(MODEL_VARIABLES, math.nan)
-    i = int(rows[0])
-    u, v = wind_components(lv.value("wdir")[i], lv.value("wspd")[i])
-    td = lv.value("temp")[i] - lv.value("dpdp")[i]
-    return {
-        "height": float(lv.value("gph")[i]),
-        "u": float(u),
-        "v": float(v),
-        "tracer": float(specific_humidity(level_hpa, td)),
-    }
+    out = dict.fromkeys(MODEL_VARIABLES, math.nan)
+    for name, p_hpa in levels.items():
+        rows = np.flatnonzero((lv.press == p_hpa * 100) & (lv.lvltyp1 == 1))
+        if len(rows) == 0:
+            continue
+        i = int(rows[0])
+        if name == "height":
+            out[name] = float(lv.value("gph")[i])
+        elif name in ("u", "v"):
+            u, v = wind_components(lv.value("wdir")[i], lv.value("wspd")[i])
+            out[name] = float(u if name == "u" else v)
+        else:
+            td = lv.value("temp")[i] - lv.value("dpdp")[i]
+            out[name] = float(specific_humidity(p_hpa, td))
+    return out
 
 
 def soundings_to_dataset(
     soundings: Sequence[Sounding],
-    level_hpa: int = 500,
+    level_hpa: int | Mapping[str, int] = 500,
     calendar: str = "standard",
     hours: Sequence[int] | None = (0, 12),
 ) -> tuple[xr.Dataset, list[Skipped]]:
@@ -435,7 +446,9 @@ def soundings_to_dataset(
             values[v][ti[t], si[sid]] = vals[v]
     ds = station_observations_dataset(network, times, values)
     ds.attrs["source"] = "IGRA v2 soundings"
-    ds.attrs["pressure_level_hPa"] = level_hpa
+    ds.attrs["pressure_level_hPa"] = (
+        level_hpa if isinstance(level_hpa, int) else json.dumps(dict(level_hpa))
+    )
     return ds, skipped
 
 

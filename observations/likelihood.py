@@ -26,9 +26,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import cftime
 import numpy as np
 import torch
+import xarray as xr
 from diffda.cycler.protocols import ObservationOperator
+from diffda.emulators.grid import Grid
 from torch import Tensor, nn
 
 
@@ -224,3 +227,33 @@ class CompositeLikelihood(nn.Module):
     def per_term(self, x0: Tensor, sigma: Tensor | float) -> dict[str, Tensor]:
         """Unweighted log-likelihood of each term by name (for logging), ``(member,)`` each."""
         return {t.name or f"term{j}": t.log_likelihood(x0, sigma) for j, t in enumerate(self.terms)}
+
+
+def station_term(
+    obs: xr.Dataset,
+    time: cftime.datetime,
+    grid: Grid,
+    variables: Sequence[str],
+    mean: Sequence[float],
+    std: Sequence[float],
+    error_model: ErrorModel | None = None,
+    weight: float = 1.0,
+    observed: Sequence[str] | None = None,
+    name: str = "stations",
+) -> ObservationTerm:
+    """The station term at ``time`` from a station-observation Dataset (synthetic or IGRA).
+
+    Missing values are dropped; ``Sigma_y`` per observation is the file's
+    ``observation_error_std`` normalised by the climate ``std`` of the variable, or
+    ``error_model.sigma_y`` for every observation when the file has none. ``Gamma`` is
+    ``error_model.gamma`` (default :data:`DEFAULT_ERROR_MODELS` ``["point"]``).
+    """
+    from diffda.observations.synthetic import point_observations_at
+
+    em = error_model or DEFAULT_ERROR_MODELS["point"]
+    op, y, err = point_observations_at(obs, time, grid, variables, observed)
+    idx = op.obs_variable_index.numpy()
+    y_n = normalise_observations(y, mean, std, idx)
+    s = np.asarray(std, dtype=np.float64)[idx]
+    sigma_y = np.where(np.isfinite(err), (err / s) ** 2, em.sigma_y)
+    return ObservationTerm(op, y_n, torch.as_tensor(sigma_y), em.gamma, weight, name)

@@ -151,3 +151,14 @@ def test_real_sounding_to_model_variables() -> None:
     assert ds["height"].attrs["units"] == "m" and ds.attrs["featureType"] == "timeSeries"
     ds12, skipped12 = soundings_to_dataset(f.soundings, hours=(12,))
     assert ds12.sizes["time"] == 1 and len(skipped12) == 2 and "hour not in" in skipped12[0].reason
+
+
+def test_level_per_variable_and_unknown_variable() -> None:
+    s = read_igra(DATA).soundings[0]
+    mixed = model_values(s, {"height": 500, "tracer": 850})
+    line = next(x for x in DATA.read_text().splitlines() if x.startswith("10") and "85000" in x)
+    temp, dpd = int(line[22:27]) / 10, int(line[34:39]) / 10
+    assert mixed["tracer"] == pytest.approx(float(specific_humidity(850.0, temp - dpd)))
+    assert mixed["height"] == model_values(s, 500)["height"] and np.isnan(mixed["u"])
+    with pytest.raises(ValueError, match=r"unknown model variable\(s\) \['temperature'\]"):
+        model_values(s, {"temperature": 850})

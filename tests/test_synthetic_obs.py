@@ -175,3 +175,22 @@ def test_cli_make_and_inspect(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert cycler_main(["obs", "make", "--truth", str(tmp_path / "none.nc"),
                         "--out", str(tmp_path / "x.nc")]) == 2
     assert "none.nc does not exist" in capsys.readouterr().err
+
+
+def test_station_term_from_an_observation_file() -> None:
+    from diffda.observations.likelihood import ErrorModel, station_term
+
+    truth = tiny_truth()
+    err = {"height": 10.0, "u": 1.5, "v": 1.5, "tracer": 1e-4}
+    obs = synthetic_station_observations(truth, NET, seed=3, error_std=err, progress=False)
+    mean, std = [5500.0, 0.0, 0.0, 1e-3], [80.0, 10.0, 10.0, 5e-4]
+    t = obs["time"].values[2]
+    term = station_term(obs, t, GRID, VARS, mean, std, ErrorModel(sigma_y=1.0, gamma=0.2),
+                        weight=0.5)
+    assert term.y.numel() == 12 and term.weight == 0.5 and term.gamma == 0.2
+    np.testing.assert_allclose(term.sigma_y.numpy()[:4], [(10 / 80) ** 2, 0.0225, 0.0225, 0.04])
+    # The normalised truth scores a log-likelihood close to -n_obs / 2 (chi-square mean).
+    k = list(truth["time"].values).index(t)
+    x = np.stack([(truth[v].values[k] - m) / s for v, m, s in zip(VARS, mean, std, strict=True)])
+    ll = term.log_likelihood(torch.as_tensor(x[None]), 0.0)
+    assert -3 * 12 < float(ll[0]) < 0.0
