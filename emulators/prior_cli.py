@@ -96,11 +96,11 @@ class EDMTrainConfig:
 class PriorOptimConfig:
     """AdamW with linear warm-up and cosine decay; batch size per process."""
 
-    steps: int = 4000
+    steps: int = 2500
     batch_size: int = 16
     lr: float = 1e-3
     weight_decay: float = 0.0
-    warmup_steps: int = 200
+    warmup_steps: int = 100
     lr_floor: float = 0.05
     grad_clip: float | None = 1.0
     checkpoint_every: int = 100
@@ -220,11 +220,18 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                         help="output folder (default runs/<config name>)")
     parser.add_argument("--resume", action="store_true",
                         help="continue from OUT/checkpoint.pt if it exists")
+    parser.add_argument("--max-minutes", type=float, default=None,
+                        help="stop (with a checkpoint and partial weights) after this much wall "
+                             "time; overrides train.max_minutes of the config")
 
 
 def train(args: argparse.Namespace) -> int:
     """``cycler train prior CONFIG.toml [--out DIR] [--resume]``."""
     cfg = load_config(PriorTrainConfig, args.config)
+    if args.max_minutes is not None:
+        cfg = dataclasses.replace(
+            cfg, train=dataclasses.replace(cfg.train, max_minutes=args.max_minutes)
+        )
     out = args.out or Path("runs") / Path(args.config).stem
     torch.set_num_threads(cfg.train.threads)
     ctx = init_distributed(cfg.train.device)

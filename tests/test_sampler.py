@@ -227,3 +227,16 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+def test_bench_reports_the_required_fields():
+    from diffda.cycler.sampler_cli import bench_analysis
+
+    mean, cov, op, obs_cov, y = _problem()
+    cfg = SamplerConfig(num_steps=4)
+    out = bench_analysis(GaussianDenoiser(mean.float(), cov.float()), (6,),
+                         [ScalarLinearTerm(op.float(), y.float(), 0.1, 0.1)], members=3,
+                         config=cfg, repeats=1)
+    assert out["nfe"] == 7 and out["members"] == 3
+    assert out["seconds_per_member"] == pytest.approx(out["seconds_per_analysis"] / 3, abs=1e-3)
+    assert out["overhead_ratio"] > 0 and out["guidance_ratio_max"] > 0
