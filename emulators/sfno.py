@@ -113,25 +113,40 @@ class CellCentreInverseRealSHT(InverseRealSHT):
 # ----------------------------------------------------------------------------- layers
 
 
-class SpectralConvS2(nn.Module):
-    """The library's spectral convolution on cell centres: ``v = ISHT(K_l . SHT(u))``.
+OPERATORS = ("driscoll-healy", "diagonal")
+"""Spectral kernels, as ``operator_type`` of torch-harmonics' example SFNO:
+``driscoll-healy``: ``K_l`` (isotropic, the same for every order ``m``); ``diagonal``:
+``K_lm`` (a separate complex channel mix per ``(l, m)``, which can represent zonally
+directed operators such as ``d/dlambda``, i.e. advection by a mean flow)."""
 
-    ``K_l``: complex ``(in, out, lmax)``, the same for every order ``m`` (an isotropic
-    kernel on the sphere, Driscoll-Healy). ``(B, C_in, nlat, nlon) -> (B, C_out, nlat, nlon)``.
+
+class SpectralConvS2(nn.Module):
+    """The library's spectral convolution on cell centres: ``v = ISHT(K . SHT(u))``.
+
+    ``K``: complex ``(in, out, lmax)`` for ``driscoll-healy`` (an isotropic kernel on the
+    sphere) or ``(in, out, lmax, mmax)`` for ``diagonal``.
+    ``(B, C_in, nlat, nlon) -> (B, C_out, nlat, nlon)``.
     """
 
     def __init__(
-        self, sht: CellCentreRealSHT, isht: CellCentreInverseRealSHT, c_in: int, c_out: int
+        self, sht: CellCentreRealSHT, isht: CellCentreInverseRealSHT, c_in: int, c_out: int,
+        operator: str = "driscoll-healy",
     ):
         super().__init__()
+        if operator not in OPERATORS:
+            raise ValueError(f"operator {operator!r}: expected one of {OPERATORS}")
         self.sht, self.isht = sht, isht
-        self.weight = nn.Parameter(torch.zeros(c_in, c_out, sht.lmax, dtype=torch.complex64))
+        self.operator = operator
+        shape = (c_in, c_out, sht.lmax) + ((sht.mmax,) if operator == "diagonal" else ())
+        self.weight = nn.Parameter(torch.zeros(shape, dtype=torch.complex64))
 
     def reset_parameters(self, generator: torch.Generator) -> None:
         """As the library: ``N(0, 1/c_in)`` complex entries, degree 0 scaled by sqrt(2)."""
-        c_in, _, lmax = self.weight.shape
+        c_in, lmax = self.weight.shape[0], self.weight.shape[2]
         scale = torch.full((lmax,), math.sqrt(1.0 / c_in))
         scale[0] *= math.sqrt(2.0)
+        if self.weight.ndim == 4:
+            scale = scale[:, None]
         w = torch.randn(self.weight.shape, dtype=torch.complex64, generator=generator)
         with torch.no_grad():
             self.weight.copy_(w * scale)
@@ -139,7 +154,10 @@ class SpectralConvS2(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         dtype = x.dtype
         xs = self.sht(x.float())  # (B, C_in, lmax, mmax)
-        ys = torch.einsum("bilm,iol->bolm", xs, self.weight)
+        if self.operator == "diagonal":
+            ys = torch.einsum("bilm,iolm->bolm", xs, self.weight)
+        else:
+            ys = torch.einsum("bilm,iol->bolm", xs, self.weight)
         return self.isht(ys).to(dtype)
 
 
@@ -172,11 +190,12 @@ class SFNOBlock(nn.Module):
     with an inner 1x1 skip and an outer identity skip."""
 
     def __init__(
-        self, sht: CellCentreRealSHT, isht: CellCentreInverseRealSHT, width: int, mlp_ratio: float
+        self, sht: CellCentreRealSHT, isht: CellCentreInverseRealSHT, width: int,
+        mlp_ratio: float, operator: str = "driscoll-healy",
     ):
         super().__init__()
         self.norm = ChannelNorm(width)
-        self.filter = SpectralConvS2(sht, isht, width, width)
+        self.filter = SpectralConvS2(sht, isht, width, width, operator)
         self.inner_skip = nn.Conv2d(width, width, 1)
         self.mlp = PointMLP(width, int(width * mlp_ratio), width)
 
@@ -201,8 +220,10 @@ class SFNOConfig:
     depth: int = 4
     mlp_ratio: float = 2.0
     lmax: int | None = None
+    operator: str = "diagonal"
 
     def __post_init__(self) -> None:
+        require(self.operator in OPERATORS, "operator", self.operator, f"one of {OPERATORS}")
         for key in ("in_channels", "out_channels", "nlat", "nlon", "width", "depth"):
             require(getattr(self, key) >= 1, key, getattr(self, key), "must be >= 1")
         require(self.mlp_ratio > 0, "mlp_ratio", self.mlp_ratio, "must be positive")
@@ -228,7 +249,8 @@ class SFNO(nn.Module):
         self.isht = CellCentreInverseRealSHT(c.nlat, c.nlon, lmax=self.sht.lmax)
         self.encoder = PointMLP(c.in_channels, c.width, c.width)
         self.blocks = nn.ModuleList(
-            SFNOBlock(self.sht, self.isht, c.width, c.mlp_ratio) for _ in range(c.depth)
+            SFNOBlock(self.sht, self.isht, c.width, c.mlp_ratio, c.operator)
+            for _ in range(c.depth)
         )
         self.decoder = PointMLP(c.width, c.width, c.out_channels)
         self.reset_parameters(generator or torch.Generator().manual_seed(0))

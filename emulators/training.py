@@ -398,6 +398,7 @@ def train_loop(
     log_path: str | Path | None = None,
     log_every: int = 10,
     max_seconds: float | None = None,
+    stop_at: int | None = None,
     desc: str = "train",
     progress: bool = True,
 ) -> LoopResult:
@@ -408,7 +409,8 @@ def train_loop(
     existing ``checkpoint_path`` the state is restored first and the batch source restarts at
     the restored step (``batches(step)``). A checkpoint is written (rank 0) every
     ``checkpoint_every`` steps, at the end, and when ``max_seconds`` of wall time are spent
-    (then the loop stops early; run again with ``resume`` to continue). ``log_path`` gets one
+    (then the loop stops early; run again with ``resume`` to continue). ``stop_at``: stop
+    (with a checkpoint) after that step, as an interrupted run would. ``log_path`` gets one
     JSON line ``{"step", "loss", "lr", "seconds"}`` every ``log_every`` steps (rank 0).
     """
     ctx = ctx or DistContext()
@@ -467,9 +469,10 @@ def train_loop(
             if ctx.distributed and max_seconds is not None:
                 flag = torch.tensor(float(out_of_time), device=ctx.device)
                 out_of_time = bool(all_reduce_mean(flag, ctx) > 0)
-            if step % checkpoint_every == 0 or step == steps or out_of_time:
+            interrupted = out_of_time or (stop_at is not None and step >= stop_at)
+            if step % checkpoint_every == 0 or step == steps or interrupted:
                 checkpoint(step)
-            if out_of_time:
+            if interrupted:
                 break
     finally:
         bar.close()

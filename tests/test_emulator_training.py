@@ -132,3 +132,135 @@ def test_train_loop_stops_on_time_budget_and_checkpoints(tmp_path):
     assert res.step == 1
     step, _ = load_checkpoint(ckpt, model=model)
     assert step == 1
+
+
+# ------------------------------------------------------------------ the emulator command
+
+
+def _load_test_helpers():
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "_sfno_test_helpers", Path(__file__).with_name("test_sfno.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+helpers = _load_test_helpers()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One thread: the test machine's two cores are shared, and 2 threads are then slower."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _tiny_config(**train):
+    from diffda.emulators.emulator_cli import (
+        DataConfig,
+        EmulatorTrainConfig,
+        ModelConfig,
+        OptimConfig,
+    )
+
+    opt = {"steps": 6, "batch_size": 4, "lr": 3e-3, "warmup_steps": 2, "rollout": 2,
+           "rollout_from": 3, "checkpoint_every": 3, "log_every": 1, **train}
+    return EmulatorTrainConfig(
+        seed=1, data=DataConfig(path="unused", train_years=(1,), valid_years=(1,),
+                                forcing="none"),
+        model=ModelConfig(width=16, depth=1), train=OptimConfig(**opt),
+    )
+
+
+@pytest.fixture(scope="module")
+def tiny_data():
+    from diffda.emulators.emulator import load_coarse_states
+    from diffda.emulators.grid import Grid
+
+    return load_coarse_states(helpers.wave_dataset(), Grid(16, 32))
+
+
+def test_emulator_training_resume_equals_uninterrupted(tiny_data, tmp_path):
+    from diffda.emulators.emulator_cli import train_emulator
+
+    kw = {"data": tiny_data, "forcing_fn": helpers.day_forcing, "progress": False}
+    full, s_full = train_emulator(_tiny_config(), tmp_path / "a", **kw)
+    half, s_half = train_emulator(_tiny_config(), tmp_path / "b", stop_at=3, **kw)
+    assert s_half["step"] == 3 and not s_half["finished"]
+    assert not (tmp_path / "b" / "emulator.safetensors").exists()
+    resumed, s_res = train_emulator(_tiny_config(), tmp_path / "b", resume=True, **kw)
+    assert s_full["finished"] and s_res["finished"] and s_res["step"] == 6
+    for (k, a), (_, b) in zip(full.state_dict().items(), resumed.state_dict().items(),
+                              strict=True):
+        assert torch.equal(a, b), k
+    log = (tmp_path / "a" / "loss.jsonl").read_text().splitlines()
+    losses = [json.loads(s)["loss"] for s in log]
+    assert len(losses) == 6
+    # the weights written at the end load back into the same emulator
+    from diffda.emulators.emulator import SFNOEmulator
+
+    back = SFNOEmulator.from_weights(tmp_path / "a" / "emulator.safetensors",
+                                     forcing=helpers.day_forcing)
+    x = tiny_data.states[:2]
+    assert torch.equal(back.step(x, tiny_data.times[0]), full.step(x, tiny_data.times[0]))
+    card = json.loads((tmp_path / "a" / "emulator.json").read_text())
+    assert card["training"]["step"] == 6 and card["n_parameters"] > 0
+    assert card["variables"] == ["height", "u", "v", "tracer"]
+
+
+def test_tiny_emulator_overfits_tiny_dataset(tiny_data, tmp_path):
+    from diffda.emulators.emulator import forecast_scores
+    from diffda.emulators.emulator_cli import train_emulator
+
+    cfg = _tiny_config(steps=150, batch_size=8, lr=1e-2, warmup_steps=10, rollout=1,
+                       checkpoint_every=1000, log_every=10, grad_clip=None)
+    emu, summary = train_emulator(cfg, tmp_path, data=tiny_data, forcing_fn=helpers.day_forcing,
+                                  progress=False)
+    losses = [json.loads(s)["loss"] for s in (tmp_path / "loss.jsonl").read_text().splitlines()]
+    # the loss is in units of the tendency variance: persistence scores about 1
+    assert losses[0] > 0.3
+    assert summary["final_loss"] < 0.05 * losses[0]
+    sc = forecast_scores(emu.eval(), tiny_data, n_leads=4, n_starts=16)
+    assert (sc["rmse"] < 0.3 * sc["rmse_persistence"]).all()
+
+
+def test_cli_train_evaluate_bench(tmp_path, capsys):
+    from diffda.cycler.cli import main
+
+    data_path = tmp_path / "waves.nc"
+    helpers.wave_dataset(n_times=48).to_netcdf(data_path)
+    cfg = tmp_path / "tiny.toml"
+    cfg.write_text(
+        f'seed = 0\n[data]\npath = "{data_path}"\ntrain_years = [1]\nvalid_years = [1]\n'
+        'forcing = "none"\n[model]\nwidth = 8\ndepth = 1\n'
+        '[train]\nsteps = 4\nbatch_size = 2\ncheckpoint_every = 2\n'
+    )
+    out = tmp_path / "run"
+    assert main(["train", "emulator", str(cfg), "--out", str(out)]) == 0
+    weights = out / "emulator.safetensors"
+    assert weights.is_file() and (out / "emulator.json").is_file()
+    capsys.readouterr()
+    assert main(["evaluate", "emulator", str(weights), "--data", str(data_path), "--json",
+                 "--lead-days", "1", "--n-starts", "4", "--free-run-days", "2",
+                 "--plots", str(tmp_path / "plots"), "--update-card"]) == 0
+    scores = json.loads(capsys.readouterr().out)
+    assert scores["lead_hours"] == [6.0, 12.0, 18.0, 24.0]
+    assert set(scores["rmse"]) == set(scores["rmse_persistence"]) == {"height", "u", "v",
+                                                                     "tracer"}
+    assert scores["free_run"]["finite"]
+    assert (tmp_path / "plots" / "emulator_rmse_by_lead.png").stat().st_size > 1000
+    assert json.loads((out / "emulator.json").read_text())["scores"]["n_starts"] == 4
+    assert main(["bench", "emulator", "--json", "--weights", str(weights), "--members", "4",
+                 "--steps", "2"]) == 0
+    bench = json.loads(capsys.readouterr().out)
+    assert bench["steps_per_second"] > 0 and bench["members"] == 4
+    # a file that is not weights is refused with a message naming it, not a traceback
+    bogus = tmp_path / "bogus.safetensors"
+    bogus.write_text("nope")
+    assert main(["evaluate", "emulator", str(bogus), "--data", str(data_path)]) == 2
+    assert "bogus.safetensors" in capsys.readouterr().err

@@ -43,7 +43,8 @@ def wave_dataset(n_times: int = 40, nlat: int = 32, nlon: int = 64, start_year: 
     height = 5500 + 400 * np.sin(la) ** 2 + 60 * coslat**2 * np.cos(phase)
     u = 10 * coslat + 5 * coslat * np.sin(phase)
     v = 5 * coslat * np.cos(phase + 0.3)
-    tracer = 4e-3 * coslat**2 * (1.2 + np.sin(phase - lo))
+    # positive, and smooth on the sphere also in log space (it is log-transformed)
+    tracer = 4e-3 * (0.2 + coslat**2) * (1.2 + 0.8 * coslat * np.sin(phase - lo))
     land = ((np.sin(3 * np.deg2rad(lon))[None, :] + np.cos(np.deg2rad(lat))[:, None]) > 0.9)
     oro = 1500.0 * land * np.cos(np.deg2rad(lat))[:, None]
     dims = ("time", "lat", "lon")

@@ -1,0 +1,495 @@
+"""Command line of the forecast emulator: ``cycler train|evaluate|bench emulator``.
+
+- ``cycler train emulator CONFIG.toml [--out DIR] [--resume]``: train an SFNO emulator on
+  the coarsened nature run (config: :class:`EmulatorTrainConfig`, default
+  ``runs/emulator.toml``); writes ``DIR/checkpoint.pt`` (resume state), ``DIR/loss.jsonl``,
+  ``DIR/config.json`` and, at the end, ``DIR/emulator.safetensors`` + ``DIR/emulator.json``.
+  Runs unchanged on a GPU (``device = "auto"``) and under ``torchrun --nproc_per_node=N``.
+- ``cycler evaluate emulator WEIGHTS --data PATH [--years Y ...] [--json] [--plots DIR]``:
+  RMSE by lead time next to persistence, a free run's climatology against the data's, the
+  acceptance checks; ``--update-card`` writes the scores into the weights' card.
+- ``cycler bench emulator [--json]``: emulator steps per second for a 16-member batch.
+
+The science is in :mod:`diffda.emulators.emulator`; this module only wires it up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from diffda.cycler.config import load_config, require, to_mapping
+from diffda.cycler.rng import torch_generator
+from diffda.emulators.emulator import (
+    FORCINGS,
+    VARIABLES,
+    CoarseStates,
+    SFNOEmulator,
+    as_forcing_tensor,
+    build_emulator,
+    climate_errors,
+    forecast_scores,
+    load_coarse_states,
+    rollout_loss,
+    training_windows,
+)
+from diffda.emulators.grid import Grid
+from diffda.emulators.training import (
+    DistContext,
+    atomic_write_text,
+    cleanup_distributed,
+    cosine_warmup_lambda,
+    count_parameters,
+    init_distributed,
+    train_loop,
+    unwrap,
+    update_card,
+    wrap_ddp,
+)
+
+DEFAULT_WEIGHTS = Path(__file__).parent / "weights" / "emulator.safetensors"
+
+# ------------------------------------------------------------------------------ config
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DataConfig:
+    """Which data trains the emulator, on which grid, with which forcing."""
+
+    path: str = "runs/data/nature.zarr"
+    train_years: tuple[int, ...] = (1, 2, 3, 4)
+    valid_years: tuple[int, ...] = (5,)
+    variables: tuple[str, ...] = VARIABLES
+    nlat: int = 16
+    nlon: int = 32
+    dt_hours: float = 6.0
+    forcing: str = "nature"
+
+    def __post_init__(self) -> None:
+        require(self.forcing in FORCINGS, "data.forcing", self.forcing,
+                f"expected one of {sorted(FORCINGS)}")
+        require(len(self.variables) > 0, "data.variables", self.variables, "must not be empty")
+        require(self.dt_hours > 0, "data.dt_hours", self.dt_hours, "must be positive")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ModelConfig:
+    """Size of the SFNO (see :class:`diffda.emulators.sfno.SFNOConfig`)."""
+
+    width: int = 64
+    depth: int = 4
+    mlp_ratio: float = 2.0
+    lmax: int | None = None
+    operator: str = "diagonal"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class OptimConfig:
+    """The optimisation: AdamW, linear warm-up then cosine decay, optional rollout loss
+    (``rollout`` steps per sample from step ``rollout_from`` on, 1 before)."""
+
+    steps: int = 4000
+    batch_size: int = 16
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    warmup_steps: int = 100
+    lr_floor: float = 0.02
+    grad_clip: float | None = 1.0
+    rollout: int = 1
+    rollout_from: int = 0
+    checkpoint_every: int = 200
+    log_every: int = 10
+    max_minutes: float | None = None
+    device: str = "auto"
+    threads: int = 1
+
+    def __post_init__(self) -> None:
+        for key in ("steps", "batch_size", "rollout", "checkpoint_every", "log_every", "threads"):
+            require(getattr(self, key) >= 1, f"train.{key}", getattr(self, key), "must be >= 1")
+        require(self.lr > 0, "train.lr", self.lr, "must be positive")
+        require(0 <= self.rollout_from, "train.rollout_from", self.rollout_from, "must be >= 0")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class EmulatorTrainConfig:
+    """``runs/emulator.toml``: ``seed`` and the tables ``[data]``, ``[model]``, ``[train]``."""
+
+    seed: int = 0
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    train: OptimConfig = dataclasses.field(default_factory=OptimConfig)
+
+
+# ------------------------------------------------------------------------------- train
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", type=Path, help="TOML config, e.g. runs/emulator.toml")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="output directory (default: runs/<config name>)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from OUT/checkpoint.pt if it exists")
+
+
+def rollout_at(cfg: OptimConfig, step: int) -> int:
+    """Rollout length of the loss at optimizer step ``step``."""
+    return cfg.rollout if step >= cfg.rollout_from else 1
+
+
+def train_emulator(
+    cfg: EmulatorTrainConfig,
+    out: Path,
+    *,
+    resume: bool = False,
+    data: CoarseStates | None = None,
+    forcing_fn: Any = None,
+    ctx: DistContext | None = None,
+    command: str = "",
+    progress: bool = True,
+    stop_at: int | None = None,
+) -> tuple[SFNOEmulator, dict[str, Any]]:
+    """Train an emulator as ``cfg`` says; files go to ``out`` (rank 0).
+
+    ``data`` / ``forcing_fn``: the training states and forcing function, when not read from
+    ``cfg.data.path`` / looked up by ``cfg.data.forcing`` (tests pass them in). Returns the
+    (bare) emulator and a summary. ``stop_at``: stop after that step as if interrupted
+    (for tests of resumption). Exactly resumable: the batch of step ``s`` depends only on
+    ``(seed, s, rank)``.
+    """
+    ctx = ctx or DistContext()
+    dc, tc = cfg.data, cfg.train
+    grid = Grid(dc.nlat, dc.nlon)
+    if data is None:
+        data = load_coarse_states(dc.path, grid, dc.variables, dc.train_years,
+                                  progress=ctx.is_main and progress)
+    if forcing_fn is None:
+        forcing_fn = FORCINGS[dc.forcing]()
+    forcing = (as_forcing_tensor(forcing_fn(data.times, grid), len(data.times))
+               if forcing_fn is not None else None)
+    emulator = build_emulator(
+        data, forcing_fn, dc.forcing, dataclasses.asdict(cfg.model), dc.dt_hours,
+        generator=torch_generator(cfg.seed, "emulator-init"), forcing=forcing,
+    ).to(ctx.device)
+    max_rollout = max(1, tc.rollout)
+    windows = training_windows(emulator, data, forcing, max_rollout)
+    windows.z, windows.f = windows.z.to(ctx.device), windows.f.to(ctx.device)
+    model = wrap_ddp(emulator, ctx)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, cosine_warmup_lambda(tc.steps, tc.warmup_steps, tc.lr_floor)
+    )
+    area_w = torch.as_tensor(grid.area_weights(), dtype=torch.float32, device=ctx.device)
+    tend = emulator.tendency_std
+
+    def batches(start: int):
+        step = start
+        while True:
+            g = torch_generator(cfg.seed, "emulator-batches", step, ctx.rank)
+            z, f = windows.draw(g, tc.batch_size)
+            r = rollout_at(tc, step)
+            yield z[:, : r + 1], f[:, :r]
+            step += 1
+
+    def loss_fn(m: torch.nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        return rollout_loss(m, batch, area_w, tend)
+
+    if ctx.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "config.json", json.dumps(to_mapping(cfg), indent=2) + "\n")
+    result = train_loop(
+        model=model, optimizer=optimizer, scheduler=scheduler, loss_fn=loss_fn,
+        batches=batches, steps=tc.steps, ctx=ctx, checkpoint_path=out / "checkpoint.pt",
+        checkpoint_every=tc.checkpoint_every, resume=resume, grad_clip=tc.grad_clip,
+        log_path=out / "loss.jsonl", log_every=tc.log_every,
+        max_seconds=tc.max_minutes * 60 if tc.max_minutes is not None else None,
+        desc="train emulator", progress=progress, stop_at=stop_at,
+        extra=lambda: {"config": to_mapping(cfg)},
+    )
+    summary = {
+        "step": result.step, "steps": tc.steps, "finished": result.step >= tc.steps,
+        "seconds_this_run": round(result.seconds, 1),
+        "final_loss": float(np.mean(result.losses[-50:])) if result.losses else None,
+        "n_parameters": count_parameters(model), "world_size": ctx.world_size,
+        "device": str(ctx.device),
+    }
+    bare = unwrap(model)
+    if ctx.is_main and summary["finished"]:
+        bare.export(
+            out / "emulator.safetensors",
+            command=command,
+            data={"path": dc.path, "train_years": list(dc.train_years),
+                  "valid_years": list(dc.valid_years), "n_times": len(data.times),
+                  "coarsening": "diffda.emulators.grid.coarsen_to (area-weighted)"},
+            training={**to_mapping(tc), **summary, "seed": cfg.seed},
+        )
+    return bare, summary
+
+
+def train(args: argparse.Namespace) -> int:
+    """``cycler train emulator CONFIG.toml [--out DIR] [--resume]``."""
+    cfg = load_config(EmulatorTrainConfig, args.config)
+    out = args.out or Path("runs") / Path(args.config).stem
+    torch.set_num_threads(cfg.train.threads)
+    ctx = init_distributed(cfg.train.device)
+    try:
+        _, summary = train_emulator(
+            cfg, out, resume=args.resume, ctx=ctx,
+            command="cycler train emulator " + " ".join(shlex.quote(a) for a in sys.argv[3:]),
+        )
+    finally:
+        cleanup_distributed()
+    if ctx.is_main:
+        print(json.dumps(summary))
+        if summary["finished"]:
+            print(f"weights: {out / 'emulator.safetensors'} (+ emulator.json)")
+        else:
+            print(f"stopped at step {summary['step']}/{summary['steps']}; continue with: "
+                  f"cycler train emulator {args.config} --out {out} --resume")
+    return 0
+
+
+# ---------------------------------------------------------------------------- evaluate
+
+
+def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("weights", type=Path, help="emulator .safetensors (with its .json card)")
+    parser.add_argument("--data", type=Path, required=True, help="canonical nature-run dataset")
+    parser.add_argument("--years", type=int, nargs="+", default=None,
+                        help="held-out years (default: the card's valid_years)")
+    parser.add_argument("--lead-days", type=float, default=10.0)
+    parser.add_argument("--n-starts", type=int, default=64)
+    parser.add_argument("--free-run-days", type=float, default=365.0)
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--plots", type=Path, default=None, help="write plots to this directory")
+    parser.add_argument("--update-card", action="store_true",
+                        help="write the scores into the weights' JSON card")
+    parser.add_argument("--threads", type=int, default=1)
+
+
+def evaluate_emulator(
+    emulator: SFNOEmulator, data: CoarseStates, lead_days: float = 10.0, n_starts: int = 64,
+    free_run_days: float = 365.0, progress: bool = False,
+) -> dict[str, Any]:
+    """Scores of ``emulator`` on held-out ``data`` (physical units): RMSE by lead and
+    variable next to persistence, the 1-day skill, and a free run's climate errors against
+    the data over the same period (see :func:`~diffda.emulators.emulator.climate_errors`)."""
+    steps_per_day = round(24 / emulator.dt_hours)
+    n_leads = max(1, round(lead_days * steps_per_day))
+    sc = forecast_scores(emulator, data, n_leads, n_starts=n_starts, progress=progress)
+    v = list(data.variables)
+    day = int(np.argmin(np.abs(sc["lead_hours"] - 24.0)))
+    reduction = {x: float(1 - sc["rmse"][day, i] / sc["rmse_persistence"][day, i])
+                 for i, x in enumerate(v)}
+    # climatological saturation: RMSE of two independent states = sqrt(2) * std
+    _, std = _area_std(data)
+    out: dict[str, Any] = {
+        "lead_hours": sc["lead_hours"].tolist(),
+        "rmse": {x: sc["rmse"][:, i].tolist() for i, x in enumerate(v)},
+        "rmse_persistence": {x: sc["rmse_persistence"][:, i].tolist() for i, x in enumerate(v)},
+        "rmse_saturation": {x: float(np.sqrt(2) * std[i]) for i, x in enumerate(v)},
+        "n_starts": int(sc["n_starts"]),
+        "rmse_reduction_vs_persistence_24h": reduction,
+    }
+    n_free = min(round(free_run_days * steps_per_day), len(data.times) - 1)
+    if n_free > 0:
+        run, _ = emulator.rollout(data.states[:1], data.times[0], n_free, progress=progress)
+        run = run[:, 0]
+        truth = data.states[1:n_free + 1]
+        out["free_run"] = {
+            "days": n_free / steps_per_day,
+            "finite": bool(torch.isfinite(run).all()),
+            "climate": climate_errors(run, truth, data.grid, v),
+        }
+    out["acceptance"] = acceptance(out)
+    return out
+
+
+def _area_std(data: CoarseStates) -> tuple[np.ndarray, np.ndarray]:
+    w = torch.as_tensor(data.grid.area_weights(), dtype=torch.float64)[:, None]
+    x = data.states.double()
+    mean = (x * w).mean((0, 2, 3)) / w.mean()
+    var = (((x - mean[:, None, None]) ** 2) * w).mean((0, 2, 3)) / w.mean()
+    return mean.numpy(), var.sqrt().numpy()
+
+
+def acceptance(scores: dict[str, Any]) -> dict[str, Any]:
+    """The issue's acceptance checks, each with its measured value."""
+    checks: dict[str, Any] = {}
+    red = scores["rmse_reduction_vs_persistence_24h"]
+    for v in ("height", "u", "v"):
+        if v in red:
+            checks[f"rmse_24h_{v}_30pct_below_persistence"] = red[v] >= 0.30
+    if "free_run" in scores:
+        fr = scores["free_run"]
+        checks["free_run_finite"] = fr["finite"]
+        checks["free_run_climate_within_10pct"] = all(
+            c["mean_error"] < 0.1 and c["std_error"] < 0.1 for c in fr["climate"].values()
+        )
+    lead = np.asarray(scores["lead_hours"])
+    growth = {}
+    for v, r in scores["rmse"].items():
+        r = np.asarray(r)
+        growth[v] = bool(np.all(np.diff(r[: max(2, np.searchsorted(lead, 72.0))]) > 0))
+    checks["rmse_grows_over_first_3_days"] = all(growth.values())
+    checks["all"] = all(bool(x) for x in checks.values())
+    return checks
+
+
+def plot_rmse(scores: dict[str, Any], path: Path, title: str = "") -> Path:
+    """RMSE by lead time, one panel per variable: emulator, persistence, saturation."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(scores["rmse"])
+    lead = np.asarray(scores["lead_hours"]) / 24
+    fig, axes = plt.subplots(1, len(names), figsize=(3.6 * len(names), 3.2), squeeze=False)
+    for ax, v in zip(axes[0], names, strict=True):
+        ax.plot(lead, scores["rmse"][v], label="SFNO emulator", color="C0")
+        ax.plot(lead, scores["rmse_persistence"][v], label="persistence", color="C1", ls="--")
+        ax.axhline(scores["rmse_saturation"][v], color="0.5", lw=0.8, ls=":",
+                   label=r"$\sqrt{2}\,\sigma$ (saturation)")
+        ax.set_title(v)
+        ax.set_xlabel("lead time (days)")
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("area-weighted RMSE (physical units)")
+    axes[0][0].legend(fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
+def evaluate(args: argparse.Namespace) -> int:
+    """``cycler evaluate emulator WEIGHTS --data PATH [--years ...] [--json] [--plots DIR]``."""
+    torch.set_num_threads(args.threads)
+    emulator = SFNOEmulator.from_weights(args.weights)
+    card = json.loads(Path(args.weights).with_suffix(".json").read_text())
+    years = args.years or card.get("data", {}).get("valid_years")
+    data = load_coarse_states(args.data, emulator.grid, emulator.variables, years,
+                              progress=not args.json)
+    t0 = time.perf_counter()
+    scores = evaluate_emulator(emulator, data, args.lead_days, args.n_starts,
+                               args.free_run_days, progress=not args.json)
+    scores["data"] = {"path": str(args.data), "years": list(years) if years else None}
+    scores["seconds"] = round(time.perf_counter() - t0, 1)
+    if args.plots is not None:
+        p = plot_rmse(scores, Path(args.plots) / "emulator_rmse_by_lead.png",
+                      title=f"{args.weights.name} on {args.data.name}, years {years}")
+        scores["plot"] = str(p)
+    if args.update_card:
+        update_card(args.weights, scores=scores)
+    if args.json:
+        print(json.dumps(scores))
+    else:
+        _print_summary(scores)
+    return 0
+
+
+def _print_summary(scores: dict[str, Any]) -> None:
+    lead = scores["lead_hours"]
+    show = [h for h in (6, 24, 72, 120, 240) if h in lead]
+    print(f"RMSE by lead ({scores['n_starts']} starts): emulator / persistence")
+    for v in scores["rmse"]:
+        cells = [f"{h:>4.0f}h {scores['rmse'][v][lead.index(h)]:.4g}/"
+                 f"{scores['rmse_persistence'][v][lead.index(h)]:.4g}" for h in show]
+        print(f"  {v:<7} " + "  ".join(cells))
+    print("24 h RMSE reduction vs persistence:",
+          {k: round(x, 3) for k, x in scores["rmse_reduction_vs_persistence_24h"].items()})
+    if "free_run" in scores:
+        print(f"free run {scores['free_run']['days']:.0f} days, finite: "
+              f"{scores['free_run']['finite']}")
+        for v, c in scores["free_run"]["climate"].items():
+            print(f"  {v:<7} mean error {c['mean_error']:.3f}  std error {c['std_error']:.3f}")
+    print("acceptance:", scores["acceptance"])
+    if "plot" in scores:
+        print("plot:", scores["plot"])
+
+
+# ------------------------------------------------------------------------------- bench
+
+
+def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--weights", type=Path, default=None,
+                        help=f"weights to time (default: {DEFAULT_WEIGHTS.name} if present, "
+                             "else a freshly initialised default-size model)")
+    parser.add_argument("--members", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--threads", type=int, default=1)
+
+
+def bench_emulator(emulator: SFNOEmulator, members: int = 16, steps: int = 40) -> dict[str, Any]:
+    """Time ``emulator.step`` (physical units in and out, forcing included) on a batch of
+    ``members`` states; returns steps per second and ms per step."""
+    import cftime
+
+    g = torch_generator(0, "bench")
+    shape = (members, len(emulator.variables), emulator.grid.nlat, emulator.grid.nlon)
+    x = emulator.denormalise(torch.randn(shape, generator=g) * 0.5)
+    t = cftime.DatetimeNoLeap(1, 1, 1)
+    dt = _hours(emulator.dt_hours)
+    x = emulator.step(x, t)  # warm-up
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        t = t + dt
+        x = emulator.step(x, t)
+    sec = time.perf_counter() - t0
+    return {"steps_per_second": steps / sec, "ms_per_step": 1e3 * sec / steps,
+            "members": members, "steps": steps, "threads": torch.get_num_threads(),
+            "n_parameters": count_parameters(emulator.net),
+            "grid": str(emulator.grid), "finite": bool(torch.isfinite(x).all())}
+
+
+def _hours(h: float):
+    import datetime
+
+    return datetime.timedelta(hours=h)
+
+
+def _untrained_default() -> SFNOEmulator:
+    """A default-size emulator with unit normalisation and no forcing (for timing only)."""
+    from diffda.emulators.sfno import SFNO, SFNOConfig
+
+    grid, n_var, n_static = Grid(16, 32), len(VARIABLES), 4
+    cfg = SFNOConfig(in_channels=n_var + 1 + n_static, out_channels=n_var,
+                     **dataclasses.asdict(ModelConfig()))
+    ones, zeros = torch.ones(n_var), torch.zeros(n_var)
+    return SFNOEmulator(
+        SFNO(cfg, generator=torch_generator(0, "emulator-init")), variables=VARIABLES,
+        grid=grid, state_mean=zeros, state_std=ones, tendency_std=ones * 0.1,
+        log_offset=zeros, forcing_mean=torch.zeros(1), forcing_std=torch.ones(1),
+        static=torch.zeros(n_static, grid.nlat, grid.nlon),
+        forcing=lambda times, g: torch.zeros(len(times), 1, g.nlat, g.nlon),
+    ).eval()
+
+
+def bench(args: argparse.Namespace) -> int:
+    """``cycler bench emulator [--json]``."""
+    torch.set_num_threads(args.threads)
+    path = args.weights or (DEFAULT_WEIGHTS if DEFAULT_WEIGHTS.is_file() else None)
+    emulator = SFNOEmulator.from_weights(path) if path is not None else _untrained_default()
+    res = bench_emulator(emulator, args.members, args.steps)
+    res["weights"] = str(path) if path is not None else "untrained default-size model"
+    if args.json:
+        print(json.dumps(res))
+    else:
+        print(f"emulator {res['grid']}, {res['n_parameters']} parameters, {res['members']} "
+              f"members, {res['threads']} thread(s): {res['steps_per_second']:.2f} steps/s "
+              f"({res['ms_per_step']:.1f} ms/step) [{res['weights']}]")
+    return 0
