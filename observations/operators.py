@@ -91,16 +91,17 @@ def bicubic_stencil(
 
 
 def apply_stencil(x: Tensor, index: Tensor, weight: Tensor) -> Tensor:
-    """``y[m, k] = sum_s weight[k, s] * x.flatten(1)[m, index[k, s]]``.
+    """``y[m, k] = sum_s weight[s, k] * x.flatten(1)[m, index[s, k]]``.
 
-    ``x``: ``(member, ...)``; ``index``, ``weight``: ``(n_obs, s)``; returns
-    ``(member, n_obs)``. A gather and a weighted sum: linear, forward- and reverse-mode
-    differentiable.
+    ``x``: ``(member, ...)``; ``index``, ``weight``: ``(s, n_obs)`` (stencil-major);
+    returns ``(member, n_obs)``. One gather and a weighted sum over the stencil: linear,
+    forward- and reverse-mode differentiable. The stencil-major layout keeps the sum and
+    its backward on contiguous ``n_obs``-long rows (measured 2-5x faster backward on the
+    CPU than an observation-major einsum).
     """
     xf = x.reshape(x.shape[0], -1)
     g = torch.index_select(xf, 1, index.reshape(-1)).reshape(x.shape[0], *index.shape)
-    # einsum (a batched matrix-vector product) is ~6x faster on the CPU than (g * w).sum(-1)
-    return torch.einsum("mks,ks->mk", g, weight.to(x.dtype))
+    return (g * weight.to(x.dtype)).sum(1)
 
 
 def _variable_indices(variables: Sequence[str], names: Sequence[str], what: str) -> np.ndarray:
@@ -117,8 +118,8 @@ class PointOperator(nn.Module):
     """Bicubic interpolation of chosen variables at points: ``(M, V, H, W) -> (M, n_obs)``.
 
     Observation ``k`` is variable ``obs_var[k]`` at ``(obs_lat[k], obs_lon[k])``.
-    Buffers: ``index (n_obs, 16)`` into the flattened ``(V, H, W)`` state and
-    ``weight (n_obs, 16)`` (float64; cast to the state's dtype when applied), with the
+    Buffers: ``index (16, n_obs)`` into the flattened ``(V, H, W)`` state and
+    ``weight (16, n_obs)`` (float64; cast to the state's dtype when applied), with the
     sign of vector components folded in where the stencil crosses a pole.
     """
 
@@ -153,8 +154,8 @@ class PointOperator(nn.Module):
         sign = np.where(across & is_vector[:, None, None], -1.0, 1.0)
         n = len(obs_var)
         index = var_idx[:, None] * grid.nlat * grid.nlon + flat.reshape(n, 16)
-        self.register_buffer("index", torch.as_tensor(index, dtype=torch.long))
-        self.register_buffer("weight", torch.as_tensor((weight * sign).reshape(n, 16)))
+        self.register_buffer("index", torch.as_tensor(index.T.copy(), dtype=torch.long))
+        self.register_buffer("weight", torch.as_tensor((weight * sign).reshape(n, 16).T.copy()))
         self.register_buffer("obs_variable_index", torch.as_tensor(var_idx))
         self.obs_var = tuple(obs_var)
         self.obs_lat, self.obs_lon = obs_lat, obs_lon % 360.0
@@ -184,7 +185,7 @@ class PointOperator(nn.Module):
 
     @property
     def n_obs(self) -> int:
-        return int(self.index.shape[0])
+        return int(self.index.shape[1])
 
     def forward(self, x: Tensor) -> Tensor:
         """``x``: ``(member, var, lat, lon)`` -> ``(member, n_obs)``."""
@@ -200,7 +201,7 @@ class PointOperator(nn.Module):
         """The operator as a dense ``(n_obs, V * H * W)`` matrix (for Kalman/EnKF tests)."""
         size = len(self.variables) * self.grid.nlat * self.grid.nlon
         h = torch.zeros(self.n_obs, size, dtype=dtype)
-        rows = torch.arange(self.n_obs)[:, None].expand_as(self.index)
+        rows = torch.arange(self.n_obs)[None, :].expand_as(self.index)
         h.index_put_((rows, self.index), self.weight.to(dtype), accumulate=True)
         return h
 
