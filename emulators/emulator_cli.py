@@ -84,7 +84,7 @@ class DataConfig:
 class ModelConfig:
     """Size of the SFNO (see :class:`diffda.emulators.sfno.SFNOConfig`)."""
 
-    width: int = 64
+    width: int = 48
     depth: int = 4
     mlp_ratio: float = 2.0
     lmax: int | None = None
