@@ -85,7 +85,7 @@ class SoundingHeader:
         return cftime.datetime(self.year, self.month, self.day, self.hour, calendar=calendar)
 
 
-@dataclass
+@dataclass(eq=False)
 class Levels:
     """The level records of one sounding, column by column, ``(n_levels,)`` each.
 
@@ -136,7 +136,7 @@ class Levels:
         return cls.from_rows([])
 
 
-@dataclass
+@dataclass(eq=False)
 class Sounding:
     """A header and its levels. ``line`` is the header's line number in the file (1-based)."""
 
@@ -411,8 +411,9 @@ def soundings_to_dataset(
     """Observations in the canonical station form (dims ``time x station``) from soundings.
 
     Stations are taken in order of first appearance (id, header latitude/longitude).
-    Soundings with a missing hour, an hour not in ``hours`` (``None`` keeps all) or a
-    second sounding for the same station and time are reported as skipped. Values missing
+    Soundings with a missing hour, an hour not in ``hours`` (``None`` keeps all), a
+    second sounding for the same station and time, or a position other than the station's
+    first (a mobile station) are reported as skipped. Values missing
     in the files are NaN.
     """
     skipped: list[Skipped] = []
@@ -431,7 +432,13 @@ def soundings_to_dataset(
         if (t, h.id) in records:
             skipped.append(Skipped("soundings", s.line, f"{where}: second sounding at this time"))
             continue
-        station_pos.setdefault(h.id, (h.lat, h.lon))
+        first = station_pos.setdefault(h.id, (h.lat, h.lon))
+        if abs(first[0] - h.lat) > 1e-3 or abs(first[1] - h.lon) > 1e-3:
+            skipped.append(Skipped(
+                "soundings", s.line,
+                f"{where}: station moved from {first} to {(h.lat, h.lon)} (mobile station)",
+            ))
+            continue
         records[(t, h.id)] = model_values(s, level_hpa)
     ids = list(station_pos)
     network = StationNetwork.from_arrays(

@@ -162,3 +162,17 @@ def test_level_per_variable_and_unknown_variable() -> None:
     assert mixed["height"] == model_values(s, 500)["height"] and np.isnan(mixed["u"])
     with pytest.raises(ValueError, match=r"unknown model variable\(s\) \['temperature'\]"):
         model_values(s, {"temperature": 850})
+
+
+def test_moving_station_and_missing_hour_are_reported() -> None:
+    f = read_igra(DATA)
+    moved = Sounding(
+        SoundingHeader(**{**f.soundings[1].header.__dict__, "lat": 60.0}), f.soundings[1].levels,
+        line=160,
+    )
+    no_hour = Sounding(SoundingHeader(**{**f.soundings[0].header.__dict__, "hour": 99}),
+                       f.soundings[0].levels, line=1)
+    ds, skipped = soundings_to_dataset([f.soundings[0], moved, no_hour])
+    assert ds.sizes["time"] == 1
+    reasons = sorted(s.reason for s in skipped)
+    assert "hour missing" in reasons[1] and "station moved" in reasons[0]
