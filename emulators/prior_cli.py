@@ -289,7 +289,8 @@ def compare_climates(
     - ``mean_by_lat_error``: area-weighted mean (``_max``: max) over latitude of
       ``|mean_s - mean_t| / std_t(global)``;
     - ``std_by_lat_error``: same of ``|std_s - std_t| / std_t`` (by latitude);
-    - ``spectrum_ratio_min/max``: range of sample/truth zonal power for ``k = 1..nlon/2``;
+    - ``spectrum_ratio_min/max``: range of sample/truth zonal power for ``k = 1..nlon/2``
+      (wavenumbers where the truth has no power are left out: ``None`` in ``_by_k``);
     - ``negative_fraction`` (samples and truth), for positive variables.
     """
     s, t = climate_statistics(samples, grid), climate_statistics(truth, grid)
@@ -298,15 +299,19 @@ def compare_climates(
     for v, name in enumerate(variables):
         mean_err = np.abs(s["mean_by_lat"][v] - t["mean_by_lat"][v]) / t["std"][v]
         std_err = np.abs(s["std_by_lat"][v] - t["std_by_lat"][v]) / t["std_by_lat"][v]
-        ratio = s["spectrum"][v, 1:] / t["spectrum"][v, 1:]
+        # wavenumbers where the truth has power (> 1e-10 of its total): a ratio is defined
+        tp, sp = t["spectrum"][v, 1:], s["spectrum"][v, 1:]
+        has = tp > 1e-10 * t["spectrum"][v].sum()
+        ratio = np.where(has, sp / np.where(has, tp, 1.0), np.nan)
         out[name] = {
             "mean_by_lat_error": float((w * mean_err).sum()),
             "mean_by_lat_error_max": float(mean_err.max()),
             "std_by_lat_error": float((w * std_err).sum()),
             "std_by_lat_error_max": float(std_err.max()),
-            "spectrum_ratio_min": float(ratio.min()),
-            "spectrum_ratio_max": float(ratio.max()),
-            "spectrum_ratio_by_k": [round(float(r), 4) for r in ratio],
+            "spectrum_ratio_min": float(np.nanmin(ratio)) if has.any() else None,
+            "spectrum_ratio_max": float(np.nanmax(ratio)) if has.any() else None,
+            "spectrum_ratio_by_k": [round(float(r), 4) if h else None
+                                    for r, h in zip(ratio, has, strict=True)],
             "global_std_samples": float(s["std"][v]),
             "global_std_truth": float(t["std"][v]),
             "negative_fraction_samples": negative_fraction(samples[:, v]),
