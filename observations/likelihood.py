@@ -60,12 +60,13 @@ DEFAULT_ERROR_MODELS: dict[str, ErrorModel] = {
 def likelihood_variance(sigma_y: Tensor, gamma: float, sigma: Tensor) -> Tensor:
     """``Sigma_y + sigma^2 Gamma`` (Eq. 13 denominator without the 2).
 
-    ``sigma_y``: ``()`` or ``(n_obs,)``; ``sigma``: ``()`` or ``(member,)``; returns a
-    tensor broadcastable to ``(member, n_obs)``.
+    ``sigma_y``: ``()`` or ``(n_obs,)``; ``sigma``: a scalar, or one value per member
+    (``(member,)`` or ``(member, 1, ..., 1)``); returns a tensor broadcastable to
+    ``(member, n_obs)``.
     """
     sigma = torch.as_tensor(sigma, dtype=sigma_y.dtype, device=sigma_y.device)
-    if sigma.dim() == 1:
-        sigma = sigma[:, None]
+    # A per-member sigma may come shaped like the state, (member, 1, 1, 1): one per row.
+    sigma = sigma.reshape(()) if sigma.numel() == 1 else sigma.reshape(-1, 1)
     return sigma_y + sigma**2 * gamma
 
 

@@ -252,6 +252,18 @@ class CoarseGridOperator(nn.Module):
         sel = x if self._select_all else torch.index_select(x, 1, self.var_index)
         return coarsen_to(sel, self.coarse).reshape(x.shape[0], -1)
 
+    def matrix(self, dtype: torch.dtype = torch.float64) -> Tensor:
+        """The operator as a dense ``(n_obs, V * H * W)`` matrix (for Kalman/EnKF tests):
+        ``coarsen_to`` applied to the unit fields of one variable, placed per variable."""
+        nv, h, w = len(self.variables), self.grid.nlat, self.grid.nlon
+        basis = torch.eye(h * w, dtype=dtype).reshape(h * w, h, w)
+        block = coarsen_to(basis, self.coarse).reshape(h * w, -1).T  # (n_cells, h * w)
+        n_cells = self.coarse.nlat * self.coarse.nlon
+        out = torch.zeros(self.n_obs, nv * h * w, dtype=dtype)
+        for j, v in enumerate(self.var_index.tolist()):
+            out[j * n_cells : (j + 1) * n_cells, v * h * w : (v + 1) * h * w] = block
+        return out
+
     def unflatten(self, y: Tensor) -> Tensor:
         """``(..., n_obs)`` -> ``(..., n_var_obs, nlat_c, nlon_c)``."""
         return y.reshape(*y.shape[:-1], len(self.observed), self.coarse.nlat, self.coarse.nlon)

@@ -44,6 +44,8 @@ def test_value_is_eq13_with_its_factor_one_half() -> None:
         r = y - op(x[m : m + 1])[0]
         expected = -float((r**2 / (2 * (sigma_y + sigma[m] ** 2 * 0.3))).sum())
         assert float(ll[m]) == pytest.approx(expected, rel=1e-12)
+    # sigma shaped like the state (member, 1, 1, 1) is one value per member.
+    torch.testing.assert_close(term.log_likelihood(x, sigma.reshape(3, 1, 1, 1)), ll)
     # A scalar sigma broadcasts to all members; the weight is not applied inside.
     ll_scalar = term.log_likelihood(x, 0.5)
     assert float(ll_scalar[1]) == pytest.approx(float(ll[1]), rel=1e-12)

@@ -159,6 +159,9 @@ def test_coarse_operators_are_exactly_coarsen_to() -> None:
     sub = CoarseGridOperator(grid, Grid(8, 16), VARS, observed=("v", "height"))
     assert torch.equal(sub.unflatten(sub(x)), coarsen_to(x[:, [2, 0]], Grid(8, 16)))
     assert sub.obs_variable_index.tolist() == [2] * 128 + [0] * 128
+    h = sub.matrix()
+    torch.testing.assert_close(x.reshape(3, -1) @ h.T, sub(x))
+    torch.testing.assert_close(h.sum(1), torch.ones(sub.n_obs, dtype=torch.float64))
     c = torch.full_like(x, -1.5)
     torch.testing.assert_close(lr(c), torch.full((3, lr.n_obs), -1.5, dtype=torch.float64))
     small = CoarseGridOperator(Grid(8, 16), Grid(4, 8), VARS)
