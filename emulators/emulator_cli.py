@@ -36,10 +36,12 @@ from diffda.emulators.emulator import (
     as_forcing_tensor,
     build_emulator,
     climate_errors,
+    efolding_days,
     forecast_scores,
     load_coarse_states,
     rollout_loss,
     training_windows,
+    twin_divergence,
 )
 from diffda.emulators.grid import Grid
 from diffda.emulators.training import (
@@ -298,6 +300,18 @@ def evaluate_emulator(
         "n_starts": int(sc["n_starts"]),
         "rmse_reduction_vs_persistence_24h": reduction,
     }
+    twin = twin_divergence(emulator, data, n_leads, n_starts=min(n_starts, 16))
+    out["emulator_twin"] = {
+        "perturbation": "0.01 x normalised std, white noise",
+        "rmse": {x: twin["rmse"][:, i].tolist() for i, x in enumerate(v)},
+        "efolding_days": {x: efolding_days(twin["lead_hours"], twin["rmse"][:, i],
+                                           saturation=out["rmse_saturation"][x])
+                          for i, x in enumerate(v)},
+    }
+    out["forecast_efolding_days"] = {
+        x: efolding_days(sc["lead_hours"], sc["rmse"][:, i], saturation=out["rmse_saturation"][x])
+        for i, x in enumerate(v)
+    }
     n_free = min(round(free_run_days * steps_per_day), len(data.times) - 1)
     if n_free > 0:
         run, _ = emulator.rollout(data.states[:1], data.times[0], n_free, progress=progress)
@@ -356,6 +370,9 @@ def plot_rmse(scores: dict[str, Any], path: Path, title: str = "") -> Path:
     for ax, v in zip(axes[0], names, strict=True):
         ax.plot(lead, scores["rmse"][v], label="SFNO emulator", color="C0")
         ax.plot(lead, scores["rmse_persistence"][v], label="persistence", color="C1", ls="--")
+        if "emulator_twin" in scores:
+            ax.plot(lead, scores["emulator_twin"]["rmse"][v], color="C2", lw=1, ls="-.",
+                    label="emulator twin (1% perturbation)")
         ax.axhline(scores["rmse_saturation"][v], color="0.5", lw=0.8, ls=":",
                    label=r"$\sqrt{2}\,\sigma$ (saturation)")
         ax.set_title(v)
@@ -411,6 +428,10 @@ def _print_summary(scores: dict[str, Any]) -> None:
         print(f"  {v:<7} " + "  ".join(cells))
     print("24 h RMSE reduction vs persistence:",
           {k: round(x, 3) for k, x in scores["rmse_reduction_vs_persistence_24h"].items()})
+    if "emulator_twin" in scores:
+        print("e-folding days: forecast error", {k: round(x, 2) for k, x in
+              scores["forecast_efolding_days"].items()}, "emulator twin",
+              {k: round(x, 2) for k, x in scores["emulator_twin"]["efolding_days"].items()})
     if "free_run" in scores:
         print(f"free run {scores['free_run']['days']:.0f} days, finite: "
               f"{scores['free_run']['finite']}")
