@@ -194,3 +194,21 @@ def test_station_term_from_an_observation_file() -> None:
     x = np.stack([(truth[v].values[k] - m) / s for v, m, s in zip(VARS, mean, std, strict=True)])
     ll = term.log_likelihood(torch.as_tensor(x[None]), 0.0)
     assert -3 * 12 < float(ll[0]) < 0.0
+
+
+def test_cli_make_on_the_real_igra_network(tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    igra_list = Path(__file__).parents[2] / "shared/data/igra2/igra2-station-list.txt"
+    tiny_truth(4).to_netcdf(tmp_path / "truth.nc")
+    args = ["obs", "make", "--truth", str(tmp_path / "truth.nc"), "--out",
+            str(tmp_path / "obs.nc"), "--network", str(igra_list), "--active-years",
+            "2025:2026", "--variables", "height,u", "--no-progress"]
+    assert cycler_main(args) == 0
+    out = capsys.readouterr().out
+    obs = read_observations(tmp_path / "obs.nc")
+    assert f"{obs.sizes['station']} stations" in out and obs.sizes["station"] > 100
+    assert set(obs.data_vars) == {"height", "u"} and obs.sizes["time"] == 2
+    assert cycler_main([*args[:-1], "--error-std", "height"]) == 2
+    assert "expected NAME=VALUE" in capsys.readouterr().err
+    assert cycler_main([*args[:-1], "--active-years", "2026:2020"]) == 2
+    assert "first year after last year" in capsys.readouterr().err
