@@ -119,6 +119,8 @@ def test_gradcheck_jvp_matrix_and_member_independence() -> None:
     jac = torch.func.jacrev(op)(x.detach())  # (2, 3, 2, 4, 8, 16)
     assert float(jac[0, :, 1].abs().max()) == 0.0 and float(jac[1, :, 0].abs().max()) == 0.0
     torch.testing.assert_close(op(x)[1:], op(x[1:]))
+    per_member = torch.func.vmap(lambda xi: op(xi[None])[0])(x.detach())
+    torch.testing.assert_close(per_member, op(x.detach()))
     # float32 states work too (weights cast to the state's dtype).
     assert op(x.detach().float()).dtype == torch.float32
     assert len(bicubic_stencil(np.array([0.0]), np.array([0.0]), grid)[0][0]) == 4
