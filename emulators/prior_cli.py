@@ -54,6 +54,7 @@ from diffda.emulators.training import (
 )
 from diffda.emulators.unet import UNetConfig
 from torch import Tensor
+from tqdm.auto import tqdm
 
 # ------------------------------------------------------------------------------ config
 
@@ -330,8 +331,6 @@ def sample_unconditional(
     ``(seed, "prior-evaluate", 0, m)``."""
     gens = member_generators(seed, "prior-evaluate", 0, members)
     out = []
-    from tqdm.auto import tqdm
-
     for start in tqdm(range(0, members, batch), desc="sample prior", disable=not progress):
         z = sample_posterior(prior, gens[start:start + batch], prior.state_shape, [], config)
         out.append(prior.denormalise(z))
