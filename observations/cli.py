@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import xarray as xr
 from diffda.emulators.grid import Grid
 
 # --------------------------------------------------------------------------- parsing helpers
@@ -177,10 +178,8 @@ def _print_description(d: dict[str, Any]) -> None:
 # --------------------------------------------------------------------------- make
 
 
-def open_truth(path: Path):  # noqa: ANN201 - xarray Dataset
+def open_truth(path: Path) -> xr.Dataset:
     """Open a canonical truth dataset lazily (the data layer's reader when available)."""
-    import xarray as xr
-
     if not path.exists():
         raise FileNotFoundError(f"truth dataset {path} does not exist")
     try:
