@@ -18,7 +18,9 @@ import importlib
 import sys
 
 COMMANDS: dict[str, tuple[str, str]] = {
-    "linear": ("diffda.cycler.linear_cli", "the linear-Gaussian test bed (Kalman, EnKF, diffusion)"),
+    "linear": (
+        "diffda.cycler.linear_cli", "the linear-Gaussian test bed (Kalman, EnKF, diffusion)"
+    ),
     "nature": ("diffda.emulators.nature_cli", "run the shallow-water nature run ('reanalysis')"),
     "obs": ("diffda.observations.cli", "inspect and make observations (IGRA v2, synthetic)"),
 }
@@ -64,7 +66,9 @@ def _top_parser() -> argparse.ArgumentParser:
     )
 
 
-def _run(module_name: str, prog: str, description: str, add: str, call: str, rest: list[str]) -> int:
+def _run(
+    module_name: str, prog: str, description: str, add: str, call: str, rest: list[str]
+) -> int:
     module = importlib.import_module(module_name)
     parser = argparse.ArgumentParser(prog=prog, description=description)
     getattr(module, add)(parser)

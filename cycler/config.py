@@ -90,7 +90,8 @@ def from_mapping(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
     kwargs = {}
     for name, field in fields.items():
         if name not in data:
-            if field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
+            no_default = field.default is dataclasses.MISSING
+            if no_default and field.default_factory is dataclasses.MISSING:
                 raise ConfigError(f"missing key {dotted}{name}")
             continue
         kwargs[name] = _convert(hints[name], data[name], dotted + name)
