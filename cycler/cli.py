@@ -2,8 +2,10 @@
 
 Two kinds of entries:
 
-- :data:`COMMANDS`: name -> (module, help). The module exposes
-  ``add_arguments(parser)`` and ``run(args) -> int``.
+- :data:`COMMANDS`: name -> (module, help) or (module, help, function). The module exposes
+  ``add_arguments(parser)`` and ``run(args) -> int``, or, where a function name is given
+  (several commands in one module), ``add_<function>_arguments(parser)`` and
+  ``<function>(args) -> int``.
 - :data:`GROUPS`: ``cycler GROUP TARGET ...`` (``bench``, ``train``, ``evaluate``), where
   each target's module exposes ``add_<group>_arguments(parser)`` and ``<group>(args) -> int``.
 
@@ -17,12 +19,19 @@ import argparse
 import importlib
 import sys
 
-COMMANDS: dict[str, tuple[str, str]] = {
+COMMANDS: dict[str, tuple[str, ...]] = {
     "linear": (
         "diffda.cycler.linear_cli", "the linear-Gaussian test bed (Kalman, EnKF, diffusion)"
     ),
     "nature": ("diffda.emulators.nature_cli", "run the shallow-water nature run ('reanalysis')"),
     "obs": ("diffda.observations.cli", "inspect and make observations (IGRA v2, synthetic)"),
+    "run": ("diffda.cycler.run_cli", "run a cycling experiment from a TOML config", "run"),
+    "resume": ("diffda.cycler.run_cli", "resume a run from its last complete cycle", "resume"),
+    "compare": ("diffda.cycler.run_cli", "compare runs: RMSE by lead time per mode", "compare"),
+    "sweep": ("diffda.cycler.run_cli", "parallel runs over parameter values (dask)", "sweep"),
+    "experiment": (
+        "diffda.cycler.experiments_cli", "single-analysis experiments (sample-lr, ...)"
+    ),
 }
 
 GROUPS: dict[str, tuple[str, dict[str, str]]] = {
@@ -54,7 +63,7 @@ GROUPS: dict[str, tuple[str, dict[str, str]]] = {
 
 
 def _top_parser() -> argparse.ArgumentParser:
-    lines = [f"  {name:<10} {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines = [f"  {name:<10} {entry[1]}" for name, entry in COMMANDS.items()]
     lines += [
         f"  {name:<10} {help_} ({', '.join(targets)})" for name, (help_, targets) in GROUPS.items()
     ]
@@ -86,8 +95,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     name = argv[0] if argv else None
     if name in COMMANDS:
-        module_name, help_ = COMMANDS[name]
-        return _run(module_name, f"cycler {name}", help_, "add_arguments", "run", argv[1:])
+        module_name, help_, *function = COMMANDS[name]
+        add, call = (f"add_{function[0]}_arguments", function[0]) if function else (
+            "add_arguments", "run")
+        return _run(module_name, f"cycler {name}", help_, add, call, argv[1:])
     if name in GROUPS:
         help_, targets = GROUPS[name]
         target = argv[1] if len(argv) > 1 else None
