@@ -10,6 +10,7 @@ value. Each dataclass validates the meaning of its own values in ``__post_init__
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 import types
 import typing
@@ -129,3 +130,15 @@ def to_mapping(obj: Any) -> dict[str, Any]:
         return v
 
     return convert(obj)
+
+
+def json_safe(obj: Any) -> Any:
+    """``obj`` with non-finite floats replaced by ``None``: strict JSON has no inf or NaN,
+    and ``json.dumps(..., allow_nan=False)`` then refuses anything that slipped through."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [json_safe(v) for v in obj]
+    return obj

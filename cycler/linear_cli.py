@@ -7,6 +7,7 @@ import json
 import time
 
 import torch
+from diffda.cycler.config import json_safe
 from diffda.cycler.linear import LinearSetup, run_steady
 
 
@@ -87,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
     if args.action == "steady":
         res = run_steady(setup)
         if args.json:
-            print(json.dumps(res, default=float))
+            print(json.dumps(json_safe(res), allow_nan=False))
         else:
             _print_table(res)
         return 0

@@ -18,6 +18,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from diffda.cycler import kalman  # noqa: E402
+from diffda.cycler.config import json_safe  # noqa: E402
 from diffda.cycler.linear import (  # noqa: E402
     POSTERIORS,
     LinearSetup,
@@ -173,5 +174,6 @@ def make_figures(out_dir: str | Path, base: LinearSetup | None = None) -> dict:
     base = base or LinearSetup()
     numbers = {"fig1": figure1(base, out), "fig2a": figure2a(base, out),
                "fig2b": figure2b(base, out)}
-    _atomic_write_text(out / "figures.json", json.dumps(numbers, indent=1, default=float))
+    text = json.dumps(json_safe(numbers), indent=1, allow_nan=False)
+    _atomic_write_text(out / "figures.json", text)
     return numbers

@@ -7,7 +7,6 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-
 from diffda.cycler.config import ConfigError, from_mapping, load_config, require, to_mapping
 from diffda.cycler.rng import derive_seed, member_generators, randn_members, torch_generator
 from diffda.emulators.grid import Grid, coarsen, lat_weighted_mean
@@ -84,3 +83,13 @@ def test_weatherbench_grid_and_coarsening():
     with pytest.raises(ValueError, match="factor 3"):
         coarsen(x, 3)
     assert np.allclose(g.coarsened(4).lat, Grid(8, 16).lat)
+
+
+def test_json_safe_replaces_non_finite_floats():
+    import json
+
+    from diffda.cycler.config import json_safe
+
+    out = json_safe({"a": float("inf"), "b": [1.0, float("nan")], "c": "x", "d": 2})
+    assert out == {"a": None, "b": [1.0, None], "c": "x", "d": 2}
+    json.dumps(out, allow_nan=False)
