@@ -245,3 +245,15 @@ def test_default_config_file_loads():
     cfg = load_config(PriorTrainConfig, Path(__file__).parents[1] / "runs" / "prior.toml")
     assert cfg.model == UNetConfig()  # the file spells out the defaults
     assert cfg.edm.p_mean == -0.5 and cfg.edm.p_std == 1.5 and cfg.edm.sigma_data == 1.0
+
+
+def test_untrained_prior_is_the_exact_standard_normal_denoiser():
+    """The output layer starts at zero, so ``D = c_skip x = x / (1 + sigma^2)``: the exact
+    denoiser of ``N(0, I)`` (``sigma_data = 1``), at the default size and grid."""
+    prior = build_prior(UNetConfig(), ("height", "u", "v", "tracer"), torch.zeros(4),
+                        torch.ones(4), Grid(32, 64), seed_generator=torch_generator(0, "t"))
+    x = torch.randn(2, 4, 32, 64, generator=torch.Generator().manual_seed(0))
+    for s in (0.1, 2.0):
+        torch.testing.assert_close(prior.eval()(x, torch.tensor(s)), x / (1 + s**2))
+    with pytest.raises(ValueError, match="expects states of shape"):
+        prior(torch.zeros(2, 3, 32, 64), torch.tensor(1.0))
