@@ -46,6 +46,9 @@ VARIABLES: tuple[str, ...] = ("height", "u", "v", "tracer")
 POSITIVE_VARIABLES: frozenset[str] = frozenset({"tracer"})
 STATIC_CHANNELS: tuple[str, ...] = ("orography", "land_sea_mask", "sin_lat", "cos_lat")
 
+DEFAULT_WEIGHTS = Path(__file__).parent / "weights" / "emulator.safetensors"
+"""The shipped emulator (trained by ``cycler train emulator runs/emulator.toml``)."""
+
 ForcingFn = Callable[[Sequence[cftime.datetime], Grid], Tensor]
 """``forcing(times, grid) -> (time, n_forcing, nlat, nlon)`` in physical units."""
 
@@ -330,6 +333,20 @@ class SFNOEmulator(nn.Module):
         except RuntimeError as err:
             raise WeightsError(f"{path}: weights do not match their card ({err})") from None
         return emu.eval().to(map_location)
+
+
+def load_emulator(
+    path: str | Path | None = None, forcing: ForcingFn | None = None,
+    map_location: str | torch.device = "cpu",
+) -> SFNOEmulator:
+    """The emulator at ``path`` (default: :data:`DEFAULT_WEIGHTS`, the shipped one)."""
+    path = DEFAULT_WEIGHTS if path is None else Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path}: no emulator weights; train them with "
+            "'cycler train emulator runs/emulator.toml' (see emulators/emulator_cli.py)"
+        )
+    return SFNOEmulator.from_weights(path, forcing=forcing, map_location=map_location)
 
 
 def _timedelta_hours(hours: float):

@@ -29,6 +29,7 @@ import torch
 from diffda.cycler.config import load_config, require, to_mapping
 from diffda.cycler.rng import torch_generator
 from diffda.emulators.emulator import (
+    DEFAULT_WEIGHTS,
     FORCINGS,
     VARIABLES,
     CoarseStates,
@@ -56,8 +57,6 @@ from diffda.emulators.training import (
     update_card,
     wrap_ddp,
 )
-
-DEFAULT_WEIGHTS = Path(__file__).parent / "weights" / "emulator.safetensors"
 
 # ------------------------------------------------------------------------------ config
 
