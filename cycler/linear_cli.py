@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 
 import torch
-from diffda.cycler.config import json_safe
+from diffda.cycler.config import json_safe, load_config
 from diffda.cycler.linear import LinearSetup, run_steady
 
 
-def _observed(text: str) -> tuple[int, ...] | None:
+def _observed(text: str) -> tuple[int, ...] | str:
     """``all``, a comma list ``0,3,5`` or a slice ``start:stop[:step]``."""
     if text == "all":
-        return None
+        return "all"
     try:
         if ":" in text:
             return tuple(range(*[int(p) for p in text.split(":")]))
@@ -25,34 +26,41 @@ def _observed(text: str) -> tuple[int, ...] | None:
         ) from None
 
 
+# CLI option -> LinearSetup field. Options left out keep the config file's (or the
+# default) value, so `--config runs/linear.toml --obs-var 4` changes one thing.
+_OPTIONS = {
+    "dt": (float, "model time step (0 < dt < 1)"),
+    "obs_every": (int, "model steps between observations (K)"),
+    "obs_var": (float, "observation error variance r"),
+    "n": (int, "number of state components"),
+    "observed": (_observed, "observed components: all, 0,3,5 or 0:40:2"),
+    "cycles": (int, "number of observation cycles"),
+    "spinup": (int, "cycles left out of the averages"),
+    "members": (int, "ensemble size (EnKF, diffusion)"),
+    "seed": (int, "seed of every random stream"),
+    "sde_steps": (int, "Euler-Maruyama steps of the reverse SDE"),
+    "t_max": (float, "start time T of the reverse SDE"),
+    "sampler": (str, "'composed' (draw the EM chain's output law) or 'em' (step the chain)"),
+}
+
+
 def _add_setup_arguments(p: argparse.ArgumentParser) -> None:
     d = LinearSetup()
-    p.add_argument("--dt", type=float, default=d.dt, help="model time step (0 < dt < 1)")
-    p.add_argument("--obs-every", type=int, default=d.obs_every,
-                   help="model steps between observations (K)")
-    p.add_argument("--obs-var", type=float, default=d.obs_var, help="observation error variance r")
-    p.add_argument("--n", type=int, default=d.n, help="number of state components")
-    p.add_argument("--observed", type=_observed, default=None,
-                   help="observed components: all (default), 0,3,5 or 0:40:2")
-    p.add_argument("--cycles", type=int, default=d.cycles)
-    p.add_argument("--spinup", type=int, default=d.spinup, help="cycles left out of averages")
-    p.add_argument("--members", type=int, default=d.members, help="ensemble size (EnKF, diffusion)")
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--sde-steps", type=int, default=d.sde_steps,
-                   help="Euler-Maruyama steps of the reverse SDE")
-    p.add_argument("--t-max", type=float, default=d.t_max, help="start time of the reverse SDE")
-    p.add_argument("--sampler", choices=("composed", "em"), default=d.sampler,
-                   help="'em' steps the EM chain; 'composed' draws its output law at once")
-    p.add_argument("--threads", type=int, default=1, help="torch threads")
+    p.add_argument("--config", help="TOML file with LinearSetup fields (options override it)")
+    for field, (type_, help_) in _OPTIONS.items():
+        default = getattr(d, field)
+        p.add_argument("--" + field.replace("_", "-"), type=type_, default=None,
+                       help=f"{help_} (default: {'all' if default is None else default})")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default: 1)")
 
 
 def _setup(args: argparse.Namespace) -> LinearSetup:
     torch.set_num_threads(args.threads)
-    return LinearSetup(
-        dt=args.dt, obs_every=args.obs_every, obs_var=args.obs_var, n=args.n,
-        observed=args.observed, cycles=args.cycles, spinup=args.spinup, members=args.members,
-        seed=args.seed, sde_steps=args.sde_steps, t_max=args.t_max, sampler=args.sampler,
-    )
+    base = load_config(LinearSetup, args.config) if args.config else LinearSetup()
+    changes = {f: getattr(args, f) for f in _OPTIONS if getattr(args, f) is not None}
+    if "observed" in changes and changes["observed"] == "all":
+        changes["observed"] = None
+    return dataclasses.replace(base, **changes)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -241,20 +239,35 @@ def test_bad_setups_fail_with_clear_messages(kwargs, match):
         LinearSetup(**kwargs)
 
 
-def test_cli_steady_json_and_errors():
-    cmd = [sys.executable, "-m", "diffda.cycler.cli", "linear", "steady", "--n", "4",
-           "--cycles", "300", "--spinup", "20", "--members", "50", "--json"]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr
-    res = json.loads(out.stdout)
+def test_cli_steady_json_config_and_errors(tmp_path, capsys):
+    from diffda.cycler.cli import main
+
+    args = ["linear", "steady", "--n", "4", "--cycles", "300", "--spinup", "20",
+            "--members", "50", "--json"]
+    assert main(args) == 0
+    res = json.loads(capsys.readouterr().out)
     for key in ("clim_prior_var", "climatological_var", "cycling_var", "extended_var",
                 "cycling_kalman_mse", "cycling_diffusion_var", "cycling_diffusion_mse",
                 "cycling_enkf_var", "cycling_enkf_mse", "extended_diffusion_mse",
                 "climatological_kalman_mse", "alpha", "beta", "alpha_paper", "beta_paper",
                 "extended_paper_var"):
         assert np.isfinite(res[key]), key
-    bad = subprocess.run(cmd[:5] + ["--obs-var", "-2"], capture_output=True, text=True, timeout=120)
-    assert bad.returncode == 2
-    assert "obs_var = -2.0" in bad.stderr
-    bad = subprocess.run(cmd[:5] + ["--observed", "x"], capture_output=True, text=True, timeout=120)
-    assert bad.returncode == 2 and "--observed 'x'" in bad.stderr
+    assert res["setup"]["n"] == 4
+    # A config file, with an option overriding one of its values.
+    cfg = tmp_path / "lin.toml"
+    cfg.write_text("n = 3\nobs_var = 2.0\ncycles = 300\nspinup = 20\nmembers = 20\n")
+    assert main(["linear", "steady", "--config", str(cfg), "--obs-var", "0.5", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["setup"]["n"] == 3 and res["setup"]["obs_var"] == 0.5
+    assert res["climatological_var"] == pytest.approx(res["clim_prior_var"] * 0.5
+                                                      / (res["clim_prior_var"] + 0.5))
+    # Errors name the key and the value (and the file), and exit with status 2.
+    assert main(args[:2] + ["--obs-var", "-2"]) == 2
+    assert "obs_var = -2.0" in capsys.readouterr().err
+    cfg.write_text("dt = 1.5\n")
+    assert main(["linear", "steady", "--config", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert "lin.toml" in err and "dt = 1.5" in err
+    with pytest.raises(SystemExit):
+        main(args[:2] + ["--observed", "x"])
+    assert "--observed 'x'" in capsys.readouterr().err
