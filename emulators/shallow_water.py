@@ -412,10 +412,11 @@ class ShallowWaterModel(nn.Module):
         return SWState(spec, state.seconds, [h.clone() for h in state.history])
 
 
-def synthesize(spec: Tensor, lat_deg: np.ndarray, nlon: int) -> Tensor:
+def synthesize(spec: Tensor, lat_deg: np.ndarray, nlon: int, lon0_deg: float = 0.0) -> Tensor:
     """Evaluate real spherical-harmonic coefficients at latitudes ``lat_deg`` and ``nlon``
-    equally spaced longitudes from 0 (the inverse transform of torch-harmonics, ortho norm,
-    no Condon-Shortley phase, at arbitrary latitudes).
+    equally spaced longitudes from ``lon0_deg`` (the inverse transform of torch-harmonics,
+    ortho norm, no Condon-Shortley phase, at arbitrary latitudes and a shifted longitude
+    origin: coefficient ``m`` is multiplied by ``exp(i m lon0)``).
 
     ``spec``: ``(..., L, M)`` complex; returns ``(..., len(lat_deg), nlon)`` real. ``nlon`` must
     be at least ``2 M - 1`` for exact evaluation.
@@ -429,4 +430,8 @@ def synthesize(spec: Tensor, lat_deg: np.ndarray, nlon: int) -> Tensor:
     pct = pct.to(rdt)
     re = torch.einsum("...lm,mlk->...km", spec.real, pct)
     im = torch.einsum("...lm,mlk->...km", spec.imag, pct)
-    return torch.fft.irfft(torch.complex(re, im), n=nlon, dim=-1, norm="forward")
+    coef = torch.complex(re, im)
+    if lon0_deg != 0.0:
+        m = torch.arange(M, dtype=rdt)
+        coef = coef * torch.polar(torch.ones_like(m), m * math.radians(lon0_deg))
+    return torch.fft.irfft(coef, n=nlon, dim=-1, norm="forward")

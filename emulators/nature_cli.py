@@ -1,0 +1,100 @@
+"""``cycler nature`` (run the nature run) and ``cycler bench nature`` (its speed).
+
+Usage::
+
+    cycler nature (--years Y | --days D) --out PATH.zarr|PATH.nc [--spinup-days S]
+                  [--seed 0] [--chunk-days 30] [--plots DIR] [--json FILE]
+                  [--twin-days 30] [--threads 1] [--no-progress]
+    cycler bench nature [--days 2] [--nlat 64] [--nlon 128] [--dt 600] [--batch 1]
+                        [--threads 1]
+
+A killed ``cycler nature`` resumes when called again with the same arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from diffda.emulators.nature import NatureConfig, diagnose, run_nature
+from diffda.emulators.shallow_water import ShallowWaterConfig, ShallowWaterModel
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    span = parser.add_mutually_exclusive_group(required=True)
+    span.add_argument("--years", type=float, help="stored years (365 days) after spin-up")
+    span.add_argument("--days", type=float, help="stored days after spin-up")
+    parser.add_argument("--out", type=Path, required=True, help="output .zarr or .nc path")
+    parser.add_argument("--spinup-days", type=float, default=180.0, help="not stored (180)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the initial noise (0)")
+    parser.add_argument("--chunk-days", type=float, default=30.0,
+                        help="days per appended chunk and checkpoint (30)")
+    parser.add_argument("--plots", type=Path, help="folder for acceptance plots")
+    parser.add_argument("--json", type=Path, help="write the acceptance summary here")
+    parser.add_argument("--twin-days", type=float, default=30.0,
+                        help="length of the twin experiment in the diagnostics (30)")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def run(args: argparse.Namespace) -> int:
+    torch.set_num_threads(args.threads)
+    days = args.days if args.days is not None else 365.0 * args.years
+    cfg = NatureConfig(days=days, spinup_days=args.spinup_days, seed=args.seed,
+                       chunk_days=args.chunk_days)
+    out = run_nature(cfg, args.out, progress=not args.no_progress)
+    print(f"wrote {out}")
+    if args.plots is not None or args.json is not None:
+        summary = diagnose(out, cfg, args.plots, twin_days=args.twin_days,
+                           progress=not args.no_progress)
+        text = json.dumps(summary, indent=2, default=float)
+        if args.json is not None:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=args.json.parent, suffix=".tmp")
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+            os.replace(tmp, args.json)
+        if args.plots is not None:
+            (args.plots / "summary.json").write_text(text)
+        print(text)
+    return 0
+
+
+def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--days", type=float, default=2.0, help="simulated days (2)")
+    parser.add_argument("--nlat", type=int, default=64)
+    parser.add_argument("--nlon", type=int, default=128)
+    parser.add_argument("--dt", type=float, default=None, help="time step, s (model default)")
+    parser.add_argument("--batch", type=int, default=1, help="members stepped together (1)")
+    parser.add_argument("--threads", type=int, default=1)
+
+
+def bench(args: argparse.Namespace) -> int:
+    """Simulated days per wall-clock second of the shallow-water model (after warm-up)."""
+    torch.set_num_threads(args.threads)
+    cfg = ShallowWaterConfig(nlat=args.nlat, nlon=args.nlon)
+    if args.dt is not None:
+        cfg = replace(cfg, dt_seconds=args.dt)
+    model = ShallowWaterModel(cfg)
+    state = model.initial_state(0.0, torch.Generator().manual_seed(0))
+    state.spec = state.spec.repeat(args.batch, 1, 1, 1)
+    n = max(1, int(round(args.days * 86400.0 / cfg.dt_seconds)))
+    with torch.no_grad():
+        for _ in range(10):
+            state = model.step(state)
+        t0 = time.perf_counter()
+        for _ in range(n):
+            state = model.step(state)
+        wall = time.perf_counter() - t0
+    days = n * cfg.dt_seconds / 86400.0
+    print(f"shallow water {cfg.nlat}x{cfg.nlon} T{cfg.lmax - 1} dt={cfg.dt_seconds:g}s "
+          f"batch={args.batch} threads={args.threads}: {n} steps in {wall:.2f} s, "
+          f"{1e3 * wall / n:.2f} ms/step, {days / wall:.3f} simulated days/s "
+          f"({days * args.batch / wall:.3f} member-days/s)")
+    return 0

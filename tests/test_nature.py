@@ -1,0 +1,132 @@
+"""The nature run: canonical output, exact forcing, resume = uninterrupted, diagnostics."""
+
+from __future__ import annotations
+
+import math
+
+import cftime
+import numpy as np
+import pytest
+import torch
+from diffda.emulators import dataio
+from diffda.emulators.grid import Grid
+from diffda.emulators.nature import (
+    FORCING_VARIABLES,
+    OUTPUT_GRID,
+    STATE_VARIABLES,
+    NatureConfig,
+    error_growth,
+    forcing_fields,
+    run_nature,
+    static_fields,
+    yearly_steadiness,
+)
+from diffda.emulators.shallow_water import ShallowWaterConfig
+
+TINY = NatureConfig(days=1.0, spinup_days=0.5, chunk_days=0.5,
+                    model=ShallowWaterConfig(nlat=16, nlon=32, dt_seconds=1800.0))
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("nature") / "n.zarr"
+    run_nature(TINY, out, progress=False)
+    return out
+
+
+def test_output_is_canonical_with_exact_forcing_and_climatology(tiny_run):
+    ds = dataio.open_dataset(tiny_run)
+    assert set(STATE_VARIABLES + FORCING_VARIABLES) <= set(ds.data_vars)
+    assert ds.sizes == {"time": 4, "lat": 32, "lon": 64}
+    np.testing.assert_allclose(ds["lat"].values, OUTPUT_GRID.lat)
+    np.testing.assert_allclose(ds["lon"].values, OUTPUT_GRID.lon)
+    t = ds["time"].values
+    assert isinstance(t[0], cftime.DatetimeNoLeap)
+    assert [(x - t[0]).total_seconds() / 3600 for x in t] == [0, 6, 12, 18]
+    for v in (*STATE_VARIABLES, "orography", "land_sea_mask"):
+        assert "units" in ds[v].attrs and "long_name" in ds[v].attrs
+    assert ds["u"].attrs["standard_name"] == "eastward_wind"
+    # forcing reproduced exactly from the pure function at the stored times and grid
+    f = forcing_fields(list(t), OUTPUT_GRID)
+    np.testing.assert_array_equal(f[:, 0].numpy(), ds["height_eq"].values)
+    st = static_fields(OUTPUT_GRID)
+    np.testing.assert_array_equal(st[0].numpy(), ds["orography"].values)
+    np.testing.assert_array_equal(st[1].numpy(), ds["land_sea_mask"].values)
+    # stored climatology = computed climatology
+    clim = dataio.Climatology.from_dataset(ds, STATE_VARIABLES)
+    again = dataio.climatology(ds, STATE_VARIABLES)
+    for v in STATE_VARIABLES:
+        assert clim.mean[v] == pytest.approx(again.mean[v], rel=1e-9)
+        assert clim.std[v] == pytest.approx(again.std[v], rel=1e-9)
+    assert float(ds["tracer"].min()) >= 0.0
+    assert np.isfinite(ds["height"].values).all()
+    # the forcing depends on the time of day (the "sun")
+    assert np.abs(ds["height_eq"].values[2] - ds["height_eq"].values[0]).max() > 10.0
+
+
+def test_forcing_on_another_grid_is_the_same_function():
+    times = [cftime.DatetimeNoLeap(2001, 6, 21, 12)]
+    g = Grid(8, 16)
+    f = forcing_fields(times, g)
+    assert f.shape == (1, len(FORCING_VARIABLES), 8, 16)
+    assert f.dtype == torch.float32
+    # summer in the north: the northern front is weaker than the southern one
+    zonal = f[0, 0].mean(-1)
+    assert (zonal[-1] - zonal[4]) > (zonal[0] - zonal[3])
+
+
+def test_resume_after_a_kill_gives_the_same_dataset(tmp_path, tiny_run):
+    out = tmp_path / "r.nc"
+
+    class Killed(Exception):
+        pass
+
+    def kill(n_done, n_total):
+        if n_done < n_total:
+            raise Killed
+
+    with pytest.raises(Killed):
+        run_nature(TINY, out, progress=False, callback=kill)
+    assert not out.exists()
+    assert out.with_name("r.nc.checkpoint.safetensors").exists()
+    run_nature(TINY, out, progress=False)  # resumes
+    assert not out.with_name("r.nc.partial.zarr").exists()
+    a = dataio.open_dataset(out).load()
+    b = dataio.open_dataset(tiny_run).load()
+    for v in (*STATE_VARIABLES, *FORCING_VARIABLES):
+        np.testing.assert_array_equal(a[v].values, b[v].values)
+
+
+def test_refuses_to_overwrite_and_bad_suffix(tmp_path, tiny_run):
+    with pytest.raises(FileExistsError):
+        run_nature(TINY, tiny_run, progress=False)
+    with pytest.raises(ValueError, match=".zarr or .nc"):
+        run_nature(TINY, tmp_path / "x.h5", progress=False)
+
+
+def test_error_growth_recovers_efolding_and_saturation():
+    days = np.arange(1, 121) * 0.25
+    tau, e0 = 2.0, 1e-3
+    err = np.minimum(e0 * np.exp(days / tau), 1.0)
+    efold, sat_day, sat = error_growth(days, err)
+    assert efold == pytest.approx(tau, rel=1e-6)
+    assert sat == pytest.approx(1.0)
+    assert sat_day == pytest.approx(days[np.nonzero(err >= 0.8)[0][0]])
+    assert abs(sat_day - tau * math.log(0.8 / e0)) <= 0.25
+
+
+def test_yearly_steadiness_relative_deviations():
+    per_year = 365 * 4
+    times = [cftime.DatetimeNoLeap(2000, 1, 1) + i * (cftime.DatetimeNoLeap(2000, 1, 1, 6)
+                                                      - cftime.DatetimeNoLeap(2000, 1, 1))
+             for i in range(3 * per_year)]
+    g = Grid(4, 8)
+    amp = np.repeat([1.0, 1.0, 2.0], per_year)[:, None, None]
+    u = amp * np.ones((len(times), 4, 8))
+    data = {"u": u, "v": np.zeros_like(u), "height": u * np.linspace(-1, 1, 8)}
+    st = yearly_steadiness(dataio.make_dataset(data, times, g), g)
+    assert st["years"] == 3
+    ke = [0.5, 0.5, 2.0]
+    assert st["kinetic_energy"] == pytest.approx(ke)
+    assert st["kinetic_energy_rel_dev"][2] == pytest.approx((2.0 - 0.5) / 0.5)
+    assert st["kinetic_energy_rel_dev"][0] == pytest.approx(abs(0.5 - 1.25) / 1.25)
