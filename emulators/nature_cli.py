@@ -4,7 +4,8 @@ Usage::
 
     cycler nature (--years Y | --days D) --out PATH.zarr|PATH.nc [--spinup-days S]
                   [--seed 0] [--chunk-days 30] [--plots DIR] [--json FILE]
-                  [--twin-days 30] [--threads 1] [--no-progress]
+                  [--twin-days 30] [--model-grid 64x128] [--dt S] [--threads 1]
+                  [--no-progress]
     cycler bench nature [--days 2] [--nlat 64] [--nlon 128] [--dt 600] [--batch 1]
                         [--threads 1]
 
@@ -39,15 +40,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", type=Path, help="write the acceptance summary here")
     parser.add_argument("--twin-days", type=float, default=30.0,
                         help="length of the twin experiment in the diagnostics (30)")
+    parser.add_argument("--model-grid", default="64x128",
+                        help="model grid NLATxNLON (64x128; T = NLON // 3)")
+    parser.add_argument("--dt", type=float, default=None,
+                        help="model time step in s, must divide 6 h (model default)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _model_config(grid: str, dt: float | None) -> ShallowWaterConfig:
+    try:
+        nlat, nlon = (int(x) for x in grid.lower().split("x"))
+    except ValueError:
+        raise ValueError(f"--model-grid {grid!r}: expected NLATxNLON, e.g. 64x128") from None
+    cfg = ShallowWaterConfig(nlat=nlat, nlon=nlon)
+    return cfg if dt is None else replace(cfg, dt_seconds=dt)
 
 
 def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     days = args.days if args.days is not None else 365.0 * args.years
     cfg = NatureConfig(days=days, spinup_days=args.spinup_days, seed=args.seed,
-                       chunk_days=args.chunk_days)
+                       chunk_days=args.chunk_days, model=_model_config(args.model_grid, args.dt))
     out = run_nature(cfg, args.out, progress=not args.no_progress)
     print(f"wrote {out}")
     if args.plots is not None or args.json is not None:

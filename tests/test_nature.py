@@ -130,3 +130,40 @@ def test_yearly_steadiness_relative_deviations():
     assert st["kinetic_energy"] == pytest.approx(ke)
     assert st["kinetic_energy_rel_dev"][2] == pytest.approx((2.0 - 0.5) / 0.5)
     assert st["kinetic_energy_rel_dev"][0] == pytest.approx(abs(0.5 - 1.25) / 1.25)
+
+
+def test_output_map_centres_cells_on_the_labelled_longitudes():
+    from diffda.emulators.nature import OutputMap
+    from diffda.emulators.shallow_water import ForcingConfig, ShallowWaterModel
+
+    flat = ShallowWaterConfig(nlat=16, nlon=32, forcing=ForcingConfig(orography_height=0.0))
+    model = ShallowWaterModel(flat, dtype=torch.float64)
+    lat = torch.deg2rad(model.lat_deg)[:, None]
+    lon = torch.deg2rad(model.lon_deg)[None]
+    # height anomaly cos(lat) cos(lon): its cell means peak at lon 0 and are even about it
+    phi = 9.8 * (6000.0 + 100.0 * torch.cos(lat) * torch.cos(lon) - model.orography)
+    grid = torch.stack([phi, torch.zeros_like(phi), torch.zeros_like(phi),
+                        torch.zeros_like(phi)])[None]
+    out = OutputMap(model)(model.to_spec(grid) * model.tril)[0, 0].double()
+    anom = out - out.mean(-1, keepdim=True)
+    row = anom[16]
+    assert int(row.argmax()) == 0
+    torch.testing.assert_close(row[1:32], row.flip(0)[:31], rtol=0, atol=2e-3)
+
+
+def test_cli_tiny_run_with_json(tmp_path):
+    import json
+
+    from diffda.cycler.cli import main
+
+    out = tmp_path / "c.zarr"
+    js = tmp_path / "s.json"
+    rc = main(["nature", "--days", "0.5", "--spinup-days", "0.25", "--out", str(out),
+               "--model-grid", "16x32", "--dt", "1800", "--twin-days", "1", "--json", str(js),
+               "--no-progress"])
+    assert rc == 0 and out.exists()
+    summary = json.loads(js.read_text())
+    assert summary["times"] == 2
+    assert summary["twin"]["members"] == 3
+    assert main(["nature", "--days", "1", "--out", str(tmp_path / "x.zarr"),
+                 "--model-grid", "16by32"]) == 2
