@@ -326,9 +326,16 @@ def run_nature(cfg: NatureConfig, out: Path, *, progress: bool = True,
                     callback(n_done, n_total)
     bar.close()
     finalize(partial, out)
-    ckpt.unlink()
-    ckpt.with_suffix(".json").unlink()
+    restart = restart_path(out)
+    os.replace(ckpt, restart)
+    os.replace(ckpt.with_suffix(".json"), restart.with_suffix(".json"))
     return out
+
+
+def restart_path(out: Path) -> Path:
+    """Where a finished run keeps its final model state (safetensors + .json): the state
+    after the last stored time, to extend the run or start twin experiments from."""
+    return Path(out).with_name(Path(out).name + ".restart.safetensors")
 
 
 def finalize(partial: Path, out: Path) -> None:
@@ -464,11 +471,12 @@ def zonal_spectra(ds: xr.Dataset, variables: Sequence[str], lat_band: tuple[floa
 
 
 def diagnose(path: Path, cfg: NatureConfig, plots: Path | None, *, twin_days: float = 30.0,
-             progress: bool = True) -> dict:
-    """Acceptance numbers (and plots into ``plots``) of a finished nature run at ``path``.
+             progress: bool = True, state: SWState | None = None) -> dict:
+    """Acceptance numbers (and plots into ``plots``) of a nature run stored at ``path``.
 
-    The twin experiment starts from the end of spin-up, recomputed (deterministic) so that
-    it does not depend on files other than the dataset.
+    The twin experiment starts from ``state``; by default from the run's final state
+    (:func:`restart_path`), or, when that file is absent, from the end of spin-up,
+    recomputed (deterministic).
     """
     ds = dataio.open_dataset(path)
     summary: dict = {"path": str(path), "times": int(ds.sizes["time"]),
@@ -476,13 +484,18 @@ def diagnose(path: Path, cfg: NatureConfig, plots: Path | None, *, twin_days: fl
                      "last_time": str(ds["time"].values[-1])}
     summary["steadiness"] = yearly_steadiness(ds)
     model = ShallowWaterModel(cfg.model)
-    state = model.initial_state(-cfg.spinup_days * DAY, torch_generator(cfg.seed, "nature-initial"))
-    from tqdm import tqdm
+    if state is None and restart_path(path).exists():
+        state = load_checkpoint(restart_path(path))[0]
+    if state is None:
+        from tqdm import tqdm
 
-    with torch.no_grad():
-        for _ in tqdm(range(int(round(cfg.spinup_days * DAY / cfg.model.dt_seconds))),
-                      desc="twin spin-up", disable=not progress, mininterval=2.0):
-            state = model.step(state)
+        state = model.initial_state(-cfg.spinup_days * DAY,
+                                    torch_generator(cfg.seed, "nature-initial"))
+        with torch.no_grad():
+            for _ in tqdm(range(int(round(cfg.spinup_days * DAY / cfg.model.dt_seconds))),
+                          desc="twin spin-up", disable=not progress, mininterval=2.0):
+                state = model.step(state)
+    summary["twin_start"] = str(time_of(state.seconds))
     twin = twin_experiment(model, state, days=twin_days, seed=cfg.seed, progress=progress)
     summary["twin"] = {"efold_days": twin.efold_days, "saturation_days": twin.saturation_days,
                        "saturation_height_rms_m": twin.saturation_m,
@@ -559,8 +572,9 @@ def write_plots(folder: Path, ds: xr.Dataset, summary: dict, twin: TwinResult,
 
     t = -1
     names = [*STATE_VARIABLES, *FORCING_VARIABLES, "orography"]
+    names = [n for n in names if n in ds]
     fig, axs = plt.subplots(3, 2, figsize=(11, 9))
-    for a, k in zip(axs.ravel(), names, strict=True):
+    for a, k in zip(axs.ravel(), names, strict=False):
         x = ds[k].isel(time=t) if "time" in ds[k].dims else ds[k]
         im = a.pcolormesh(ds["lon"], ds["lat"], x, shading="nearest",
                           cmap="RdBu_r" if k in ("u", "v") else "viridis")

@@ -9,7 +9,8 @@ Usage::
     cycler bench nature [--days 2] [--nlat 64] [--nlon 128] [--dt 600] [--batch 1]
                         [--threads 1]
 
-A killed ``cycler nature`` resumes when called again with the same arguments.
+A killed ``cycler nature`` resumes when called again with the same arguments. Called on a
+finished ``--out`` with ``--plots`` or ``--json``, it only (re)computes the diagnostics.
 """
 
 from __future__ import annotations
@@ -62,8 +63,11 @@ def run(args: argparse.Namespace) -> int:
     days = args.days if args.days is not None else 365.0 * args.years
     cfg = NatureConfig(days=days, spinup_days=args.spinup_days, seed=args.seed,
                        chunk_days=args.chunk_days, model=_model_config(args.model_grid, args.dt))
-    out = run_nature(cfg, args.out, progress=not args.no_progress)
-    print(f"wrote {out}")
+    if args.out.exists() and (args.plots is not None or args.json is not None):
+        out = args.out  # a finished run: diagnostics only
+    else:
+        out = run_nature(cfg, args.out, progress=not args.no_progress)
+        print(f"wrote {out}")
     if args.plots is not None or args.json is not None:
         summary = diagnose(out, cfg, args.plots, twin_days=args.twin_days,
                            progress=not args.no_progress)
