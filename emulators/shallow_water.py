@@ -62,9 +62,9 @@ class ForcingConfig:
     :func:`equilibrium_height`. Heights in m, latitudes in degrees."""
 
     mean_height: float = 6000.0
-    jet_drop: float = 900.0  # equator-to-pole drop of h_eq across each hemisphere's front
+    jet_drop: float = 1500.0  # equator-to-pole drop of h_eq across each hemisphere's front
     front_lat: float = 45.0  # annual-mean latitude of the fronts (jets)
-    front_width: float = 12.0  # width of the tanh fronts, degrees
+    front_width: float = 6.0  # width of the tanh fronts, degrees
     front_shift: float = 8.0  # poleward shift of the summer front, degrees at solstice
     seasonal_drop: float = 0.3  # relative change of jet_drop at solstice (weaker in summer)
     land_season: float = 150.0  # land warmer (higher) in summer, colder in winter
@@ -80,12 +80,12 @@ class ShallowWaterConfig:
     nlat: int = 64
     nlon: int = 128
     truncation: int | None = None  # T; default nlon // 3 (alias-free); lmax = mmax = T + 1
-    dt_seconds: float = 900.0
+    dt_seconds: float = 600.0  # 900 s blew up at 64x128 within 20 days
     reference_depth: float = 6000.0  # m, depth of the implicitly treated gravity waves
-    tau_rad_days: float = 4.0
-    tau_drag_ocean_days: float = 8.0
-    tau_drag_land_days: float = 3.0
-    tau_hyperdiff_hours: float = 3.0  # e-folding time of the smallest resolved scale
+    tau_rad_days: float = 12.0
+    tau_drag_ocean_days: float = 15.0
+    tau_drag_land_days: float = 5.0
+    tau_hyperdiff_hours: float = 6.0  # e-folding time of the smallest resolved scale
     hyperdiff_order: int = 4  # (lap)^order
     # tracer ("humidity"): saturation q_sat = q_sat_ref exp((h + h_s - mean_height) / h_scale)
     q_sat_ref: float = 8e-3  # kg kg-1
