@@ -1,0 +1,159 @@
+"""Scores of an ensemble against the truth: pure functions on tensors.
+
+Shapes: an ensemble is ``(member, var, lat, lon)``, the truth ``(var, lat, lon)``, on a
+WeatherBench cell-centre grid (latitude ascending). Spatial means are area-weighted with
+:meth:`diffda.emulators.grid.Grid.area_weights` (exact band areas, proportional to cos(lat)
+as the grid is refined; WeatherBench2's latitude weighting). Every score is returned per
+variable, ``(var,)``, in the physical units of the inputs.
+
+- :func:`rmse`: latitude-weighted RMSE of the ensemble mean,
+  ``sqrt(sum_ij w_i (mean_m x_mij - y_ij)^2 / sum_ij w_i)``.
+- :func:`spread`: ``sqrt(sum_ij w_i var_m(x_mij) / sum_ij w_i)`` with the unbiased
+  (``1 / (M - 1)``) ensemble variance (0 for one member). For a perfectly reliable ensemble
+  of ``M`` members, ``E[rmse^2] = (1 + 1/M) E[spread^2]`` (Fortin et al. 2014), so the
+  spread-skill ratio ``sqrt((M + 1) / M) spread / rmse`` is 1.
+- :func:`crps`: the area-weighted mean of the pointwise ensemble CRPS, fair by default
+  (see :func:`crps_ensemble` for the derivation).
+- :func:`masked_rmse`: the RMSE of the ensemble mean over a subset of grid cells (station /
+  non-station cells, :func:`station_cell_mask`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from diffda.emulators.grid import Grid
+from torch import Tensor
+
+SCORES: tuple[str, ...] = ("rmse", "spread", "crps", "rmse_station", "rmse_nonstation")
+
+
+def _weights(x: Tensor, mask: Tensor | None = None) -> Tensor:
+    """Area weights ``(lat, lon)`` for the last two dims of ``x``, zero outside ``mask``."""
+    nlat, nlon = x.shape[-2:]
+    w = torch.as_tensor(Grid(nlat, nlon).area_weights(), dtype=x.dtype, device=x.device)
+    w = w[:, None].expand(nlat, nlon)
+    if mask is not None:
+        w = w * mask.to(device=x.device, dtype=x.dtype)
+    return w
+
+
+def weighted_spatial_mean(x: Tensor, mask: Tensor | None = None) -> Tensor:
+    """Area-weighted mean over the last two dims ``(..., lat, lon) -> (...)``, restricted to
+    the cells where ``mask`` ``(lat, lon)`` is true (NaN if the mask is empty)."""
+    w = _weights(x, mask)
+    total = w.sum()
+    if float(total) == 0.0:
+        return torch.full(x.shape[:-2], float("nan"), dtype=x.dtype, device=x.device)
+    return (x * w).sum(dim=(-2, -1)) / total
+
+
+def _check(ensemble: Tensor, truth: Tensor) -> None:
+    if ensemble.dim() != 4 or tuple(ensemble.shape[1:]) != tuple(truth.shape):
+        raise ValueError(
+            f"ensemble must be (member, var, lat, lon) matching truth (var, lat, lon); got "
+            f"{tuple(ensemble.shape)} and {tuple(truth.shape)}"
+        )
+
+
+def rmse(ensemble: Tensor, truth: Tensor) -> Tensor:
+    """Latitude-weighted RMSE of the ensemble mean, ``(var,)``."""
+    _check(ensemble, truth)
+    return weighted_spatial_mean((ensemble.mean(0) - truth) ** 2).sqrt()
+
+
+def masked_rmse(ensemble: Tensor, truth: Tensor, mask: Tensor) -> Tensor:
+    """RMSE of the ensemble mean over the cells where ``mask`` ``(lat, lon)`` is true,
+    area-weighted, ``(var,)`` (NaN for an empty mask)."""
+    _check(ensemble, truth)
+    return weighted_spatial_mean((ensemble.mean(0) - truth) ** 2, mask).sqrt()
+
+
+def spread(ensemble: Tensor) -> Tensor:
+    """``sqrt`` of the area-weighted mean of the unbiased ensemble variance, ``(var,)``;
+    zero for a one-member ensemble."""
+    if ensemble.shape[0] < 2:
+        return torch.zeros(ensemble.shape[1], dtype=ensemble.dtype, device=ensemble.device)
+    return weighted_spatial_mean(ensemble.var(0, unbiased=True)).sqrt()
+
+
+def crps_ensemble(ensemble: Tensor, truth: Tensor, fair: bool = True) -> Tensor:
+    """Pointwise CRPS of an ensemble, ``(member, ...)`` and ``(...)`` -> ``(...)``.
+
+    Derivation. For a predictive distribution ``F`` and outcome ``y``,
+    ``CRPS(F, y) = int (F(z) - 1[z >= y])^2 dz = E|X - y| - 1/2 E|X - X'|`` with ``X, X'``
+    independent draws of ``F`` (Gneiting & Raftery 2007, Eq. 21). For an ensemble
+    ``x_1..x_M``:
+
+    - *standard* (``fair=False``): ``F`` is the empirical distribution of the members, so
+      ``CRPS = 1/M sum_i |x_i - y| - 1/(2 M^2) sum_{i,j} |x_i - x_j|``;
+    - *fair* (``fair=True``, Ferro 2014): ``E|X - X'|`` is estimated without bias from the
+      ``M (M - 1)`` pairs ``i != j``:
+      ``CRPS = 1/M sum_i |x_i - y| - 1/(2 M (M - 1)) sum_{i != j} |x_i - x_j|``;
+      its expectation is the CRPS of the distribution the members are drawn from, whatever
+      ``M``, so ensembles of different sizes are scored alike.
+
+    With one member both reduce to the absolute error ``|x_1 - y|`` (the fair pair term has
+    no pairs and is taken as 0). The pair sum is computed in ``O(M log M)`` from the sorted
+    members: ``sum_{i,j} |x_i - x_j| = 2 sum_k (2k - M - 1) x_(k)``, ``k = 1..M``.
+    """
+    m = ensemble.shape[0]
+    if tuple(ensemble.shape[1:]) != tuple(truth.shape):
+        raise ValueError(f"ensemble {tuple(ensemble.shape)} does not match truth "
+                         f"{tuple(truth.shape)} after the member dim")
+    skill = (ensemble - truth).abs().mean(0)
+    if m == 1:
+        return skill
+    xs, _ = torch.sort(ensemble, dim=0)
+    k = torch.arange(1, m + 1, dtype=ensemble.dtype, device=ensemble.device)
+    k = k.reshape(m, *[1] * truth.dim())
+    pair_sum = 2.0 * ((2.0 * k - m - 1.0) * xs).sum(0)  # sum over all (i, j), i == j adds 0
+    denom = 2.0 * m * (m - 1) if fair else 2.0 * m * m
+    return skill - pair_sum / denom
+
+
+def crps(ensemble: Tensor, truth: Tensor, fair: bool = True) -> Tensor:
+    """Area-weighted mean of :func:`crps_ensemble`, ``(var,)``."""
+    _check(ensemble, truth)
+    return weighted_spatial_mean(crps_ensemble(ensemble, truth, fair))
+
+
+def station_cell_mask(grid: Grid, lat: Sequence[float] | np.ndarray,
+                      lon: Sequence[float] | np.ndarray) -> np.ndarray:
+    """``(nlat, nlon)`` bool: the grid cells that contain at least one station.
+
+    Cell ``i`` spans latitudes ``lat_bounds[i]..lat_bounds[i + 1]``; cell ``j`` spans
+    longitudes ``lon_j - dlon/2 .. lon_j + dlon/2`` (cell centres start at 0)."""
+    lat = np.asarray(lat, dtype=np.float64)
+    lon = np.asarray(lon, dtype=np.float64) % 360.0
+    i = np.clip(np.floor((lat + 90.0) * grid.nlat / 180.0).astype(int), 0, grid.nlat - 1)
+    j = np.floor(lon * grid.nlon / 360.0 + 0.5).astype(int) % grid.nlon
+    mask = np.zeros((grid.nlat, grid.nlon), dtype=bool)
+    mask[i, j] = True
+    return mask
+
+
+def ensemble_scores(
+    ensemble: Tensor, truth: Tensor, variables: Sequence[str], station_mask: np.ndarray,
+    fair: bool = True,
+) -> dict[str, dict[str, float]]:
+    """All :data:`SCORES` per variable: ``{var: {score: value}}`` (plain floats).
+
+    ``station_mask``: :func:`station_cell_mask` on the grid of ``truth``. Computed in float64.
+    """
+    _check(ensemble, truth)
+    if len(variables) != truth.shape[0]:
+        raise ValueError(f"{len(variables)} variable names for {truth.shape[0]} variables")
+    e, t = ensemble.double(), truth.double()
+    mask = torch.as_tensor(station_mask, dtype=torch.bool)
+    table = {
+        "rmse": rmse(e, t),
+        "spread": spread(e),
+        "crps": crps(e, t, fair),
+        "rmse_station": masked_rmse(e, t, mask),
+        "rmse_nonstation": masked_rmse(e, t, ~mask),
+    }
+    return {v: {name: float(val[k]) for name, val in table.items()}
+            for k, v in enumerate(variables)}
