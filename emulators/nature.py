@@ -73,6 +73,7 @@ CALENDAR = "noleap"
 EPOCH = cftime.DatetimeNoLeap(2000, 1, 1)
 STORE_HOURS = 6.0
 TIME_UNITS = "hours since 2000-01-01 00:00:00"
+TWIN_PERTURBATION_M = 0.01  # rms white-noise height perturbation of the twin experiment
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -407,13 +408,17 @@ def error_growth(days: np.ndarray, err: np.ndarray) -> tuple[float, float, float
     """e-folding time, saturation time and level of an error curve ``err(days)``.
 
     Saturation level ``E_s``: mean of the last quarter. e-folding time: ``1 / slope`` of a
-    least-squares fit of ``log err`` over the exponential phase (from day 0.5 to the first
-    time ``err > E_s / 4``). Saturation time: first day with ``err >= 0.8 E_s``.
+    least-squares fit of ``log err`` over the exponential phase: from the smallest error
+    after day 0.5 (a white-noise perturbation first loses its damped small scales) to the
+    first time ``err > E_s / 4``. Saturation time: first day with ``err >= 0.8 E_s``.
     """
     sat = float(err[int(len(err) * 0.75):].mean())
     reach = np.nonzero(err > sat / 4)[0]
     end = int(reach[0]) if len(reach) else len(err)
-    sel = (days >= 0.5) & (np.arange(len(days)) <= end)
+    first = int(np.nonzero(days >= 0.5)[0][0]) if np.any(days >= 0.5) else 0
+    start = first + int(np.argmin(err[first:max(end, first + 1)]))
+    idx = np.arange(len(days))
+    sel = (idx >= start) & (idx <= end)
     if sel.sum() >= 3:
         slope = np.polyfit(days[sel], np.log(err[sel]), 1)[0]
         efold = float(1.0 / slope) if slope > 0 else math.inf
@@ -496,10 +501,11 @@ def diagnose(path: Path, cfg: NatureConfig, plots: Path | None, *, twin_days: fl
                           desc="twin spin-up", disable=not progress, mininterval=2.0):
                 state = model.step(state)
     summary["twin_start"] = str(time_of(state.seconds))
-    twin = twin_experiment(model, state, days=twin_days, seed=cfg.seed, progress=progress)
+    twin = twin_experiment(model, state, days=twin_days, seed=cfg.seed, progress=progress,
+                           perturbation_m=TWIN_PERTURBATION_M)
     summary["twin"] = {"efold_days": twin.efold_days, "saturation_days": twin.saturation_days,
                        "saturation_height_rms_m": twin.saturation_m,
-                       "perturbation_height_rms_m": 0.01,
+                       "perturbation_height_rms_m": TWIN_PERTURBATION_M,
                        "members": int(twin.error.shape[0])}
     spectra = zonal_spectra(ds, STATE_VARIABLES)
     summary["stats"] = {v: {"mean": float(ds[v].mean()), "std": float(ds[v].std()),

@@ -104,6 +104,14 @@ def test_refuses_to_overwrite_and_bad_suffix(tmp_path, tiny_run):
         run_nature(TINY, tmp_path / "x.h5", progress=False)
 
 
+def test_error_growth_skips_the_initial_decay():
+    days = np.arange(1, 121) * 0.25
+    grow = 1e-3 * np.exp((days - 2.0) / 1.5)
+    err = np.minimum(np.where(days < 2.0, 1e-3 * np.exp(-(days - 2.0)), grow), 1.0)
+    efold, _, _ = error_growth(days, err)
+    assert efold == pytest.approx(1.5, rel=1e-6)
+
+
 def test_error_growth_recovers_efolding_and_saturation():
     days = np.arange(1, 121) * 0.25
     tau, e0 = 2.0, 1e-3
