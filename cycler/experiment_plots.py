@@ -66,6 +66,14 @@ def _map(ax: Any, img: np.ndarray, title: str, vmin: float | None = None,
     return im
 
 
+def _weighted_rms(e: np.ndarray) -> float:
+    """Area-weighted RMS of a ``(lat, lon)`` field (the scores' latitude weighting)."""
+    from diffda.emulators.grid import Grid
+
+    w = Grid(*e.shape).area_weights()[:, None]
+    return float(np.sqrt((w * e**2).mean()))
+
+
 def _stations(ax: Any, fields: dict[str, Any]) -> None:
     if "station_lat" in fields:
         ax.plot(fields["station_lon"], fields["station_lat"], "k.", ms=1.5, alpha=0.6)
@@ -96,7 +104,7 @@ def plot_super_resolution(result: ExperimentResult, path: Path) -> Path:
             c += 1
         fig.colorbar(im, ax=ax[k, c - 1], shrink=0.8)
         for e, title in zip(errs, panels[c:], strict=True):
-            rms = float(np.sqrt((e**2).mean()))
+            rms = _weighted_rms(e)
             ime = _map(ax[k, c], e, f"{v}: {title} (rms {rms:.3g})", -emax, emax, "RdBu_r")
             _stations(ax[k, c], f)
             c += 1
@@ -119,10 +127,13 @@ def plot_spectra(result: ExperimentResult, path: Path) -> Path:
     k = np.arange(1, next(iter(spectra.values())).shape[1])
 
     def draw(a: Any, get: Any, title: str) -> None:
+        top = float(get(spectra["truth"])[1:].max()) or 1.0
+        floor = 1e-8 * top  # power below this is round-off: drawn at the floor
         for key, style in styles.items():
             if key in spectra:
-                a.loglog(k, np.maximum(get(spectra[key])[1:], 1e-30), style,
+                a.loglog(k, np.maximum(get(spectra[key])[1:], floor), style,
                          label=key.replace("_", " "))
+        a.set_ylim(bottom=floor)
         a.set_title(title, fontsize=8)
         a.set_xlabel("zonal wavenumber", fontsize=7)
         a.tick_params(labelsize=6)

@@ -542,6 +542,12 @@ def run_experiment(
         fields["unconditional"] = unc.ensemble.numpy()
     if "stations" in kinds:
         fields.update(station_values(prior, truth, stations, observed, fields))
+        for j, v in enumerate(observed):
+            t = fields["station_truth"][:, j]
+            scores[v]["rmse_at_stations"] = _rms(fields["station_mean"][:, j] - t)
+            if "station_unconditional" in fields:
+                scores[v]["rmse_at_stations_unconditional"] = _rms(
+                    fields["station_unconditional"][:, j] - t)
     return ExperimentResult(
         name=name, time=str(truth.time), index=truth.index, variables=prior.variables,
         observed=observed, members=config.members, baseline=BASELINE_OF[name],
@@ -550,6 +556,10 @@ def run_experiment(
         terms=[_term_record(t) for t in terms], grid=truth.grid, fields=fields,
         spectra=spectra,
     )
+
+
+def _rms(e: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(np.square(e))))
 
 
 def station_values(prior: DiffusionPrior, truth: Truth, obs: xr.Dataset,

@@ -266,9 +266,19 @@ def print_summary(summary: dict[str, Any]) -> None:
     print(f"{summary['experiment']} at {summary['time']}: {summary['members']} members, "
           f"{summary['seconds_per_analysis']:.1f} s per analysis (NFE {summary['nfe']}), "
           f"max guidance/prior ratio {summary['guidance_ratio_max']:.2f}")
+    extra = [k for k in ("rmse_station", "rmse_nonstation", "rmse_at_stations",
+                         "rmse_at_stations_unconditional")
+             if any(k in s for s in summary["scores"].values())]
     print(f"{'variable':>8} {'rmse':>10} {'rmse_' + base:>18} {'spread':>10} "
-          f"{'spread/skill':>12} {'crps':>10}")
+          f"{'spread/skill':>12} {'crps':>10}" + "".join(f" {k:>{max(10, len(k))}}"
+                                                         for k in extra))
+    nan = float("nan")
     for v, s in summary["scores"].items():
-        print(f"{v:>8} {s['rmse']:10.4g} {s.get('rmse_' + base, float('nan')):18.4g} "
-              f"{s['spread']:10.4g} {s['spread_skill']:12.3f} {s['crps']:10.4g}")
+        print(f"{v:>8} {s['rmse']:10.4g} {s.get('rmse_' + base, nan):18.4g} "
+              f"{s['spread']:10.4g} {_num(s['spread_skill']):12.3f} {s['crps']:10.4g}"
+              + "".join(f" {_num(s.get(k)):{max(10, len(k))}.4g}" for k in extra))
     print("files: " + ", ".join(summary["files"]))
+
+
+def _num(x: float | None) -> float:
+    return float("nan") if x is None else float(x)
