@@ -68,6 +68,7 @@ from diffda.observations.synthetic import (
     hours_key,
     network_from_dataset,
     synthetic_station_observations,
+    truth_at_stations,
 )
 from torch import Tensor
 
@@ -294,8 +295,6 @@ def synthetic_stations_at(
     bicubic values plus Gaussian noise of std ``relative_error`` times the std of the
     noise-free station values of each variable (:mod:`diffda.observations.synthetic`)."""
     one = ds.isel(time=[truth.index])
-    from diffda.observations.synthetic import truth_at_stations
-
     clean = truth_at_stations(one, network, observed, progress=False)[0]  # (station, var)
     error_std = {v: relative_error * float(clean[:, k].std()) for k, v in enumerate(observed)}
     return synthetic_station_observations(one, network, seed, observed, error_std,
@@ -400,6 +399,11 @@ def zonal_spectra(fields: Tensor, grid: Grid) -> np.ndarray:
 # --------------------------------------------------------------------------- sampling
 
 
+class SamplerDivergedError(ValueError):
+    """The sampler produced non-finite values (guidance overshoot); the message says what
+    to change. A ``ValueError``: a choice of parameters, not a bug."""
+
+
 @dataclasses.dataclass
 class Analysis:
     """One sampled ensemble, physical units: ``ensemble`` ``(member, var, lat, lon)``."""
@@ -423,7 +427,7 @@ def sample(
     seconds = timer.perf_counter() - t0
     x = prior.denormalise(z.detach().double())
     if not bool(torch.isfinite(x).all()):
-        raise FloatingPointError(
+        raise SamplerDivergedError(
             f"the sampler produced non-finite values (max guidance/prior drift ratio "
             f"{max((d.guidance_ratio_max for d in diagnostics), default=0.0):.3g}): "
             "increase Gamma or Sigma_y, or set a guidance ratio cap"
@@ -456,6 +460,7 @@ class ExperimentResult:
     guidance_ratio_max: float
     terms: list[dict[str, Any]]
     grid: Grid
+    valid_time: cftime.datetime | None = None
     fields: dict[str, Any] = dataclasses.field(default_factory=dict, repr=False)
     spectra: dict[str, np.ndarray] = dataclasses.field(default_factory=dict, repr=False)
 
@@ -508,8 +513,12 @@ def run_experiment(
                                              config.station_relative_error)
         else:
             network = network_from_dataset(stations)
+        at_stations = tuple(v for v in observed if v in stations.data_vars)
+        if not at_stations:
+            raise KeyError(f"the station observations have none of the variables "
+                           f"{list(observed)}; they have {sorted(map(str, stations.data_vars))}")
         terms.append(station_term(prior, stations, truth, config.station_sigma_y,
-                                  config.station_gamma, observed))
+                                  config.station_gamma, at_stations))
         station_mask = station_cell_mask(truth.grid, network.lat, network.lon)
         fields["station_lat"], fields["station_lon"] = network.lat, network.lon
     if "low_resolution" in kinds:
@@ -523,11 +532,14 @@ def run_experiment(
     spectra = {"truth": zonal_spectra(truth.state[None], truth.grid),
                "members": zonal_spectra(post.ensemble, truth.grid),
                "ensemble_mean": zonal_spectra(post.ensemble.mean(0, keepdim=True), truth.grid)}
-    # Baselines: bicubic of the LR field (all observed variables), unconditional samples.
-    if lr is not None and tuple(observed) == tuple(prior.variables):
-        bicubic = bicubic_upsample(lr, truth.grid, prior.variables)
-        b = score(bicubic[None], truth.state, prior.variables, station_mask)
-        for v in prior.variables:
+    # Baselines: bicubic of the LR field (observed variables only; NaN for the others),
+    # unconditional samples.
+    if lr is not None:
+        idx = [prior.variables.index(v) for v in observed]
+        bicubic = torch.full_like(truth.state, math.nan)
+        bicubic[idx] = bicubic_upsample(lr, truth.grid, observed)
+        b = score(bicubic[idx][None], truth.state[idx], observed, station_mask)
+        for v in observed:
             scores[v]["rmse_bicubic"] = b[v]["rmse"]
             scores[v]["crps_bicubic"] = b[v]["crps"]
         fields["bicubic"] = bicubic.numpy()
@@ -541,8 +553,8 @@ def run_experiment(
                 scores[v][f"{s}_unconditional"] = u[v][s]
         fields["unconditional"] = unc.ensemble.numpy()
     if "stations" in kinds:
-        fields.update(station_values(prior, truth, stations, observed, fields))
-        for j, v in enumerate(observed):
+        fields.update(station_values(prior, truth, stations, at_stations, fields))
+        for j, v in enumerate(at_stations):
             t = fields["station_truth"][:, j]
             scores[v]["rmse_at_stations"] = _rms(fields["station_mean"][:, j] - t)
             if "station_unconditional" in fields:
@@ -553,7 +565,8 @@ def run_experiment(
         observed=observed, members=config.members, baseline=BASELINE_OF[name],
         scores=scores, seconds_per_analysis=post.seconds, nfe=config.sampler.nfe,
         guidance_ratio_max=max((d.guidance_ratio_max for d in post.diagnostics), default=0.0),
-        terms=[_term_record(t) for t in terms], grid=truth.grid, fields=fields,
+        terms=[_term_record(t) for t in terms], grid=truth.grid, valid_time=truth.time,
+        fields=fields,
         spectra=spectra,
     )
 
@@ -625,7 +638,7 @@ def run_ablation(
         try:
             r = run_experiment("sample-lr", prior, ds, index, cfg, source=source,
                                progress=progress)
-        except FloatingPointError as e:
+        except SamplerDivergedError as e:
             row.update({"diverged": True, "message": str(e)})
             rows.append(row)
             continue
@@ -740,6 +753,11 @@ def write_ensemble_netcdf(result: ExperimentResult, out: Path) -> Path:
     }, attrs={"Conventions": "CF-1.8", "title": f"diffda experiment {result.name}",
               "valid_time": result.time,
               "source": "zero-shot posterior sampling (Algorithm 1) from the EDM prior"})
+    if result.valid_time is not None:
+        ds = ds.assign_coords(time=((), result.valid_time, {"standard_name": "time"}))
+        ds["time"].encoding.update({"units": "hours since 0001-01-01 00:00:00",
+                                    "calendar": result.valid_time.calendar,
+                                    "dtype": "float64"})
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{result.name}_ensemble.nc"
     write_netcdf(ds, path)

@@ -39,6 +39,8 @@ from diffda.emulators.grid import Grid, coarsen_to
 from diffda.emulators.prior import DiffusionPrior, area_weighted_moments, build_prior
 from diffda.emulators.unet import UNetConfig
 from diffda.observations.operators import smooth_sphere_fields
+from diffda.observations.stations import default_network, grid_land
+from diffda.observations.synthetic import synthetic_station_observations, write_observations
 
 VARIABLES = ("height", "u", "v", "tracer")
 GRID = Grid(16, 32)
@@ -303,8 +305,10 @@ def test_cli_sample_lr_writes_tables_figures_netcdf_and_json(world, tmp_path, ca
     rows = list(csv.DictReader((tmp_path / "sample-lr.csv").open()))
     assert [r["variable"] for r in rows] == list(VARIABLES)
     assert float(rows[0]["rmse"]) == pytest.approx(out["scores"]["height"]["rmse"], rel=1e-5)
-    nc = xr.open_dataset(tmp_path / "sample-lr_ensemble.nc")
+    nc = xr.open_dataset(tmp_path / "sample-lr_ensemble.nc",
+                         decode_times=xr.coders.CFDatetimeCoder(use_cftime=True))
     assert nc["height"].shape == (2, 16, 32) and nc["u"].attrs["units"] == "m s-1"
+    assert nc["time"].item() == cftime.DatetimeNoLeap(5, 1, 1, 6)
     nc.close()
 
 
@@ -314,10 +318,18 @@ def test_cli_ablation_and_station_task(world, tmp_path, capsys):
     out = json.loads(capsys.readouterr().out)
     assert [(r["sigma_y"], r["gamma"]) for r in out["rows"]] == [(0.05, 0.01), (0.01, 0.01)]
     assert len(list(csv.DictReader((tmp_path / "ablation.csv").open()))) == 2 * 4
-    assert cli_main(_cli(world, tmp_path, "sample-igra", "--index", "2", "--n-stations", "8",
-                         "--observed", "height,u", "--no-plots")) == 0
-    text = capsys.readouterr().out
-    assert "rmse_unconditional" in text and (tmp_path / "sample-igra.csv").exists()
+    # a station file as `cycler obs make` writes it, observing height and u only
+    ds = open_dataset(world[0])
+    network = default_network(6, seed=1, is_land=grid_land(ds["land_sea_mask"].values))
+    obs = synthetic_station_observations(ds, network, 0, ("height", "u"), progress=False)
+    write_observations(obs, tmp_path / "stations.nc")
+    assert cli_main(_cli(world, tmp_path, "sample-igra", "--index", "2", "--no-plots",
+                         "--stations", str(tmp_path / "stations.nc"), "--json")) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["terms"][0]["n_obs"] == 6 * 2
+    assert out["scores"]["u"]["rmse_at_stations"] is not None
+    assert "rmse_at_stations" not in out["scores"]["v"]
+    assert "rmse_unconditional" in out["scores"]["v"]
     assert not (tmp_path / "sample-igra_fields.png").exists()
 
 
