@@ -114,8 +114,9 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=SamplerConfig().num_steps)
     parser.add_argument("--weights", type=Path, default=None,
                         help=f"prior weights (default {DEFAULT_WEIGHTS} if present)")
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads(),
-                        help="torch threads (default: torch's, one per core)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (default 1: on a shared 2-core machine two threads "
+                             "ran 7x slower, 411 s against 61 s per analysis)")
     parser.add_argument("--repeats", type=int, default=3,
                         help="timings of the unit cost before and after (median)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
