@@ -95,7 +95,8 @@ def plot_super_resolution(result: ExperimentResult, path: Path) -> Path:
         lo, hi = float(truth[k].min()), float(truth[k].max())
         err = mean[k] - truth[k]
         errs = [err] + ([f["bicubic"][k] - truth[k]] if has_bic else [])
-        emax = max(float(np.abs(e).max()) for e in errs) or 1.0
+        emax = max((float(np.nanmax(np.abs(e))) for e in errs if np.isfinite(e).any()),
+                   default=1.0) or 1.0  # bicubic is NaN for a variable not observed
         imgs = ([f["lr"][k]] if has_lr else []) + [truth[k], mean[k]] + (
             [f["bicubic"][k]] if has_bic else [])
         c = 0

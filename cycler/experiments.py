@@ -443,8 +443,11 @@ class ExperimentResult:
     """Everything an experiment measured, physical units; :meth:`summary` is JSON-ready.
 
     ``scores``: per variable (see :func:`score`) plus ``rmse_<baseline>`` etc.;
-    ``fields``: arrays for the figures (``truth``, ``ensemble``, ``baseline`` (bicubic field
-    ``(var, lat, lon)`` or unconditional ensemble), ``lr`` coarse field, station values).
+    ``fields``: numpy arrays for the figures: ``truth`` ``(var, lat, lon)``, ``ensemble``
+    ``(member, var, lat, lon)``, ``bicubic`` ``(var, lat, lon)`` (NaN for variables not
+    observed) and ``lr`` ``(var, lr_lat, lr_lon)`` (NaN likewise) where there is a low-resolution
+    term, ``unconditional`` ``(member, var, lat, lon)`` and the station values
+    (:func:`station_values`) where there are stations.
     """
 
     name: str
@@ -525,7 +528,9 @@ def run_experiment(
         term, lr = low_resolution_term(prior, truth, config.lr_grid, config.low_resolution,
                                        observed)
         terms.append(term)
-        fields["lr"] = lr.numpy()
+        lr_all = np.full((len(prior.variables), *lr.shape[1:]), np.nan)
+        lr_all[[prior.variables.index(v) for v in observed]] = lr.numpy()
+        fields["lr"] = lr_all
     post = sample(prior, terms, config, POSTERIOR_STREAM, key, progress)
     scores = score(post.ensemble, truth.state, prior.variables, station_mask)
     fields["ensemble"] = post.ensemble.numpy()

@@ -236,6 +236,11 @@ def test_sample_lr_fits_the_observations_and_is_deterministic(loaded):
     assert np.array_equal(again.fields["ensemble"], once.fields["ensemble"])
     other = run_experiment("sample-lr", prior, ds, 2, dataclasses.replace(fast, seed=4))
     assert not np.allclose(other.fields["ensemble"], once.fields["ensemble"])
+    part = run_experiment("sample-lr", prior, ds, 2, dataclasses.replace(
+        fast, members=1, observed=("height", "v")))
+    assert part.terms[0]["n_obs"] == 2 * 4 * 8
+    assert [v for v in VARIABLES if "rmse_bicubic" in part.scores[v]] == ["height", "v"]
+    assert np.isnan(part.fields["lr"][1]).all() and np.isfinite(part.fields["lr"][2]).all()
     with pytest.raises(ValueError, match=r"unknown observed variable\(s\) \['q'\]"):
         run_experiment("sample-lr", prior, ds, 2, ExperimentConfig(
             members=1, sampler=FAST, observed=("height", "q")))
