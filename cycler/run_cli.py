@@ -23,7 +23,13 @@ from diffda.cycler.run_config import (
     load_run_config,
     read_resolved,
 )
-from diffda.cycler.run_plots import DEFAULT_LEAD_DAYS, format_table, lead_table, plot_compare
+from diffda.cycler.run_plots import (
+    DEFAULT_LEAD_DAYS,
+    best_by_lead,
+    format_table,
+    lead_table,
+    plot_compare,
+)
 
 
 def parse_value(text: str) -> Any:
@@ -50,6 +56,13 @@ def _with_runtime(cfg: RunConfig, threads: int | None, progress: bool | None = N
 
 
 def _report(run_dir: Path) -> None:
+    timings = run_dir / "timings.json"
+    if timings.is_file():
+        data = json.loads(timings.read_text())
+        print(f"{'mode':<15} {'cycles':>6} {'s/cycle':>9} {'total s':>9}")
+        for mode, t in data.items():
+            print(f"{mode:<15} {len(t['seconds_per_cycle']):>6} "
+                  f"{t['mean_seconds_per_cycle']:>9.2f} {t['total_seconds']:>9.1f}")
     print(f"run directory: {run_dir}")
     for name in ("metrics.jsonl", "timings.json", "analyses", "plots"):
         if (run_dir / name).exists():
@@ -212,7 +225,6 @@ def run_sweep(configs: list[tuple[str, RunConfig]], out: Path, scheduler: str | 
 def sweep(args: argparse.Namespace) -> int:
     """``cycler sweep CONFIG.toml --param KEY=V1,V2,...``: independent runs (dask), then a
     table of RMSE by lead time per value (paper Table 2)."""
-    from diffda.cycler.run_plots import plot_compare
     from diffda.emulators.training import atomic_write_text
 
     key, values_text = parse_assignment(args.param)
@@ -226,9 +238,15 @@ def sweep(args: argparse.Namespace) -> int:
     results = run_sweep(configs, out, args.scheduler, args.workers)
     table = lead_table(results)
     table["param"] = key
+    table["best"] = best_by_lead(table)
     atomic_write_text(out / "sweep.json", json.dumps(table, indent=2) + "\n")
     plot_compare(results, out / "sweep.png")
     print(format_table(table))
+    for mode, per_var in table["best"].items():
+        for var, picks in per_var.items():
+            days = ", ".join(f"day {d:g}: {p}" for d, p in zip(table["lead_days"], picks,
+                                                              strict=True) if p)
+            print(f"best {key} for {mode} {var}: {days}")
     print(f"{len(configs)} runs in {time.perf_counter() - tic:.1f} s; written: "
           f"{out / 'sweep.json'}, {out / 'sweep.png'}")
     return 0

@@ -203,6 +203,22 @@ def format_table(table: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def best_by_lead(table: dict[str, Any]) -> dict[str, dict[str, list[str | None]]]:
+    """For :func:`lead_table` output: per mode and variable, the run label with the lowest
+    RMSE at each lead (``{mode: {variable: [label or None per lead]}}``)."""
+    best: dict[str, dict[str, list[str | None]]] = {}
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for r in table["rows"]:
+        groups[(r["mode"], r["variable"])].append(r)
+    for (mode, var), rows in groups.items():
+        picks: list[str | None] = []
+        for i in range(len(table["lead_days"])):
+            have = [r for r in rows if r["rmse"][i] is not None]
+            picks.append(min(have, key=lambda r: r["rmse"][i])["run"] if have else None)
+        best.setdefault(mode, {})[var] = picks
+    return best
+
+
 def plot_compare(runs: dict[str, Sequence[dict[str, Any]]], path: Path) -> Path:
     """RMSE by lead time per (run, mode), one panel per variable."""
     first = next(iter(runs.values()))

@@ -21,13 +21,14 @@ from diffda.cycler.checkpoint import cycle_path, file_sha256, load_cycle
 from diffda.cycler.config import ConfigError
 from diffda.cycler.driver import (
     MODE_STEPS,
+    ForecastTerm,
     bilinear_upsample,
     read_metrics,
     run_experiment,
 )
 from diffda.cycler.metrics import SCORES
 from diffda.cycler.rng import torch_generator
-from diffda.cycler.run_cli import compare_runs, parse_value
+from diffda.cycler.run_cli import compare_runs, parse_value, sweep_configs
 from diffda.cycler.run_config import (
     MODES,
     config_hash,
@@ -35,10 +36,13 @@ from diffda.cycler.run_config import (
     read_resolved,
     run_config_from_mapping,
 )
+from diffda.cycler.run_plots import best_by_lead, lead_table
 from diffda.emulators.emulator import build_emulator, load_coarse_states
-from diffda.emulators.grid import Grid
+from diffda.emulators.grid import Grid, coarsen_to
 from diffda.emulators.prior import area_weighted_moments, build_prior
 from diffda.emulators.unet import UNetConfig
+from diffda.observations.likelihood import ErrorModel
+from diffda.observations.operators import forecast_grid_operator
 
 FULL, COARSE = Grid(16, 32), Grid(8, 16)
 VARIABLES = ("height", "u", "v", "tracer")
@@ -237,3 +241,38 @@ def test_default_experiment_config_and_hash():
     changed = load_run_config(root / "runs" / "sevenday.toml", {"analysis.lambda": 2.0})
     assert changed.analysis.lambda_ == 2.0 and config_hash(changed) != config_hash(cfg)
     assert parse_value("0.5") == 0.5 and parse_value("members") == "members"
+
+
+def test_forecast_term_closed_form_and_per_member_forecasts():
+    op = forecast_grid_operator(FULL, VARIABLES, coarse=COARSE)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 4, FULL.nlat, FULL.nlon, generator=g, dtype=torch.float64)
+    y = coarsen_to(x, COARSE).reshape(2, -1)
+    n = y.shape[1]
+    err = ErrorModel(sigma_y=0.01, gamma=0.1)
+    # one forecast for every member: zero residual for member 0, a shift of 1 for member 1
+    shared = ForecastTerm(op, y[:1], err)
+    ll = shared.log_likelihood(torch.stack([x[0], x[0] + 1.0]), torch.tensor(0.5))
+    torch.testing.assert_close(ll, torch.tensor([0.0, -0.5 * n / (0.01 + 0.25 * 0.1)],
+                                                dtype=torch.float64))
+    # one forecast per member: each member is compared with its own
+    own = ForecastTerm(op, y, err)
+    torch.testing.assert_close(own.log_likelihood(x, torch.tensor(0.0)),
+                               torch.zeros(2, dtype=torch.float64))
+
+
+def test_sweep_configs_and_best_value_table(tmp_path):
+    path = tiny_world(tmp_path / "world", modes=("precomputed",))
+    configs = sweep_configs(path, "analysis.lambda", [0.0, 2.0], ["precomputed", "free"], 1)
+    assert [label for label, _ in configs] == ["lambda=0.0", "lambda=2.0"]
+    assert [c.analysis.lambda_ for _, c in configs] == [0.0, 2.0]
+    assert configs[1][1].name == "tiny-lambda=2.0" and configs[1][1].runtime.threads == 1
+    assert configs[0][1].analysis.modes == ("precomputed", "free")
+
+    def rec(rmse_day1: float) -> dict:
+        return {"mode": "precomputed", "cycle": 2, "lead_hours": 24, "members": 3,
+                "height": {"rmse": rmse_day1}}
+
+    table = lead_table({"lambda=0.0": [rec(5.0)], "lambda=2.0": [rec(3.0)]}, (1, 3))
+    assert table["rows"][1]["rmse"] == [3.0, None]
+    assert best_by_lead(table) == {"precomputed": {"height": ["lambda=2.0", None]}}
