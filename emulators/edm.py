@@ -195,7 +195,15 @@ class EDMTrainer(nn.Module):
         self.register_buffer("ema_updates", torch.zeros((), dtype=torch.int64))
 
     def forward(self, x0: Tensor, generator: torch.Generator) -> Tensor:
-        return edm_loss(self.net, x0, generator, self.p_mean, self.p_std, self.net.sigma_data)
+        # Dropout draws from torch's global generator: run the forward pass under a forked
+        # global state seeded from ``generator``, so the masks are a function of the step's
+        # generator (exact resume) and the caller's global state is left untouched.
+        seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+        devices = [x0.device] if x0.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            return edm_loss(self.net, x0, generator, self.p_mean, self.p_std,
+                            self.net.sigma_data)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         """The parameters of ``net`` (those the optimiser updates)."""

@@ -149,12 +149,13 @@ def train_prior(
     ctx: DistContext | None = None,
     command: str = "",
     progress: bool = True,
+    stop_at: int | None = None,
 ) -> tuple[DiffusionPrior, dict[str, Any]]:
     """Train the prior as ``cfg`` says; files go to ``out`` (rank 0).
 
     The batch of step ``s`` (states and the loss's noise) depends only on ``(seed, s, rank)``,
-    so a resumed run gives the numbers of an uninterrupted one. Returns the EMA prior (ready
-    to sample) and a summary.
+    so a resumed run gives the numbers of an uninterrupted one (``stop_at``: stop after that
+    step as an interrupted run would). Returns the EMA prior (ready to sample) and a summary.
     """
     ctx = ctx or DistContext()
     dc, tc, ec = cfg.data, cfg.train, cfg.edm
@@ -195,6 +196,7 @@ def train_prior(
         log_path=out / "loss.jsonl", log_every=tc.log_every,
         max_seconds=tc.max_minutes * 60 if tc.max_minutes is not None else None,
         desc="train prior", progress=progress, extra=lambda: {"config": to_mapping(cfg)},
+        stop_at=stop_at,
     )
     summary = {
         "step": result.step, "steps": tc.steps, "finished": result.step >= tc.steps,

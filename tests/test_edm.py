@@ -257,3 +257,18 @@ def test_untrained_prior_is_the_exact_standard_normal_denoiser():
         torch.testing.assert_close(prior.eval()(x, torch.tensor(s)), x / (1 + s**2))
     with pytest.raises(ValueError, match="expects states of shape"):
         prior(torch.zeros(2, 3, 32, 64), torch.tensor(1.0))
+
+
+def test_interrupted_and_resumed_training_gives_the_same_weights(tmp_path):
+    grid = Grid(8, 16)
+    data = load_coarse_states(_tiny_dataset(grid, days=3), grid, years=(1,))
+    cfg = _tiny_config(steps=12)
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, dropout=0.2))
+    straight, _ = train_prior(cfg, tmp_path / "a", data=data, progress=False)
+    _, part = train_prior(cfg, tmp_path / "b", data=data, progress=False, stop_at=5)
+    assert part["step"] == 5 and not part["finished"]
+    resumed, s = train_prior(cfg, tmp_path / "b", data=data, progress=False, resume=True)
+    assert s["step"] == 12
+    for (k, a), (_, b) in zip(straight.state_dict().items(), resumed.state_dict().items(),
+                              strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7, msg=k)
