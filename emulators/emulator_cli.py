@@ -311,15 +311,18 @@ def evaluate_emulator(
         x: efolding_days(sc["lead_hours"], sc["rmse"][:, i], saturation=out["rmse_saturation"][x])
         for i, x in enumerate(v)
     }
-    n_free = min(round(free_run_days * steps_per_day), len(data.times) - 1)
+    n_free = round(free_run_days * steps_per_day)
     if n_free > 0:
+        # the whole free run is checked for finiteness; its climate is compared with the
+        # data over the period they share (the data may be shorter than the run)
         run, _ = emulator.rollout(data.states[:1], data.times[0], n_free, progress=progress)
         run = run[:, 0]
-        truth = data.states[1:n_free + 1]
+        n_cmp = min(n_free, len(data.times) - 1)
         out["free_run"] = {
             "days": n_free / steps_per_day,
             "finite": bool(torch.isfinite(run).all()),
-            "climate": climate_errors(run, truth, data.grid, v),
+            "climate_compared_days": n_cmp / steps_per_day,
+            "climate": climate_errors(run[:n_cmp], data.states[1:n_cmp + 1], data.grid, v),
         }
     out["acceptance"] = acceptance(out)
     return out
@@ -432,8 +435,9 @@ def _print_summary(scores: dict[str, Any]) -> None:
               scores["forecast_efolding_days"].items()}, "emulator twin",
               {k: round(x, 2) for k, x in scores["emulator_twin"]["efolding_days"].items()})
     if "free_run" in scores:
-        print(f"free run {scores['free_run']['days']:.0f} days, finite: "
-              f"{scores['free_run']['finite']}")
+        fr = scores["free_run"]
+        print(f"free run {fr['days']:.0f} days, finite: {fr['finite']}; climate compared "
+              f"over {fr['climate_compared_days']:.0f} days")
         for v, c in scores["free_run"]["climate"].items():
             print(f"  {v:<7} mean error {c['mean_error']:.3f}  std error {c['std_error']:.3f}")
     print("acceptance:", scores["acceptance"])
