@@ -76,7 +76,8 @@ def _weighted_rms(e: np.ndarray) -> float:
 
 def _stations(ax: Any, fields: dict[str, Any]) -> None:
     if "station_lat" in fields:
-        ax.plot(fields["station_lon"], fields["station_lat"], "k.", ms=1.5, alpha=0.6)
+        ax.scatter(fields["station_lon"], fields["station_lat"], s=7, facecolors="none",
+                   edgecolors="lime", linewidths=0.6)
 
 
 def plot_super_resolution(result: ExperimentResult, path: Path) -> Path:
