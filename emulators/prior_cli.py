@@ -23,23 +23,21 @@ import dataclasses
 import json
 import shlex
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import xarray as xr
 from diffda.cycler.config import load_config, require, to_mapping
 from diffda.cycler.rng import member_generators, torch_generator
 from diffda.cycler.sampler import SamplerConfig, sample_posterior
+from diffda.emulators.dataio import Climatology, StateBatches, open_dataset
 from diffda.emulators.edm import EDMTrainer
 from diffda.emulators.emulator import VARIABLES, CoarseStates, load_coarse_states
 from diffda.emulators.grid import Grid
-from diffda.emulators.prior import (
-    DiffusionPrior,
-    area_weighted_moments,
-    build_prior,
-    negative_fraction,
-)
+from diffda.emulators.prior import DiffusionPrior, build_prior, negative_fraction
 from diffda.emulators.training import (
     DistContext,
     atomic_write_text,
@@ -47,7 +45,6 @@ from diffda.emulators.training import (
     cosine_warmup_lambda,
     count_parameters,
     init_distributed,
-    step_seeded_batches,
     train_loop,
     update_card,
     wrap_ddp,
@@ -133,11 +130,47 @@ class PriorTrainConfig:
 # ------------------------------------------------------------------------------- train
 
 
-def load_states(path: str | Path, grid: Grid, variables: tuple[str, ...],
+def load_states(path: str | Path | xr.Dataset, grid: Grid, variables: tuple[str, ...],
                 years: tuple[int, ...], progress: bool = False) -> CoarseStates:
     """Read the states of ``years`` on ``grid`` into memory, physical units (area-weighted
-    coarsening if the store is finer; identity at the store's grid)."""
+    coarsening if the store is finer; identity at the store's grid). For evaluation."""
     return load_coarse_states(path, grid, variables, years, progress=progress)
+
+
+def year_index_range(ds: xr.Dataset, years: tuple[int, ...], name: str) -> tuple[int, int]:
+    """``(start, stop)`` time indices of ``years``, which must be contiguous in ``ds``."""
+    keep = np.flatnonzero(np.isin(ds["time"].dt.year.values, np.asarray(years)))
+    if keep.size == 0:
+        have = sorted(set(ds["time"].dt.year.values.tolist()))
+        raise ValueError(f"{name}: no times in years {list(years)}; years present: {have}")
+    if keep[-1] - keep[0] + 1 != keep.size:
+        raise ValueError(f"{name}: the times of years {list(years)} are not contiguous")
+    return int(keep[0]), int(keep[-1]) + 1
+
+
+def step_batches(
+    source: StateBatches, seed: int, rank: int
+) -> Callable[[int], Iterator[tuple[Tensor, torch.Generator]]]:
+    """A resumable batch source for :func:`~diffda.emulators.training.train_loop` on a
+    :class:`~diffda.emulators.dataio.StateBatches`: step ``s`` is batch ``s % n`` of epoch
+    ``s // n`` (``n`` batches per epoch; the epoch's seeded shard), read lazily from the
+    store, with the generator of the loss's noise ``(seed, "prior-noise", s, rank)``."""
+    n = len(source)
+    if n < 1:
+        raise ValueError(f"fewer training times than one batch of {source.batch_size}")
+
+    def batches(start: int) -> Iterator[tuple[Tensor, torch.Generator]]:
+        step, epoch, order = start, -1, np.empty(0, dtype=np.int64)
+        while True:
+            if step // n != epoch:
+                epoch = step // n
+                order = source.shard(epoch)
+            b = step % n
+            x = source.read(order[b * source.batch_size:(b + 1) * source.batch_size]).state
+            yield x[:, 0], torch_generator(seed, "prior-noise", step, rank)
+            step += 1
+
+    return batches
 
 
 def train_prior(
@@ -145,7 +178,8 @@ def train_prior(
     out: Path,
     *,
     resume: bool = False,
-    data: CoarseStates | None = None,
+    data: xr.Dataset | None = None,
+    climatology: Climatology | None = None,
     ctx: DistContext | None = None,
     command: str = "",
     progress: bool = True,
@@ -153,20 +187,30 @@ def train_prior(
 ) -> tuple[DiffusionPrior, dict[str, Any]]:
     """Train the prior as ``cfg`` says; files go to ``out`` (rank 0).
 
-    The batch of step ``s`` (states and the loss's noise) depends only on ``(seed, s, rank)``,
-    so a resumed run gives the numbers of an uninterrupted one (``stop_at``: stop after that
-    step as an interrupted run would). Returns the EMA prior (ready to sample) and a summary.
+    States are streamed from the store (``cfg.data.path``, or the opened dataset ``data``)
+    with :class:`~diffda.emulators.dataio.StateBatches`, normalised with ``climatology``
+    (default: the store's own, :meth:`Climatology.from_dataset`, so that the prior and the
+    observation terms share one normalisation). The batch of step ``s`` (states and the
+    loss's noise) depends only on ``(seed, s, rank)``, so a resumed run gives the numbers of
+    an uninterrupted one (``stop_at``: stop after that step as an interrupted run would).
+    Returns the EMA prior (ready to sample) and a summary.
     """
     ctx = ctx or DistContext()
     dc, tc, ec = cfg.data, cfg.train, cfg.edm
+    name = dc.path if data is None else "dataset"
+    ds = open_dataset(dc.path) if data is None else data
+    if (ds.sizes["lat"], ds.sizes["lon"]) != (dc.nlat, dc.nlon):
+        raise ValueError(f"{name}: grid {ds.sizes['lat']}x{ds.sizes['lon']} differs from the "
+                         f"config's data.nlat x data.nlon = {dc.nlat}x{dc.nlon}")
     grid = Grid(dc.nlat, dc.nlon)
-    if data is None:
-        data = load_states(dc.path, grid, dc.variables, dc.train_years,
-                           progress=ctx.is_main and progress)
-    mean, std = area_weighted_moments(data.states, grid)
+    clim = climatology or Climatology.from_dataset(ds, list(dc.variables))
+    time_range = year_index_range(ds, dc.train_years, name)
+    source = StateBatches(ds, dc.variables, clim, batch_size=tc.batch_size, seed=cfg.seed,
+                          rank=ctx.rank, world_size=ctx.world_size, time_range=time_range)
+    mean = torch.tensor([clim.mean[v] for v in dc.variables])
+    std = torch.tensor([clim.std[v] for v in dc.variables])
     prior = build_prior(cfg.model, dc.variables, mean, std, grid, ec.sigma_data,
                         seed_generator=torch_generator(cfg.seed, "prior-init"))
-    z = prior.normalise(data.states.float()).to(ctx.device)  # (time, var, lat, lon)
     trainer = EDMTrainer(prior.net, ec.p_mean, ec.p_std, ec.ema_halflife_steps,
                          ec.ema_warmup_ratio).to(ctx.device)
     model = wrap_ddp(trainer, ctx)
@@ -177,20 +221,16 @@ def train_prior(
         optimizer, cosine_warmup_lambda(tc.steps, tc.warmup_steps, tc.lr_floor)
     )
 
-    def draw(g: torch.Generator) -> tuple[Tensor, torch.Generator]:
-        idx = torch.randint(0, z.shape[0], (tc.batch_size,), generator=g)
-        return z[idx.to(z.device)], g  # g then draws the loss's sigma and noise
-
     def loss_fn(m: torch.nn.Module, batch: tuple[Tensor, torch.Generator]) -> Tensor:
         x0, g = batch
-        return m(x0, g).mean()
+        return m(x0.to(ctx.device), g).mean()
 
     if ctx.is_main:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / "config.json", json.dumps(to_mapping(cfg), indent=2) + "\n")
     result = train_loop(
         model=model, optimizer=optimizer, scheduler=scheduler, loss_fn=loss_fn,
-        batches=step_seeded_batches(draw, cfg.seed, ctx.rank, stream="prior-batches"),
+        batches=step_batches(source, cfg.seed, ctx.rank),
         steps=tc.steps, ctx=ctx, checkpoint_path=out / "checkpoint.pt",
         checkpoint_every=tc.checkpoint_every, resume=resume, grad_clip=tc.grad_clip,
         log_path=out / "loss.jsonl", log_every=tc.log_every,
@@ -210,7 +250,9 @@ def train_prior(
         ema.export(out / "prior.safetensors", {
             "command": command,
             "data": {"path": dc.path, "train_years": list(dc.train_years),
-                     "valid_years": list(dc.valid_years), "n_times": len(data.times)},
+                     "valid_years": list(dc.valid_years),
+                     "n_times": time_range[1] - time_range[0],
+                     "normalisation": "the store's climatology (dataio.Climatology)"},
             "edm": to_mapping(ec),
             "training": {**to_mapping(tc), **summary, "seed": cfg.seed},
         })

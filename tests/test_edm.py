@@ -14,6 +14,7 @@ import torch
 import xarray as xr
 from diffda.cycler.config import load_config
 from diffda.cycler.rng import torch_generator
+from diffda.emulators.dataio import Climatology
 from diffda.emulators.edm import (
     EDMPrecond,
     EDMTrainer,
@@ -25,7 +26,7 @@ from diffda.emulators.edm import (
 )
 from diffda.emulators.emulator import load_coarse_states
 from diffda.emulators.grid import Grid
-from diffda.emulators.prior import DiffusionPrior, area_weighted_moments, build_prior
+from diffda.emulators.prior import DiffusionPrior, build_prior
 from diffda.emulators.prior_cli import (
     EDMTrainConfig,
     PriorDataConfig,
@@ -193,12 +194,14 @@ def _fixed_loss(prior: DiffusionPrior, z: torch.Tensor) -> float:
 
 def test_tiny_prior_trains_exports_and_reloads(tmp_path):
     grid = Grid(8, 16)
-    data = load_coarse_states(_tiny_dataset(grid), grid, years=(1,))
+    ds = _tiny_dataset(grid)
+    data = load_coarse_states(ds, grid, years=(1,))
     cfg = _tiny_config(steps=80)
-    prior, summary = train_prior(cfg, tmp_path / "run", data=data, progress=False)
+    prior, summary = train_prior(cfg, tmp_path / "run", data=ds, progress=False)
     assert summary["finished"] and summary["step"] == 80
-    mean, std = area_weighted_moments(data.states, grid)
-    init = build_prior(cfg.model, cfg.data.variables, mean, std, grid,
+    clim = Climatology.from_dataset(ds, list(cfg.data.variables))
+    torch.testing.assert_close(prior.mean, torch.tensor([clim.mean[v] for v in clim.mean]))
+    init = build_prior(cfg.model, cfg.data.variables, prior.mean, prior.std, grid,
                        seed_generator=torch_generator(1, "prior-init")).eval()
     z = prior.normalise(data.states[:16])
     before, after = _fixed_loss(init, z), _fixed_loss(prior, z)
@@ -212,7 +215,7 @@ def test_tiny_prior_trains_exports_and_reloads(tmp_path):
                                data.states[:2], rtol=1e-5, atol=1e-5)
     assert not any(p.requires_grad for p in loaded.parameters())
     # a resumed finished run does no more steps and gives the same weights
-    again, s2 = train_prior(cfg, tmp_path / "run", data=data, resume=True, progress=False)
+    again, s2 = train_prior(cfg, tmp_path / "run", data=ds, resume=True, progress=False)
     assert s2["step"] == 80 and s2["seconds_this_run"] < summary["seconds_this_run"]
     torch.testing.assert_close(again(x, torch.tensor(0.7)), prior(x, torch.tensor(0.7)))
 
@@ -260,14 +263,13 @@ def test_untrained_prior_is_the_exact_standard_normal_denoiser():
 
 
 def test_interrupted_and_resumed_training_gives_the_same_weights(tmp_path):
-    grid = Grid(8, 16)
-    data = load_coarse_states(_tiny_dataset(grid, days=3), grid, years=(1,))
+    ds = _tiny_dataset(Grid(8, 16), days=3)
     cfg = _tiny_config(steps=12)
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, dropout=0.2))
-    straight, _ = train_prior(cfg, tmp_path / "a", data=data, progress=False)
-    _, part = train_prior(cfg, tmp_path / "b", data=data, progress=False, stop_at=5)
+    straight, _ = train_prior(cfg, tmp_path / "a", data=ds, progress=False)
+    _, part = train_prior(cfg, tmp_path / "b", data=ds, progress=False, stop_at=5)
     assert part["step"] == 5 and not part["finished"]
-    resumed, s = train_prior(cfg, tmp_path / "b", data=data, progress=False, resume=True)
+    resumed, s = train_prior(cfg, tmp_path / "b", data=ds, progress=False, resume=True)
     assert s["step"] == 12
     for (k, a), (_, b) in zip(straight.state_dict().items(), resumed.state_dict().items(),
                               strict=True):
