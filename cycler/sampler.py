@@ -241,7 +241,9 @@ def sample_posterior(
     shape = tuple(int(s) for s in shape)
     t_steps = edm_time_steps(config.num_steps, config.sigma_min, config.sigma_max, config.rho)
     n = config.num_steps
-    as_t = lambda v: torch.tensor(float(v), dtype=dtype, device=device)  # noqa: E731
+
+    def as_t(v: float) -> Tensor:  # a noise level as the 0-d tensor D and the terms receive
+        return torch.tensor(float(v), dtype=dtype, device=device)
 
     x = randn_members(list(generators), shape, dtype, device) * float(t_steps[0])  # line 3
     for i in tqdm(range(n), desc="posterior sampling", disable=not progress, leave=False):
