@@ -61,8 +61,8 @@ class PriorDataConfig:
     """Which states train the prior, on which grid (the store's own grid by default)."""
 
     path: str = "runs/data/nature.zarr"
-    train_years: tuple[int, ...] = (1, 2, 3, 4)
-    valid_years: tuple[int, ...] = (5,)
+    train_years: tuple[int, ...] = (2000, 2001, 2002, 2003)  # nature run: from 2000-01-01
+    valid_years: tuple[int, ...] = (2004,)
     variables: tuple[str, ...] = VARIABLES
     nlat: int = 32
     nlon: int = 64
@@ -401,7 +401,9 @@ def evaluate(args: argparse.Namespace) -> int:
     """``cycler evaluate prior WEIGHTS --data PATH [--json] [--plots DIR]``."""
     torch.set_num_threads(args.threads)
     prior = DiffusionPrior.load(args.weights)
-    years = tuple(args.years or prior.card.get("data", {}).get("valid_years", [5]))
+    years = tuple(args.years or prior.card.get("data", {}).get("valid_years", ()))
+    if not years:
+        raise ValueError(f"{args.weights}: the card names no held-out years; pass --years")
     truth = load_states(args.data, prior.grid, prior.variables, years).states.numpy()
     config = SamplerConfig(num_steps=args.steps)
     samples = sample_unconditional(prior, args.members, args.seed, config,
