@@ -89,7 +89,7 @@ def save_cycle(run_dir: Path, ckpt: CycleCheckpoint) -> Path:
     meta = json.dumps({
         "format": FORMAT, "mode": ckpt.mode, "cycle": ckpt.cycle, "time": ckpt.time,
         "config_hash": ckpt.config_hash, "weights": ckpt.weights, "record": ckpt.record,
-    }, sort_keys=True, allow_nan=True)
+    }, allow_nan=True)  # insertion order kept: the record reads back in its own order
     tensors = {k: v.detach().cpu().contiguous() for k, v in ckpt.tensors.items()}
     obj = {"format": FORMAT, "meta": meta, "tensors": tensors,
            "checksum": _checksum(tensors, meta)}

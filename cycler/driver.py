@@ -433,7 +433,7 @@ MODE_STEPS: dict[str, ModeStep] = {
 def write_metrics(run_dir: Path, records: dict[str, list[dict[str, Any]]],
                   modes: Sequence[str]) -> Path:
     """``metrics.jsonl``: one JSON object per (mode, cycle), modes in config order."""
-    lines = [json.dumps(r, sort_keys=True) for m in modes for r in records.get(m, [])]
+    lines = [json.dumps(r) for m in modes for r in records.get(m, [])]
     return atomic_write_text(run_dir / "metrics.jsonl", "".join(s + "\n" for s in lines))
 
 

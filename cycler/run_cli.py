@@ -64,7 +64,7 @@ def _report(run_dir: Path) -> None:
             print(f"{mode:<15} {len(t['seconds_per_cycle']):>6} "
                   f"{t['mean_seconds_per_cycle']:>9.2f} {t['total_seconds']:>9.1f}")
     print(f"run directory: {run_dir}")
-    for name in ("metrics.jsonl", "timings.json", "analyses", "plots"):
+    for name in ("metrics.jsonl", "timings.json", "compare.json", "analyses", "plots"):
         if (run_dir / name).exists():
             print(f"  {name:<14} {run_dir / name}")
 
@@ -93,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
     tic = time.perf_counter()
     run_experiment(cfg, run_dir, plots=False if args.no_plots else None)
     print(f"finished in {time.perf_counter() - tic:.1f} s")
-    _report(run_dir)
+    _summarise(run_dir, plots=not args.no_plots)
     return 0
 
 
@@ -110,8 +110,17 @@ def resume(args: argparse.Namespace) -> int:
 
     cfg = _with_runtime(read_resolved(args.run_dir / "config.json"), args.threads)
     run_experiment(cfg, args.run_dir, resume=True, plots=False if args.no_plots else None)
-    _report(args.run_dir)
+    _summarise(args.run_dir, plots=not args.no_plots)
     return 0
+
+
+def _summarise(run_dir: Path, plots: bool) -> None:
+    """The comparison of the run's modes (``compare.json``, ``compare.png``), then where the
+    outputs are."""
+    if plots:
+        table = compare_runs([run_dir], run_dir)
+        print(format_table(table))
+    _report(run_dir)
 
 
 # ----------------------------------------------------------------------------- compare

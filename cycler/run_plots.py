@@ -51,7 +51,8 @@ def _save(fig: plt.Figure, path: Path) -> Path:
 def _axes(n: int) -> tuple[plt.Figure, np.ndarray]:
     cols = min(n, 2)
     rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 3.6 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 3.6 * rows), squeeze=False,
+                             layout="constrained")
     for ax in axes.ravel()[n:]:
         ax.set_visible(False)
     return fig, axes.ravel()
@@ -134,11 +135,14 @@ def plot_maps(run_dir: Path, path: Path, variable: str | None = None) -> Path:
     v = variable or list(truth.data_vars)[0]
     t = truth[v].values[-1]
     fig, axes = plt.subplots(len(files) + 1, 2, figsize=(9, 2.2 * (len(files) + 1)),
-                             squeeze=False)
+                             squeeze=False, layout="constrained")
     extent = (0, 360, -90, 90)
     vmin, vmax = float(np.nanmin(t)), float(np.nanmax(t))
-    axes[0, 0].imshow(t, origin="lower", extent=extent, vmin=vmin, vmax=vmax, cmap="viridis")
-    axes[0, 0].set_title(f"truth {v}", fontsize=8)
+    im = axes[0, 0].imshow(t, origin="lower", extent=extent, vmin=vmin, vmax=vmax,
+                           cmap="viridis")
+    axes[0, 0].set_title(f"truth {v} ({truth[v].attrs.get('units', '')}), last cycle",
+                         fontsize=8)
+    fig.colorbar(im, ax=axes[0, 0], shrink=0.8)
     axes[0, 1].set_visible(False)
     for row, f in enumerate(files, start=1):
         with xr.open_dataset(f, decode_times=False) as a:
