@@ -265,7 +265,8 @@ def test_untrained_prior_is_the_exact_standard_normal_denoiser():
 def test_interrupted_and_resumed_training_gives_the_same_weights(tmp_path):
     ds = _tiny_dataset(Grid(8, 16), days=3)
     cfg = _tiny_config(steps=12)
-    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, dropout=0.2))
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, dropout=0.2),
+                              data=dataclasses.replace(cfg.data, in_memory=False))  # streamed
     straight, _ = train_prior(cfg, tmp_path / "a", data=ds, progress=False)
     _, part = train_prior(cfg, tmp_path / "b", data=ds, progress=False, stop_at=5)
     assert part["step"] == 5 and not part["finished"]
