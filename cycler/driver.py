@@ -72,7 +72,7 @@ from diffda.cycler.run_config import (
     iso,
     write_resolved,
 )
-from diffda.cycler.sampler import sample_posterior
+from diffda.cycler.sampler import StepDiagnostics, sample_posterior
 from diffda.emulators.dataio import bilinear_weights
 from diffda.emulators.emulator import SFNOEmulator, open_nature
 from diffda.emulators.grid import Grid, coarsen_to
@@ -275,10 +275,12 @@ class ForecastTerm(nn.Module):
 @dataclass
 class CycleResult:
     """One cycle of one mode. ``analysis``: ``(member, var, lat, lon)`` physical on the full
-    grid (what is scored); ``tensors``: what else the checkpoint keeps."""
+    grid (what is scored); ``tensors``: what else the checkpoint keeps; ``info``: the
+    method's diagnostics (stored in the record under ``"method"``)."""
 
     analysis: Tensor
     tensors: dict[str, Tensor] = field(default_factory=dict)
+    info: dict[str, float] = field(default_factory=dict)  # method diagnostics for the record
 
 
 def _error(cfg_error: Any) -> ErrorModel:
@@ -312,29 +314,38 @@ def _forecast_term(world: World, forecast: Tensor) -> ForecastTerm:
 
 
 def _sample(world: World, terms: Sequence[nn.Module], k: int, stream: str = "analysis"
-            ) -> tuple[Tensor, Tensor]:
+            ) -> tuple[Tensor, Tensor, dict[str, float]]:
+    """Algorithm 1 for cycle ``k``: the analysis (physical), the members' initial generator
+    states and a summary of the sampler's diagnostics (largest guidance/prior drift ratio:
+    above ~1 the observations drive the steps, NOTES.md; fraction of clipped members)."""
     cfg = world.config
     gens = member_generators(cfg.seed, stream, k, cfg.members)
     states = _generator_states(gens)
+    diagnostics: list[StepDiagnostics] = []
     z = sample_posterior(world.prior, gens, world.prior.state_shape, terms,  # type: ignore[arg-type]
-                         cfg.analysis.sampler)
-    return world.prior.denormalise(z), states
+                         cfg.analysis.sampler, diagnostics=diagnostics)
+    info = {"nfe": cfg.analysis.sampler.nfe}
+    if terms:
+        info["guidance_ratio_max"] = max(d.guidance_ratio_max for d in diagnostics)
+        info["clipped_fraction_max"] = max(d.clipped_fraction for d in diagnostics)
+    return world.prior.denormalise(z), states, info
 
 
 def step_climatological(world: World, k: int, previous: dict[str, Tensor] | None
                         ) -> CycleResult:
     """Stations only (weight 1), every cycle independent."""
     term, used = _station_term(world, k, 1.0)
-    analysis, states = _sample(world, [term], k)
-    return CycleResult(analysis, {**used, "generator_states": states})
+    analysis, states, info = _sample(world, [term], k)
+    return CycleResult(analysis, {**used, "generator_states": states}, info)
 
 
 def step_precomputed(world: World, k: int, previous: dict[str, Tensor] | None) -> CycleResult:
     """Forecast term from the uncorrected free forecast (weight 1) + stations (lambda)."""
     forecast = world.free[k]
     stations, used = _station_term(world, k, world.config.analysis.lambda_)
-    analysis, states = _sample(world, [_forecast_term(world, forecast), stations], k)
-    return CycleResult(analysis, {**used, "forecast": forecast, "generator_states": states})
+    analysis, states, info = _sample(world, [_forecast_term(world, forecast), stations], k)
+    return CycleResult(analysis, {**used, "forecast": forecast, "generator_states": states},
+                       info)
 
 
 def step_reinitialized(world: World, k: int, previous: dict[str, Tensor] | None
@@ -349,8 +360,9 @@ def step_reinitialized(world: World, k: int, previous: dict[str, Tensor] | None
         forecast = emulator_forecast(world.emulator, start, world.times[k - 1],
                                      world.steps_per_cycle)
     stations, used = _station_term(world, k, world.config.analysis.lambda_)
-    analysis, states = _sample(world, [_forecast_term(world, forecast), stations], k)
-    return CycleResult(analysis, {**used, "forecast": forecast, "generator_states": states})
+    analysis, states, info = _sample(world, [_forecast_term(world, forecast), stations], k)
+    return CycleResult(analysis, {**used, "forecast": forecast, "generator_states": states},
+                       info)
 
 
 def initial_enkf_ensemble(world: World) -> Tensor:
@@ -412,8 +424,8 @@ def step_unconditional(world: World, k: int, previous: dict[str, Tensor] | None
     """Unconditional prior samples, drawn once (cycle key 0) and scored at every cycle."""
     if previous is not None:
         return CycleResult(previous["analysis"])
-    analysis, states = _sample(world, [], 0, stream="unconditional")
-    return CycleResult(analysis, {"generator_states": states})
+    analysis, states, info = _sample(world, [], 0, stream="unconditional")
+    return CycleResult(analysis, {"generator_states": states}, info)
 
 
 ModeStep = Callable[[World, int, "dict[str, Tensor] | None"], CycleResult]
@@ -554,6 +566,8 @@ def run_mode(world: World, mode: str, run_dir: Path, records: dict[str, list[dic
             "lead_hours": k * cfg.data.cadence_hours, "members": int(analysis.shape[0]),
             **ensemble_scores(analysis, world.truth[k], world.variables, world.station_mask),
         }
+        if result.info:
+            record["method"] = result.info
         tensors = {"analysis": analysis, **result.tensors}
         save_cycle(run_dir, CycleCheckpoint(
             mode=mode, cycle=k, time=iso(world.times[k]), tensors=tensors, record=record,

@@ -30,7 +30,9 @@ DEFAULT_LEAD_DAYS: tuple[int, ...] = (1, 3, 5, 7)
 
 
 def _variables(records: Sequence[dict[str, Any]]) -> list[str]:
-    return [k for k, v in records[0].items() if isinstance(v, dict)] if records else []
+    """The variables of score records (the entries that hold an ``rmse``)."""
+    return [k for k, v in records[0].items() if isinstance(v, dict) and "rmse" in v] \
+        if records else []
 
 
 def by_mode(records: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:

@@ -138,6 +138,9 @@ def test_every_mode_end_to_end(tmp_path):
             assert all(np.isfinite(r[v][s]) for s in SCORES), (r["mode"], v, r[v])
             assert r[v]["rmse"] > 0 and r[v]["crps"] > 0
     assert records[0]["time"] == "0001-01-03T12:00:00"
+    for r in records:  # the sampler's diagnostics stand beside the scores
+        if r["mode"] in ("climatological", "precomputed", "reinitialized"):
+            assert r["method"]["nfe"] == 11 and r["method"]["guidance_ratio_max"] > 0
     by = {(r["mode"], r["cycle"]): r for r in records}
     # one-member reference: spread 0, fair CRPS = MAE <= RMSE
     assert by[("free", 1)]["members"] == 1 and by[("free", 1)]["height"]["spread"] == 0.0
