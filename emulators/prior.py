@@ -151,16 +151,18 @@ def build_prior(
     unet: UNetConfig, variables: Sequence[str], mean: Tensor, std: Tensor, grid: Grid,
     sigma_data: float = 1.0, seed_generator: torch.Generator | None = None,
 ) -> DiffusionPrior:
-    """A fresh (untrained) prior. The weights are initialised from ``seed_generator``'s
-    seed (``torch`` initialisers use the global generator, so it is forked and seeded
-    locally: the global state is left untouched)."""
+    """A fresh (untrained) prior, in eval mode (no dropout: safe to sample from; training
+    switches modes itself). The weights are initialised from ``seed_generator``'s seed
+    (``torch`` initialisers use the global generator, so it is forked and seeded locally:
+    the global state is left untouched). Untrained, ``D(x; sigma) = x / (1 + sigma^2)``
+    exactly (the output layer starts at zero): the denoiser of ``N(0, I)``."""
     if unet.channels != len(variables):
         unet = dataclasses.replace(unet, channels=len(variables))
     seed = int(torch.randint(0, 2**62, (1,), generator=seed_generator)) if seed_generator else 0
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         net = EDMPrecond(SongUNet(unet), sigma_data=sigma_data)
-    return DiffusionPrior(net, variables, mean, std, grid)
+    return DiffusionPrior(net, variables, mean, std, grid).eval()
 
 
 def negative_fraction(x: np.ndarray | Tensor) -> float:
