@@ -225,7 +225,8 @@ def sample_posterior(
         denoiser: ``D(x; sigma)``, ``(member, *shape), 0-d -> (member, *shape)``; it must treat
             members independently (no batch statistics).
         generators: one per member (:func:`diffda.cycler.rng.member_generators`); member ``m``
-            draws its initial noise and churn noise from ``generators[m]`` only.
+            draws its initial noise and churn noise from ``generators[m]`` only (on the
+            generators' device, then moved to ``device``).
         shape: the state shape of one member, e.g. ``(var, lat, lon)``.
         terms: likelihood terms (Eq. 13), combined with their ``weight`` (Eq. 14). Empty:
             unconditional sampling (the EDM stochastic sampler).
@@ -245,13 +246,21 @@ def sample_posterior(
     def as_t(v: float) -> Tensor:  # a noise level as the 0-d tensor D and the terms receive
         return torch.tensor(float(v), dtype=dtype, device=device)
 
-    x = randn_members(list(generators), shape, dtype, device) * float(t_steps[0])  # line 3
+    gens = list(generators)
+    if not gens:
+        raise ValueError("sample_posterior needs one generator per member, got none")
+
+    def noise() -> Tensor:  # drawn on the generators' device (CPU generators: the same
+        # numbers on any device), then moved to ``device``
+        return randn_members(gens, shape, dtype, gens[0].device).to(device)
+
+    x = noise() * float(t_steps[0])  # line 3
     for i in tqdm(range(n), desc="posterior sampling", disable=not progress, leave=False):
         t_cur, t_next = float(t_steps[i]), float(t_steps[i + 1])
         gamma = churn_gamma(t_cur, n, config.s_churn, config.s_tmin, config.s_tmax)  # line 5
         t_hat = t_cur + gamma * t_cur  # line 6
         if gamma > 0:  # lines 7-8
-            eps = randn_members(list(generators), shape, dtype, device) * config.s_noise
+            eps = noise() * config.s_noise
             x = x + math.sqrt(t_hat**2 - t_cur**2) * eps
         s_hat = as_t(t_hat)
         d, s_l, ll = denoise_with_likelihood_score(denoiser, x, s_hat, terms, to_observed)
