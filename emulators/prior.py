@@ -7,6 +7,15 @@ posterior sampler runs in that space; :meth:`DiffusionPrior.denormalise` maps it
 (and, passed as ``to_observed``, its denoised estimates) to physical units, where the
 observation operators live.
 
+An analysis (Algorithm 1) with observation terms in normalised units::
+
+    prior = DiffusionPrior.load()                      # emulators/weights/prior.safetensors
+    op = low_resolution_operator(prior.grid, prior.variables)
+    terms = [ObservationTerm(op, y, sigma_y=1e-2, gamma=1e-2)]
+    gens = member_generators(seed, "analysis", cycle, 16)
+    z = sample_posterior(prior, gens, prior.state_shape, terms, SamplerConfig())
+    analysis = prior.denormalise(z)                    # (16, var, lat, lon), physical units
+
 Weights are one ``prior.safetensors`` (tensors only: the EMA network and the normalisation)
 and a ``prior.json`` card (variables, grid, network size, EDM parameters, training command,
 data and scores), written and read by :mod:`diffda.emulators.training`.
