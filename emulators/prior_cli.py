@@ -374,6 +374,26 @@ def compare_climates(
     return out
 
 
+#: Acceptance thresholds of the issue: mean and std by latitude within 10 % (area-weighted
+#: over latitude), zonal power within a factor 1.5 at every resolved wavenumber.
+ACCEPT_MEAN, ACCEPT_STD, ACCEPT_SPECTRUM = 0.10, 0.10, 1.5
+
+
+def acceptance(scores: dict[str, Any]) -> dict[str, dict[str, bool]]:
+    """Per variable, whether each acceptance criterion holds (see the thresholds above)."""
+    out = {}
+    for name, s in scores.items():
+        if name.startswith("_"):
+            continue
+        lo, hi = s["spectrum_ratio_min"], s["spectrum_ratio_max"]
+        out[name] = {
+            "mean_by_lat": s["mean_by_lat_error"] <= ACCEPT_MEAN,
+            "std_by_lat": s["std_by_lat_error"] <= ACCEPT_STD,
+            "spectrum": lo is not None and 1 / ACCEPT_SPECTRUM <= lo and hi <= ACCEPT_SPECTRUM,
+        }
+    return out
+
+
 def sample_unconditional(
     prior: DiffusionPrior, members: int, seed: int, config: SamplerConfig,
     batch: int = 16, progress: bool = True,
@@ -420,7 +440,8 @@ def evaluate(args: argparse.Namespace) -> int:
     stats = scores.pop("_stats")
     result = {"weights": str(args.weights), "data": str(args.data), "years": list(years),
               "members": args.members, "n_truth": int(truth.shape[0]),
-              "sampler_steps": args.steps, "variables": scores}
+              "sampler_steps": args.steps, "variables": scores,
+              "acceptance": acceptance(scores)}
     if args.plots is not None:
         result["plots"] = [str(p) for p in plot_climates(stats, prior.grid, prior.variables,
                                                          args.plots, samples, truth)]
@@ -428,6 +449,7 @@ def evaluate(args: argparse.Namespace) -> int:
         update_card(args.weights, scores={k: {kk: vv for kk, vv in v.items()
                                               if kk != "spectrum_ratio_by_k"}
                                           for k, v in scores.items()},
+                    acceptance=result["acceptance"],
                     scores_data={"path": str(args.data), "years": list(years),
                                  "members": args.members})
     if args.json:
@@ -439,7 +461,8 @@ def evaluate(args: argparse.Namespace) -> int:
                   f"{s['std_by_lat_error']:.3f} (max {s['std_by_lat_error_max']:.3f}), "
                   f"spectrum ratio {s['spectrum_ratio_min']:.2f}..{s['spectrum_ratio_max']:.2f}, "
                   f"negative fraction {s['negative_fraction_samples']:.4f} "
-                  f"(truth {s['negative_fraction_truth']:.4f})")
+                  f"(truth {s['negative_fraction_truth']:.4f}); accepted: "
+                  f"{result['acceptance'][name]}")
     return 0
 
 

@@ -32,6 +32,7 @@ from diffda.emulators.prior_cli import (
     PriorDataConfig,
     PriorOptimConfig,
     PriorTrainConfig,
+    acceptance,
     compare_climates,
     train_prior,
     zonal_power_spectrum,
@@ -237,7 +238,11 @@ def test_spectrum_parseval_and_identical_climates_score_zero():
     scores = compare_climates(states, states, grid, ("a", "b"))
     assert scores["a"]["mean_by_lat_error"] == 0.0 and scores["b"]["std_by_lat_error"] == 0.0
     assert scores["a"]["spectrum_ratio_min"] == pytest.approx(1.0)
+    assert acceptance(scores) == {n: {"mean_by_lat": True, "std_by_lat": True,
+                                      "spectrum": True} for n in ("a", "b")}
     doubled = compare_climates(2 * states, states, grid, ("a", "b"))
+    assert acceptance(doubled)["a"] == {"mean_by_lat": True, "std_by_lat": False,
+                                        "spectrum": False}  # zero mean: only the std fails
     assert doubled["a"]["spectrum_ratio_max"] == pytest.approx(4.0)  # power scales as amp^2
     assert doubled["a"]["std_by_lat_error"] == pytest.approx(1.0)
 
