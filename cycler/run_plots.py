@@ -44,8 +44,7 @@ def by_mode(records: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]
 
 
 def _save(fig: plt.Figure, path: Path) -> Path:
-    atomic_write_bytes(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110,
-                                                     bbox_inches="tight"))
+    atomic_write_bytes(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
     plt.close(fig)
     return path
 
@@ -137,7 +136,8 @@ def plot_maps(run_dir: Path, path: Path, variable: str | None = None) -> Path:
     v = variable or list(truth.data_vars)[0]
     t = truth[v].values[-1]
     fig, axes = plt.subplots(len(files) + 1, 2, figsize=(9, 2.2 * (len(files) + 1)),
-                             squeeze=False, layout="constrained")
+                             squeeze=False)
+    fig.subplots_adjust(hspace=0.45, wspace=0.15, left=0.05, right=0.97, top=0.96, bottom=0.03)
     extent = (0, 360, -90, 90)
     vmin, vmax = float(np.nanmin(t)), float(np.nanmax(t))
     im = axes[0, 0].imshow(t, origin="lower", extent=extent, vmin=vmin, vmax=vmax,

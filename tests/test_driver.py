@@ -18,6 +18,7 @@ import pytest
 import torch
 import xarray as xr
 from diffda.cycler.checkpoint import cycle_path, file_sha256, load_cycle
+from diffda.cycler.cli import main as cli_main
 from diffda.cycler.config import ConfigError
 from diffda.cycler.driver import (
     MODE_STEPS,
@@ -174,6 +175,13 @@ def test_every_mode_end_to_end(tmp_path):
     row = next(r for r in table["rows"] if r["mode"] == "enkf" and r["variable"] == "u")
     assert row["rmse"][:2] == [by[("enkf", 1)]["u"]["rmse"], by[("enkf", 2)]["u"]["rmse"]]
     assert row["rmse"][2] is None and (tmp_path / "cmp" / "compare.png").is_file()
+    # the command line: resuming a finished run recomputes nothing and changes nothing
+    before = (run_dir / "metrics.jsonl").read_bytes()
+    assert cli_main(["resume", str(run_dir), "--no-plots"]) == 0
+    assert (run_dir / "metrics.jsonl").read_bytes() == before
+    assert set(json.loads((run_dir / "timings.json").read_text())) == set(MODES)
+    assert cli_main(["compare", str(run_dir), "--out", str(tmp_path / "cmp2")]) == 0
+    assert json.loads((tmp_path / "cmp2" / "compare.json").read_text())["lead_days"] == [1, 3, 5, 7]
 
 
 def test_reinitialized_from_members_and_station_guidance(tmp_path):
