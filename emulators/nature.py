@@ -16,8 +16,8 @@ sub-cells of every 32x64 cell, i.e. at the 64x128 WeatherBench latitudes and at 
 ``(k - 1/2) 2.8125`` deg, then averaged 2x2 with the cell-area weights of
 :func:`~diffda.emulators.grid.coarsen`, so that each stored value is the area mean over the
 cell centred at the stored (lat, lon). (Block-averaging the 64x128 WeatherBench grid itself
-would centre the result at ``lon + 2.8125`` deg, half a cell east of the labels, because that
-grid starts at 0 deg.) Winds go through ``u cos(lat)``, ``v cos(lat)`` (smooth scalars on the
+would centre the result at ``lon + 1.40625`` deg, a quarter of a 32x64 cell east of the
+labels, because both grids start at 0 deg.) Winds go through ``u cos(lat)``, ``v cos(lat)`` (smooth scalars on the
 sphere). The tracer is clipped at zero.
 
 Forcing and static fields are pure functions of (time, point): :func:`forcing_fields` and
