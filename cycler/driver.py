@@ -537,10 +537,11 @@ class RunSummary:
 
 def run_mode(world: World, mode: str, run_dir: Path, records: dict[str, list[dict[str, Any]]],
              *, on_checkpoint: Callable[[str, int], None] | None = None,
-             progress: bool = False) -> tuple[Tensor, list[float]]:
+             progress: bool = False, write_jsonl: bool = True) -> tuple[Tensor, list[float]]:
     """Run (or continue) one mode; returns its analyses ``(N, member, var, lat, lon)`` and
     the seconds of the cycles computed now. ``records[mode]`` is filled cycle by cycle and
-    ``metrics.jsonl`` rewritten after each."""
+    ``metrics.jsonl`` rewritten after each (unless ``write_jsonl`` is false: a worker
+    process running one mode of several leaves the file to its parent)."""
     cfg = world.config
     done = complete_cycles(run_dir, mode)
     analyses: list[Tensor] = []
@@ -576,7 +577,8 @@ def run_mode(world: World, mode: str, run_dir: Path, records: dict[str, list[dic
         records[mode].append(record)
         analyses.append(analysis)
         previous = tensors
-        write_metrics(run_dir, records, cfg.analysis.modes)
+        if write_jsonl:
+            write_metrics(run_dir, records, cfg.analysis.modes)
         seconds.append(time.perf_counter() - tic)
         bar.set_postfix(rmse_height=f"{record[world.variables[0]]['rmse']:.3g}")
         if on_checkpoint is not None:
@@ -629,20 +631,56 @@ def run_experiment(
     write_netcdf(truth_dataset(world), run_dir / "truth.nc")
     records: dict[str, list[dict[str, Any]]] = {}
     seconds: dict[str, list[float]] = {}
-    for mode in cfg.analysis.modes:
-        analyses, secs = run_mode(world, mode, run_dir, records, on_checkpoint=on_checkpoint,
-                                  progress=progress)
+
+    def finish(mode: str, analyses: Tensor, secs: list[float]) -> None:
         seconds[mode] = secs
         if secs:
             _update_timings(run_dir, mode, secs, cfg)
         ds = analyses_dataset(world, mode, analyses, cfg.output.members)
         write_netcdf(ds, run_dir / "analyses" / f"{mode}.nc")
+
+    if cfg.runtime.workers > 1 and len(cfg.analysis.modes) > 1:
+        for mode, (recs, analyses, secs) in _run_modes_in_processes(cfg, run_dir).items():
+            records[mode] = recs
+            finish(mode, analyses, secs)
+    else:
+        for mode in cfg.analysis.modes:
+            analyses, secs = run_mode(world, mode, run_dir, records,
+                                      on_checkpoint=on_checkpoint, progress=progress)
+            finish(mode, analyses, secs)
     write_metrics(run_dir, records, cfg.analysis.modes)
     if cfg.output.plots if plots is None else plots:
         from diffda.cycler.run_plots import plot_run
 
         plot_run(run_dir)
     return RunSummary(run_dir=run_dir, records=records, seconds=seconds)
+
+
+def _mode_worker(cfg: RunConfig, run_dir: str, mode: str
+                 ) -> tuple[list[dict[str, Any]], Tensor, list[float]]:
+    """One mode in a worker process (:func:`_run_modes_in_processes`)."""
+    world = load_world(cfg)
+    records: dict[str, list[dict[str, Any]]] = {}
+    analyses, secs = run_mode(world, mode, Path(run_dir), records, write_jsonl=False)
+    return records[mode], analyses, secs
+
+
+def _run_modes_in_processes(cfg: RunConfig, run_dir: Path
+                            ) -> dict[str, tuple[list[dict[str, Any]], Tensor, list[float]]]:
+    """Run the modes in ``cfg.runtime.workers`` processes (``spawn``), each with
+    ``cfg.runtime.threads`` torch threads; the costly sampler modes are submitted first.
+    Modes never share state, so the results equal a serial run's (same thread count)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    order = sorted(cfg.analysis.modes, key=lambda m: m not in SAMPLER_MODES)
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=cfg.runtime.workers, mp_context=ctx) as pool:
+        futures = {m: pool.submit(_mode_worker, cfg, str(run_dir), m) for m in order}
+        done = {}
+        for m in tqdm(order, desc="modes", disable=not cfg.runtime.progress):
+            done[m] = futures[m].result()
+    return done
 
 
 def resume_experiment(run_dir: str | Path, **kwargs: Any) -> RunSummary:

@@ -1,7 +1,8 @@
 """``cycler run | resume | compare | sweep``: thin entry points around :mod:`.driver`.
 
-- ``cycler run CONFIG.toml [--out DIR] [--set KEY=VALUE ...] [--threads N] [--no-plots]``
-- ``cycler resume RUN_DIR [--threads N]``
+- ``cycler run CONFIG.toml [--out DIR] [--set KEY=VALUE ...] [--threads N] [--workers N]
+  [--no-plots]``
+- ``cycler resume RUN_DIR [--threads N] [--workers N] [--no-plots]``
 - ``cycler compare RUN_DIR... [--out DIR] [--leads 1,3,5,7]``
 - ``cycler sweep CONFIG.toml --param analysis.lambda=0,0.5,1,2,4 [--modes precomputed,...]
   [--scheduler ADDRESS] [--workers N] [--threads-per-run N] [--out DIR]``
@@ -47,12 +48,12 @@ def parse_assignment(text: str) -> tuple[str, str]:
     return key.strip(), value.strip()
 
 
-def _with_runtime(cfg: RunConfig, threads: int | None, progress: bool | None = None
+def _with_runtime(cfg: RunConfig, threads: int | None, workers: int | None = None
                   ) -> RunConfig:
     rt = cfg.runtime
     return dataclasses.replace(cfg, runtime=RuntimeConfig(
         threads=rt.threads if threads is None else threads,
-        progress=rt.progress if progress is None else progress))
+        workers=rt.workers if workers is None else workers, progress=rt.progress))
 
 
 def _report(run_dir: Path) -> None:
@@ -78,7 +79,9 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                         help="run directory (default runs/<name>)")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="KEY=VALUE", help="override a config key, e.g. analysis.lambda=2")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads per process")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="run the modes in this many processes at once")
     parser.add_argument("--no-plots", action="store_true", help="skip the figures")
 
 
@@ -88,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
 
     overrides = dict(parse_assignment(a) for a in args.overrides)
     cfg = load_run_config(args.config, {k: parse_value(v) for k, v in overrides.items()})
-    cfg = _with_runtime(cfg, args.threads)
+    cfg = _with_runtime(cfg, args.threads, args.workers)
     run_dir = args.out or Path("runs") / cfg.name
     tic = time.perf_counter()
     run_experiment(cfg, run_dir, plots=False if args.no_plots else None)
@@ -101,6 +104,8 @@ def add_resume_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_dir", type=Path, help="a run directory (holds config.json)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads (bit-identical results need the original count)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="run the modes in this many processes at once")
     parser.add_argument("--no-plots", action="store_true", help="skip the figures")
 
 
@@ -108,7 +113,7 @@ def resume(args: argparse.Namespace) -> int:
     """``cycler resume RUN_DIR``: continue from the last complete cycle of each mode."""
     from diffda.cycler.driver import run_experiment
 
-    cfg = _with_runtime(read_resolved(args.run_dir / "config.json"), args.threads)
+    cfg = _with_runtime(read_resolved(args.run_dir / "config.json"), args.threads, args.workers)
     run_experiment(cfg, args.run_dir, resume=True, plots=False if args.no_plots else None)
     _summarise(args.run_dir, plots=not args.no_plots)
     return 0
@@ -192,7 +197,7 @@ def sweep_configs(base: Path, key: str, values: list[Any], modes: list[str] | No
     for value in values:
         label = f"{short}={value}"
         over: dict[str, Any] = {key: value, "runtime.threads": threads,
-                                "runtime.progress": False}
+                                "runtime.workers": 1, "runtime.progress": False}
         if modes:
             over["analysis.modes"] = modes
         cfg = load_run_config(base, over)

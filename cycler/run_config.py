@@ -196,11 +196,13 @@ class RuntimeConfig:
     """How the run executes (not hashed: it does not change what is computed, except that
     bit-identical resumes need the same thread count)."""
 
-    threads: int = 2
+    threads: int = 2  # torch threads per process
+    workers: int = 1  # modes run in this many processes at once (1: one after the other)
     progress: bool = True
 
     def __post_init__(self) -> None:
         require(self.threads >= 1, "runtime.threads", self.threads, "must be >= 1")
+        require(self.workers >= 1, "runtime.workers", self.workers, "must be >= 1")
 
 
 @dataclass(frozen=True, kw_only=True)
