@@ -26,6 +26,7 @@ import os
 import re
 import shutil
 import tempfile
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -158,7 +159,9 @@ def _open_any(path: Path, chunks: Mapping[str, int] | str | None = "auto") -> xr
     try:
         if path.suffix == ".zarr" or (path.is_dir() and (path / "zarr.json").exists()) \
                 or (path.is_dir() and (path / ".zgroup").exists()):
-            return xr.open_zarr(path, consolidated=None, **kw)
+            with warnings.catch_warnings():  # stores without consolidated metadata are fine
+                warnings.filterwarnings("ignore", message=".*consolidated metadata.*")
+                return xr.open_zarr(path, consolidated=None, **kw)
         return xr.open_dataset(path, **kw)
     except (OSError, ValueError) as err:
         raise ValueError(f"{path}: cannot be read as netCDF or zarr ({err})") from err
