@@ -138,6 +138,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                         help="output directory (default: runs/<config name>)")
     parser.add_argument("--resume", action="store_true",
                         help="continue from OUT/checkpoint.pt if it exists")
+    parser.add_argument("--max-minutes", type=float, default=None,
+                        help="override train.max_minutes: stop (checkpoint + export) after "
+                             "this wall time; resume later with --resume")
 
 
 def rollout_at(cfg: OptimConfig, step: int) -> int:
@@ -160,7 +163,9 @@ def train_emulator(
     """Train an emulator as ``cfg`` says; files go to ``out`` (rank 0).
 
     ``data`` / ``forcing_fn``: the training states and forcing function, when not read from
-    ``cfg.data.path`` / looked up by ``cfg.data.forcing`` (tests pass them in). Returns the
+    ``cfg.data.path`` / looked up by ``cfg.data.forcing`` (tests pass them in). The weights
+    of the last step reached are exported at the end, also after a stop on the time budget
+    (the card's ``training.finished`` and ``training.step`` say how far). Returns the
     (bare) emulator and a summary. ``stop_at``: stop after that step as if interrupted
     (for tests of resumption). Exactly resumable: the batch of step ``s`` depends only on
     ``(seed, s, rank)``.
@@ -222,7 +227,7 @@ def train_emulator(
         "device": str(ctx.device),
     }
     bare = unwrap(model)
-    if ctx.is_main and summary["finished"]:
+    if ctx.is_main:  # also when stopped early: the card's training.finished says which
         bare.export(
             out / "emulator.safetensors",
             command=command,
@@ -237,6 +242,9 @@ def train_emulator(
 def train(args: argparse.Namespace) -> int:
     """``cycler train emulator CONFIG.toml [--out DIR] [--resume]``."""
     cfg = load_config(EmulatorTrainConfig, args.config)
+    if args.max_minutes is not None:
+        cfg = dataclasses.replace(
+            cfg, train=dataclasses.replace(cfg.train, max_minutes=args.max_minutes))
     out = args.out or Path("runs") / Path(args.config).stem
     torch.set_num_threads(cfg.train.threads)
     ctx = init_distributed(cfg.train.device)
@@ -249,9 +257,8 @@ def train(args: argparse.Namespace) -> int:
         cleanup_distributed()
     if ctx.is_main:
         print(json.dumps(summary))
-        if summary["finished"]:
-            print(f"weights: {out / 'emulator.safetensors'} (+ emulator.json)")
-        else:
+        print(f"weights: {out / 'emulator.safetensors'} (+ emulator.json)")
+        if not summary["finished"]:
             print(f"stopped at step {summary['step']}/{summary['steps']}; continue with: "
                   f"cycler train emulator {args.config} --out {out} --resume")
     return 0

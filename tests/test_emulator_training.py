@@ -192,7 +192,8 @@ def test_emulator_training_resume_equals_uninterrupted(tiny_data, tmp_path):
     full, s_full = train_emulator(_tiny_config(), tmp_path / "a", **kw)
     half, s_half = train_emulator(_tiny_config(), tmp_path / "b", stop_at=3, **kw)
     assert s_half["step"] == 3 and not s_half["finished"]
-    assert not (tmp_path / "b" / "emulator.safetensors").exists()
+    card_half = json.loads((tmp_path / "b" / "emulator.json").read_text())
+    assert card_half["training"]["finished"] is False and card_half["training"]["step"] == 3
     resumed, s_res = train_emulator(_tiny_config(), tmp_path / "b", resume=True, **kw)
     assert s_full["finished"] and s_res["finished"] and s_res["step"] == 6
     for (k, a), (_, b) in zip(full.state_dict().items(), resumed.state_dict().items(),
