@@ -296,15 +296,19 @@ def evaluate_emulator(
     day = int(np.argmin(np.abs(sc["lead_hours"] - 24.0)))
     reduction = {x: float(1 - sc["rmse"][day, i] / sc["rmse_persistence"][day, i])
                  for i, x in enumerate(v)}
-    # climatological saturation: RMSE of two independent states = sqrt(2) * std
-    _, std = _area_std(data)
+    # sigma_t: area-weighted RMS of the temporal std at each point = the RMSE of forecasting
+    # the period's mean field ("climatology"); two independent states differ by sqrt(2) sigma_t
+    std = _temporal_std(data)
     out: dict[str, Any] = {
         "lead_hours": sc["lead_hours"].tolist(),
         "rmse": {x: sc["rmse"][:, i].tolist() for i, x in enumerate(v)},
         "rmse_persistence": {x: sc["rmse_persistence"][:, i].tolist() for i, x in enumerate(v)},
+        "rmse_climatology": {x: float(std[i]) for i, x in enumerate(v)},
         "rmse_saturation": {x: float(np.sqrt(2) * std[i]) for i, x in enumerate(v)},
         "n_starts": int(sc["n_starts"]),
         "rmse_reduction_vs_persistence_24h": reduction,
+        "rmse_reduction_vs_climatology_24h": {
+            x: float(1 - sc["rmse"][day, i] / std[i]) for i, x in enumerate(v)},
     }
     twin = twin_divergence(emulator, data, n_leads, n_starts=min(n_starts, 16))
     out["emulator_twin"] = {
@@ -335,12 +339,12 @@ def evaluate_emulator(
     return out
 
 
-def _area_std(data: CoarseStates) -> tuple[np.ndarray, np.ndarray]:
+def _temporal_std(data: CoarseStates) -> np.ndarray:
+    """``(var,)``: sqrt of the area-weighted mean over points of the temporal variance."""
     w = torch.as_tensor(data.grid.area_weights(), dtype=torch.float64)[:, None]
     x = data.states.double()
-    mean = (x * w).mean((0, 2, 3)) / w.mean()
-    var = (((x - mean[:, None, None]) ** 2) * w).mean((0, 2, 3)) / w.mean()
-    return mean.numpy(), var.sqrt().numpy()
+    var = x.var(0, unbiased=False)  # (var, lat, lon)
+    return ((var * w).mean((-2, -1)) / w.mean()).sqrt().numpy()
 
 
 def acceptance(scores: dict[str, Any]) -> dict[str, Any]:
@@ -382,6 +386,8 @@ def plot_rmse(scores: dict[str, Any], path: Path, title: str = "") -> Path:
         if "emulator_twin" in scores:
             ax.plot(lead, scores["emulator_twin"]["rmse"][v], color="C2", lw=1, ls="-.",
                     label="emulator twin (1% perturbation)")
+        ax.axhline(scores["rmse_climatology"][v], color="C3", lw=0.8, ls="--",
+                   label=r"climatology ($\sigma_t$)")
         ax.axhline(scores["rmse_saturation"][v], color="0.5", lw=0.8, ls=":",
                    label=r"$\sqrt{2}\,\sigma$ (saturation)")
         ax.set_title(v)
@@ -437,6 +443,8 @@ def _print_summary(scores: dict[str, Any]) -> None:
         print(f"  {v:<7} " + "  ".join(cells))
     print("24 h RMSE reduction vs persistence:",
           {k: round(x, 3) for k, x in scores["rmse_reduction_vs_persistence_24h"].items()})
+    print("24 h RMSE reduction vs climatology:",
+          {k: round(x, 3) for k, x in scores["rmse_reduction_vs_climatology_24h"].items()})
     if "emulator_twin" in scores:
         print("e-folding days: forecast error", {k: round(x, 2) for k, x in
               scores["forecast_efolding_days"].items()}, "emulator twin",
