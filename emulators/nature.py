@@ -17,8 +17,8 @@ sub-cells of every 32x64 cell, i.e. at the 64x128 WeatherBench latitudes and at 
 :func:`~diffda.emulators.grid.coarsen`, so that each stored value is the area mean over the
 cell centred at the stored (lat, lon). (Block-averaging the 64x128 WeatherBench grid itself
 would centre the result at ``lon + 1.40625`` deg, a quarter of a 32x64 cell east of the
-labels, because both grids start at 0 deg.) Winds go through ``u cos(lat)``, ``v cos(lat)`` (smooth scalars on the
-sphere). The tracer is clipped at zero.
+labels, because both grids start at 0 deg.) Winds go through ``u cos(lat)``, ``v cos(lat)``
+(smooth scalars on the sphere). The tracer is clipped at zero.
 
 Forcing and static fields are pure functions of (time, point): :func:`forcing_fields` and
 :func:`static_fields` give them on any grid at any cftime time, and reproduce the stored ones
@@ -73,7 +73,8 @@ CALENDAR = "noleap"
 EPOCH = cftime.DatetimeNoLeap(2000, 1, 1)
 STORE_HOURS = 6.0
 TIME_UNITS = "hours since 2000-01-01 00:00:00"
-TWIN_PERTURBATION_M = 0.01  # rms white-noise height perturbation of the twin experiment
+#: rms white-noise height perturbation of the twin experiment, m (0.16% of the height std)
+TWIN_PERTURBATION_M = 1.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -476,7 +477,8 @@ def zonal_spectra(ds: xr.Dataset, variables: Sequence[str], lat_band: tuple[floa
 
 
 def diagnose(path: Path, cfg: NatureConfig, plots: Path | None, *, twin_days: float = 30.0,
-             progress: bool = True, state: SWState | None = None) -> dict:
+             progress: bool = True, state: SWState | None = None,
+             twin_perturbation_m: float = TWIN_PERTURBATION_M) -> dict:
     """Acceptance numbers (and plots into ``plots``) of a nature run stored at ``path``.
 
     The twin experiment starts from ``state``; by default from the run's final state
@@ -502,10 +504,10 @@ def diagnose(path: Path, cfg: NatureConfig, plots: Path | None, *, twin_days: fl
                 state = model.step(state)
     summary["twin_start"] = str(time_of(state.seconds))
     twin = twin_experiment(model, state, days=twin_days, seed=cfg.seed, progress=progress,
-                           perturbation_m=TWIN_PERTURBATION_M)
+                           perturbation_m=twin_perturbation_m)
     summary["twin"] = {"efold_days": twin.efold_days, "saturation_days": twin.saturation_days,
                        "saturation_height_rms_m": twin.saturation_m,
-                       "perturbation_height_rms_m": TWIN_PERTURBATION_M,
+                       "perturbation_height_rms_m": twin_perturbation_m,
                        "members": int(twin.error.shape[0])}
     spectra = zonal_spectra(ds, STATE_VARIABLES)
     summary["stats"] = {v: {"mean": float(ds[v].mean()), "std": float(ds[v].std()),

@@ -4,8 +4,8 @@ Usage::
 
     cycler nature (--years Y | --days D) --out PATH.zarr|PATH.nc [--spinup-days S]
                   [--seed 0] [--chunk-days 30] [--plots DIR] [--json FILE]
-                  [--twin-days 30] [--model-grid 64x128] [--dt S] [--threads 1]
-                  [--no-progress]
+                  [--twin-days 30] [--twin-perturbation 1.0] [--model-grid 64x128]
+                  [--dt S] [--threads 1] [--no-progress]
     cycler bench nature [--days 2] [--nlat 64] [--nlon 128] [--dt 600] [--batch 1]
                         [--threads 1]
 
@@ -24,7 +24,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-from diffda.emulators.nature import NatureConfig, diagnose, run_nature
+from diffda.emulators.nature import TWIN_PERTURBATION_M, NatureConfig, diagnose, run_nature
 from diffda.emulators.shallow_water import ShallowWaterConfig, ShallowWaterModel
 
 
@@ -41,6 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", type=Path, help="write the acceptance summary here")
     parser.add_argument("--twin-days", type=float, default=30.0,
                         help="length of the twin experiment in the diagnostics (30)")
+    parser.add_argument("--twin-perturbation", type=float, default=TWIN_PERTURBATION_M,
+                        help=f"rms height perturbation of the twin, m ({TWIN_PERTURBATION_M:g})")
     parser.add_argument("--model-grid", default="64x128",
                         help="model grid NLATxNLON (64x128; T = NLON // 3)")
     parser.add_argument("--dt", type=float, default=None,
@@ -70,7 +72,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"wrote {out}")
     if args.plots is not None or args.json is not None:
         summary = diagnose(out, cfg, args.plots, twin_days=args.twin_days,
-                           progress=not args.no_progress)
+                           progress=not args.no_progress,
+                           twin_perturbation_m=args.twin_perturbation)
         text = json.dumps(summary, indent=2, default=float)
         if args.json is not None:
             args.json.parent.mkdir(parents=True, exist_ok=True)
