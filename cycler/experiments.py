@@ -385,12 +385,27 @@ def score(ensemble: Tensor, truth: Tensor, variables: Sequence[str],
     return out
 
 
+def zonal_power_spectrum(x: np.ndarray, area_weights: np.ndarray) -> np.ndarray:
+    """Zonal power spectrum ``(..., lat, lon) -> (nlon // 2 + 1,)``: ``|FFT_lon(x)_k|^2 /
+    nlon^2``, one-sided (doubled except at ``k = 0`` and Nyquist), averaged over the
+    leading dims and over latitude with ``area_weights`` ``(lat,)``. Parseval: its sum over
+    ``k`` is the area-weighted mean of ``x^2``.
+
+    The definition of :func:`diffda.emulators.prior_cli.zonal_power_spectrum` (the prior's
+    evaluation), repeated here because importing that module costs seconds
+    (torch-harmonics); a test checks Parseval."""
+    nlon = x.shape[-1]
+    p = np.abs(np.fft.rfft(x, axis=-1)) ** 2 / nlon**2
+    p[..., 1:(nlon + 1) // 2] *= 2.0
+    p = p.reshape(-1, x.shape[-2], p.shape[-1]).mean(axis=0)  # (lat, k)
+    w = np.asarray(area_weights, dtype=np.float64)
+    return ((w / w.sum())[:, None] * p).sum(axis=0)
+
+
 def zonal_spectra(fields: Tensor, grid: Grid) -> np.ndarray:
     """Zonal power spectra ``(var, nlon // 2 + 1)`` of ``(sample, var, lat, lon)`` fields,
-    averaged over samples and (area-weighted) latitude; anomalies from each sample's zonal
-    mean are not taken: ``k = 0`` holds the zonal-mean power."""
-    from diffda.emulators.prior_cli import zonal_power_spectrum
-
+    averaged over samples and (area-weighted) latitude (:func:`zonal_power_spectrum`); the
+    zonal mean is not removed: ``k = 0`` holds its power."""
     x = fields.double().numpy()
     w = grid.area_weights()
     return np.stack([zonal_power_spectrum(x[:, v], w) for v in range(x.shape[1])])

@@ -32,6 +32,7 @@ from diffda.cycler.experiments import (
     select_index,
     spread_skill_ratio,
     truth_at,
+    zonal_spectra,
 )
 from diffda.cycler.sampler import SamplerConfig
 from diffda.emulators.dataio import make_dataset, open_dataset, write_netcdf
@@ -168,6 +169,19 @@ def test_scores_oracle_and_closed_forms():
     assert s2["u"]["rmse_member_mean"] == pytest.approx(d, rel=1e-12)
     assert spread_skill_ratio(2.0, 2.0, 8) == pytest.approx(math.sqrt(9 / 8))
     assert member_rmse(torch.stack([truth + d, truth - d]), truth).shape == (2, 4)
+
+
+def test_zonal_spectrum_parseval_and_a_single_wave():
+    """Sum over k = area-weighted mean square; cos(3 lon) puts all its power 1/2 at k = 3."""
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(3, 4, 16, 32, dtype=torch.float64, generator=g)
+    spec = zonal_spectra(x, GRID)
+    w = torch.as_tensor(GRID.area_weights())[:, None]
+    mean_square = (x**2 * w).mean(dim=(0, 2, 3))
+    assert np.allclose(spec.sum(1), mean_square.numpy(), rtol=1e-12)
+    wave = torch.cos(3 * torch.deg2rad(torch.as_tensor(GRID.lon)))
+    one = zonal_spectra(wave.expand(1, 1, 16, 32), GRID)[0]
+    assert one[3] == pytest.approx(0.5) and np.delete(one, 3).max() < 1e-20
 
 
 def test_paper_values_are_halved_for_the_factor_one_half():
