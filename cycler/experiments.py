@@ -420,7 +420,7 @@ class SamplerDivergedError(ValueError):
 
 
 @dataclasses.dataclass
-class Analysis:
+class SampledEnsemble:
     """One sampled ensemble, physical units: ``ensemble`` ``(member, var, lat, lon)``."""
 
     ensemble: Tensor
@@ -431,7 +431,7 @@ class Analysis:
 def sample(
     prior: DiffusionPrior, terms: Sequence[ObservationTerm], config: ExperimentConfig,
     stream: str, key: int, progress: bool = False,
-) -> Analysis:
+) -> SampledEnsemble:
     """Algorithm 1 with ``terms`` (normalised units), all members in one batch; member ``m``
     draws from ``(config.seed, stream, key, m)``. Returns the ensemble de-normalised."""
     gens = member_generators(config.seed, stream, key, config.members)
@@ -447,7 +447,7 @@ def sample(
             f"{max((d.guidance_ratio_max for d in diagnostics), default=0.0):.3g}): "
             "increase Gamma or Sigma_y, or set a guidance ratio cap"
         )
-    return Analysis(x, seconds, diagnostics)
+    return SampledEnsemble(x, seconds, diagnostics)
 
 
 # --------------------------------------------------------------------------- experiments
