@@ -29,6 +29,15 @@ Eq. 5; Robert 1969 / Hoskins and Simmons 1975 style, here with AB3), restarted h
 ``exp(-dt / tau_hd (l (l + 1) / (L (L + 1)))^4)`` on all fields and the split tracer
 physics. Mass (the global mean of ``phi``) is conserved exactly by (1)-(4) without forcing.
 
+Known issue (measured 2026-11-22, to be fixed before the default dataset is used): with the
+default forcing (1500 m fronts of 6 deg, tau_rad 12 d, drag 15/5 d, hyperdiffusion 6 h at
+T42), the flow becomes chaotic (twin error e-folds in about 2 days) but, once eddies develop
+(after 15-20 days at 64x128), the height and wind fields are dominated by scales near the
+truncation: zonal spectra of height and u are flat up to wavenumber ~16 instead of falling.
+Weaker forcing (900 m fronts of 12 deg, tau_rad 4 d, drag 8/3 d) stays smooth and steady but
+has no weather (twin error does not grow). Candidates to test: stronger hyperdiffusion
+(1 h), wider fronts, dt = 300 s.
+
 The model grid is torch-harmonics' Legendre-Gauss grid (latitudes north to south, as the
 library returns them) with triangular truncation ``T = nlon // 3`` (alias-free for the
 quadratic terms: T42 at 64x128). :func:`synthesize` evaluates the spectral fields at any
