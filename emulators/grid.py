@@ -3,11 +3,20 @@
 The reanalysis grid convention is WeatherBench's: ``nlat`` latitudes at cell centres
 ``-90 + (i + 1/2) 180/nlat`` (ascending, no poles) and ``nlon`` longitudes ``j 360/nlon``
 starting at 0. The 5.625 deg grid (32x64) has latitudes -87.1875..87.1875 and longitudes
-0..354.375. Coarsening by an integer factor averages blocks of cells weighted by their exact
-area, so the global area-weighted mean is conserved to round-off and coarsening twice by 2
-equals coarsening once by 4. This one function makes the emulator's training data, the
-low-resolution observations and the forecast-grid observations: they are identical by
-construction.
+0..354.375.
+
+Coarsening by an integer factor ``f`` (:func:`coarsen`) averages, with exact area weights,
+the fine cells that make up each coarse cell *as labelled*: in latitude the cells nest
+(rows ``f i .. f i + f - 1``); in longitude they do not (both grids put a cell centre at 0),
+so coarse cell ``j``, centred at ``j 360 f / nlon``, covers the fine columns
+``f j - f/2 .. f j + f/2`` with half weights on the two end columns when ``f`` is even
+(the end cells are split between two coarse cells), and columns
+``f j - (f-1)/2 .. f j + (f-1)/2`` when ``f`` is odd. So the coarse value sits where its
+label says, the global area-weighted mean is conserved to round-off, and constants are
+reproduced. (Unlike plain block means, coarsening twice by 2 is then not the same as once
+by 4: the half-weighted end columns do not compose.) This one function makes the
+emulator's training data, the low-resolution observations and the forecast-grid
+observations: they are identical by construction.
 """
 
 from __future__ import annotations
@@ -61,8 +70,21 @@ class Grid:
         return f"{self.nlat}x{self.nlon}"
 
 
+def longitude_stencil(factor: int) -> tuple[np.ndarray, np.ndarray]:
+    """Column offsets and weights (summing to 1) of one coarse cell, see the module doc."""
+    if factor % 2:
+        half = (factor - 1) // 2
+        offsets = np.arange(-half, half + 1)
+        weights = np.ones(factor)
+    else:
+        offsets = np.arange(-factor // 2, factor // 2 + 1)
+        weights = np.ones(factor + 1)
+        weights[[0, -1]] = 0.5
+    return offsets, weights / factor
+
+
 def coarsen(x: Tensor, factor: int) -> Tensor:
-    """Area-weighted block mean over the last two dims ``(..., lat, lon)`` by ``factor``.
+    """Area-weighted coarsening of ``(..., lat, lon)`` by ``factor`` (module doc).
 
     Linear and differentiable. Latitude must be ascending cell centres of a WeatherBench-
     style grid covering the globe (the rows' areas are computed from ``x.shape[-2]``).
@@ -73,11 +95,15 @@ def coarsen(x: Tensor, factor: int) -> Tensor:
     if nlat % factor or nlon % factor:
         raise ValueError(f"cannot coarsen a {nlat}x{nlon} field by factor {factor}")
     w = torch.as_tensor(Grid(nlat, nlon).area_weights(), dtype=x.dtype, device=x.device)
-    xw = x * w[:, None]
     lead = x.shape[:-2]
-    xw = xw.reshape(*lead, nlat // factor, factor, nlon // factor, factor).sum(dim=(-3, -1))
-    wsum = w.reshape(nlat // factor, factor).sum(-1)[:, None] * factor
-    return xw / wsum
+    rows = (x * w[:, None]).reshape(*lead, nlat // factor, factor, nlon).sum(-2)
+    rows = rows / w.reshape(nlat // factor, factor).sum(-1)[:, None]
+    offsets, weights = longitude_stencil(factor)
+    cols = (factor * np.arange(nlon // factor)[None, :] + offsets[:, None]) % nlon  # (k, J)
+    idx = torch.as_tensor(cols.reshape(-1), device=x.device)
+    gathered = rows.index_select(-1, idx).reshape(*lead, nlat // factor, len(offsets), -1)
+    wk = torch.as_tensor(weights, dtype=x.dtype, device=x.device)
+    return (gathered * wk[:, None]).sum(-2)
 
 
 def coarsen_to(x: Tensor, grid: Grid) -> Tensor:
