@@ -286,6 +286,8 @@ class SFNOEmulator(nn.Module):
             "n_forcing": len(self.forcing_mean),
             "static_channels": list(STATIC_CHANNELS),
             "model": dataclasses.asdict(self.net.config),
+            "n_parameters": sum(p.numel() for p in self.net.parameters()),
+            "n_parameters_note": "trainable tensor elements; complex spectral weights count once",
             "normalisation": {
                 "state_mean": self.state_mean.tolist(),
                 "state_std": self.state_std.tolist(),

@@ -262,8 +262,10 @@ def export_weights(
     """Write ``path`` (``.safetensors``: tensors only, no code) and its card ``path.json``.
 
     The card is a JSON object describing the weights (variables, grid, normalisation,
-    training command and data, scores, ...); ``format`` and ``n_parameters`` are added
-    here. Both files are written atomically. Returns ``(weights_path, card_path)``.
+    training command and data, scores, ...); ``format`` is added here, and
+    ``n_parameters`` (the number of stored tensor elements, complex ones counted once)
+    unless the card gives it. Both files are written atomically.
+    Returns ``(weights_path, card_path)``.
     """
     from safetensors.torch import save_file
 
@@ -271,10 +273,11 @@ def export_weights(
     if path.suffix != ".safetensors":
         raise ValueError(f"{path}: weights are written as .safetensors")
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state_dict.items()}
+    n_stored = sum(v.numel() for v in tensors.values() if v.is_floating_point() or v.is_complex())
     full_card = {
         "format": WEIGHTS_FORMAT,
+        "n_parameters": int(n_stored),  # all stored numbers unless the card says otherwise
         **dict(card),
-        "n_parameters": int(sum(v.numel() for v in tensors.values() if v.is_floating_point())),
     }
     meta = {"format": WEIGHTS_FORMAT}
     atomic_write_bytes(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
