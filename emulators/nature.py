@@ -10,15 +10,13 @@ grid, T42) is spun up, then stored every 6 hours on the WeatherBench 5.625 deg g
 - static ``orography`` (m) and ``land_sea_mask`` (1 = land);
 - per-variable climatology (area-weighted mean and std) in each variable's attributes.
 
-Coarsening ("spectral evaluation + area-weighted block mean"): each model field is evaluated
-spectrally (exactly, from its spherical-harmonic coefficients) at the centres of the 2x2
-sub-cells of every 32x64 cell, i.e. at the 64x128 WeatherBench latitudes and at longitudes
-``(k - 1/2) 2.8125`` deg, then averaged 2x2 with the cell-area weights of
-:func:`~diffda.emulators.grid.coarsen`, so that each stored value is the area mean over the
-cell centred at the stored (lat, lon). (Block-averaging the 64x128 WeatherBench grid itself
-would centre the result at ``lon + 1.40625`` deg, a quarter of a 32x64 cell east of the
-labels, because both grids start at 0 deg.) Winds go through ``u cos(lat)``, ``v cos(lat)``
-(smooth scalars on the sphere). The tracer is clipped at zero.
+Coarsening ("spectral evaluation + area-weighted coarsening"): each model field is
+evaluated spectrally (exactly, from its spherical-harmonic coefficients) at the cell
+centres of the 64x128 WeatherBench grid and coarsened to 32x64 with
+:func:`~diffda.emulators.grid.coarsen`, whose stencil is centred on the coarse labels, so
+that each stored value is the area mean over the cell centred at the stored (lat, lon),
+made by the same operator as every other coarse field of the system. Winds go through
+``u cos(lat)``, ``v cos(lat)`` (smooth scalars on the sphere). The tracer is clipped at zero.
 
 Forcing and static fields are pure functions of (time, point): :func:`forcing_fields` and
 :func:`static_fields` give them on any grid at any cftime time, and reproduce the stored ones
@@ -149,8 +147,10 @@ def static_fields(grid: Grid, cfg: ForcingConfig | None = None) -> Tensor:
 class OutputMap:
     """Model spectral state -> stored fields on ``grid`` (cell centres, lat ascending).
 
-    Evaluates ``height``, ``u cos``, ``v cos``, ``tracer`` spectrally at the 2x2 sub-cell
-    centres of each cell of ``grid`` and takes their area-weighted mean (module docstring).
+    Evaluates ``height``, ``u cos``, ``v cos``, ``tracer`` spectrally at the cell centres of
+    the grid twice as fine as ``grid`` and coarsens them with
+    :func:`~diffda.emulators.grid.coarsen_to`, the area-weighted operator centred on the
+    coarse labels that every other coarse field of the system uses.
     """
 
     def __init__(self, model: ShallowWaterModel, grid: Grid = OUTPUT_GRID) -> None:
@@ -167,7 +167,7 @@ class OutputMap:
         g = m.grid_fields(spec)  # (B, 4, nlat_m, nlon_m) north->south, tracer clipped
         g = torch.stack([g[:, 0], g[:, 1] * self.cos_model, g[:, 2] * self.cos_model, g[:, 3]], 1)
         coeffs = m.to_spec(g).to(torch.complex128)
-        fine = synthesize(coeffs, self.fine.lat, self.fine.nlon, -0.5 * 360.0 / self.fine.nlon)
+        fine = synthesize(coeffs, self.fine.lat, self.fine.nlon, 0.0)
         fine = torch.stack([fine[:, 0], fine[:, 1] / self.cos_fine, fine[:, 2] / self.cos_fine,
                             fine[:, 3].clamp_min(0.0)], 1)
         return coarsen_to(fine, self.grid).to(torch.float32)

@@ -145,7 +145,7 @@ def test_land_mask_cache_and_smooth_land():
     assert 0.25 < float((frac * w).mean()) < 0.33  # Earth: about 29% land
     lsm = land_sea_mask(Grid(16, 32))
     assert set(np.unique(lsm)) <= {0.0, 1.0}
-    s = smooth_land(np.array([0.0, 48.0, -80.0]), np.array([200.0, 2.0, 0.0]))  # Pacific,
-    assert s[0] < 0.05 and s[1] > 0.7 and s[2] > 0.9  # France, Antarctica
+    s = smooth_land(np.array([0.0, 50.0, -80.0]), np.array([200.0, 15.0, 0.0]))  # Pacific,
+    assert s[0] < 0.05 and s[1] > 0.7 and s[2] > 0.9  # central Europe, Antarctica
     with pytest.raises(ValueError, match="divide"):
         land_fraction(Grid(30, 60))
