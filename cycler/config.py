@@ -104,16 +104,22 @@ def from_mapping(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
         raise
 
 
-def load_config(cls: type[T], path: str | Path) -> T:
-    """Read TOML file ``path`` into dataclass ``cls``; errors name the file and the key."""
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """The mapping in TOML file ``path``; a missing or malformed file is a ConfigError."""
     path = Path(path)
     try:
         with path.open("rb") as f:
-            data = tomllib.load(f)
+            return tomllib.load(f)
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such config file") from None
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{path}: not valid TOML: {err}") from None
+
+
+def load_config(cls: type[T], path: str | Path) -> T:
+    """Read TOML file ``path`` into dataclass ``cls``; errors name the file and the key."""
+    path = Path(path)
+    data = read_toml(path)
     try:
         return from_mapping(cls, data)
     except ConfigError as err:

@@ -21,13 +21,12 @@ import hashlib
 import json
 import math
 import re
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import cftime
-from diffda.cycler.config import ConfigError, from_mapping, require, to_mapping
+from diffda.cycler.config import ConfigError, from_mapping, read_toml, require, to_mapping
 from diffda.cycler.sampler import SamplerConfig
 
 #: The analysis methods and reference lines a run can contain, in their plotting order.
@@ -269,13 +268,7 @@ def load_run_config(path: str | Path, overrides: dict[str, Any] | None = None) -
     """Read and validate a run config; ``overrides`` maps dotted keys (``analysis.lambda``)
     to values that replace the file's. Errors name the file, the key and the value."""
     path = Path(path)
-    try:
-        with path.open("rb") as f:
-            data = tomllib.load(f)
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such config file") from None
-    except tomllib.TOMLDecodeError as err:
-        raise ConfigError(f"{path}: not valid TOML: {err}") from None
+    data = read_toml(path)
     data = deep_merge(config_to_mapping(RunConfig()), data)  # a partial table keeps defaults
     for key, value in (overrides or {}).items():
         data = set_dotted(data, key, value)

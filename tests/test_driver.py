@@ -49,14 +49,6 @@ FULL, COARSE = Grid(16, 32), Grid(8, 16)
 VARIABLES = ("height", "u", "v", "tracer")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def tiny_dataset(days: int = 6) -> xr.Dataset:
     """Canonical (time, lat, lon) dataset, noleap times from 0001-01-01, 6-hourly."""
     times = [cftime.DatetimeNoLeap(1, 1, 1) + k * datetime.timedelta(hours=6)

@@ -45,14 +45,6 @@ TINY = UNetConfig(channels=4, model_channels=8, channel_mult=(1, 2, 2), attn_lev
                   num_heads=2, dropout=0.0)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_coefficients_match_table_1_closed_forms():
     sigma = torch.tensor([0.002, 0.5, 1.0, 80.0], dtype=DT)
     for sd in (1.0, 0.5):

@@ -51,14 +51,6 @@ TINY = UNetConfig(channels=4, model_channels=8, channel_mult=(1, 2), attn_levels
 FAST = SamplerConfig(num_steps=4)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _world(grid: Grid, n_times: int = 6) -> xr.Dataset:
     """Smooth moving fields on ``grid``, 6-hourly from 0005-01-01 (noleap), with land."""
     lat, lon = np.meshgrid(grid.lat, grid.lon, indexing="ij")

@@ -28,14 +28,6 @@ _spec.loader.exec_module(helpers)  # the tiny world of tests/test_driver.py
 MODES = ("reinitialized", "enkf", "unconditional")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     """The tiny world and an uninterrupted run of it."""

@@ -220,15 +220,6 @@ def test_protocols_are_satisfied():
     assert x.shape == (3, 6)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """The machine is shared: one thread is faster than two under contention (NOTES.md)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_bench_reports_the_required_fields():
     from diffda.cycler.sampler_cli import bench_analysis
 
