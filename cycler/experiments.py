@@ -50,7 +50,14 @@ import numpy as np
 import torch
 import xarray as xr
 from diffda.cycler.config import require
-from diffda.cycler.metrics import crps, masked_rmse, rmse, spread, station_cell_mask
+from diffda.cycler.metrics import (
+    crps,
+    masked_rmse,
+    rmse,
+    spread,
+    station_cell_mask,
+    zonal_power_spectrum,
+)
 from diffda.cycler.rng import member_generators
 from diffda.cycler.sampler import SamplerConfig, StepDiagnostics, sample_posterior
 from diffda.emulators.grid import Grid, coarsen_to
@@ -383,23 +390,6 @@ def score(ensemble: Tensor, truth: Tensor, variables: Sequence[str],
         row["spread_skill"] = spread_skill_ratio(row["rmse"], row["spread"], m)
         out[v] = row
     return out
-
-
-def zonal_power_spectrum(x: np.ndarray, area_weights: np.ndarray) -> np.ndarray:
-    """Zonal power spectrum ``(..., lat, lon) -> (nlon // 2 + 1,)``: ``|FFT_lon(x)_k|^2 /
-    nlon^2``, one-sided (doubled except at ``k = 0`` and Nyquist), averaged over the
-    leading dims and over latitude with ``area_weights`` ``(lat,)``. Parseval: its sum over
-    ``k`` is the area-weighted mean of ``x^2``.
-
-    The definition of :func:`diffda.emulators.prior_cli.zonal_power_spectrum` (the prior's
-    evaluation), repeated here because importing that module costs seconds
-    (torch-harmonics); a test checks Parseval."""
-    nlon = x.shape[-1]
-    p = np.abs(np.fft.rfft(x, axis=-1)) ** 2 / nlon**2
-    p[..., 1:(nlon + 1) // 2] *= 2.0
-    p = p.reshape(-1, x.shape[-2], p.shape[-1]).mean(axis=0)  # (lat, k)
-    w = np.asarray(area_weights, dtype=np.float64)
-    return ((w / w.sum())[:, None] * p).sum(axis=0)
 
 
 def zonal_spectra(fields: Tensor, grid: Grid) -> np.ndarray:

@@ -157,3 +157,16 @@ def ensemble_scores(
     }
     return {v: {name: float(val[k]) for name, val in table.items()}
             for k, v in enumerate(variables)}
+
+
+def zonal_power_spectrum(x: np.ndarray, area_weights: np.ndarray) -> np.ndarray:
+    """Zonal power spectrum ``(..., lat, lon) -> (nlon // 2 + 1,)``: ``|FFT_lon(x)_k|^2 /
+    nlon^2``, one-sided (doubled except at ``k = 0`` and Nyquist), averaged over the
+    leading dims and over latitude with ``area_weights`` ``(lat,)``. Parseval: its sum over
+    ``k`` is the area-weighted mean of ``x^2``."""
+    nlon = x.shape[-1]
+    p = np.abs(np.fft.rfft(x, axis=-1)) ** 2 / nlon**2
+    p[..., 1:(nlon + 1) // 2] *= 2.0
+    p = p.reshape(-1, x.shape[-2], p.shape[-1]).mean(axis=0)  # (lat, k)
+    w = np.asarray(area_weights, dtype=np.float64)
+    return ((w / w.sum())[:, None] * p).sum(axis=0)

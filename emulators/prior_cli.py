@@ -31,6 +31,7 @@ import numpy as np
 import torch
 import xarray as xr
 from diffda.cycler.config import load_config, require, to_mapping
+from diffda.cycler.metrics import zonal_power_spectrum
 from diffda.cycler.rng import member_generators, torch_generator
 from diffda.cycler.sampler import SamplerConfig, sample_posterior
 from diffda.emulators.dataio import Climatology, StateBatches, open_dataset
@@ -305,18 +306,6 @@ def train(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------- evaluate
-
-
-def zonal_power_spectrum(x: np.ndarray, area_weights: np.ndarray) -> np.ndarray:
-    """Zonal power spectrum ``(..., lat, lon) -> (nlon // 2 + 1,)``: ``|FFT_lon(x)_k|^2 / nlon^2``
-    (one-sided: doubled except at ``k = 0`` and Nyquist), averaged over the leading dims and
-    over latitude with area weights. Its sum over ``k`` is the mean of ``x^2``."""
-    nlon = x.shape[-1]
-    p = np.abs(np.fft.rfft(x, axis=-1)) ** 2 / nlon**2
-    p[..., 1: (nlon + 1) // 2] *= 2.0
-    p = p.reshape(-1, x.shape[-2], p.shape[-1]).mean(axis=0)  # (lat, k)
-    w = area_weights / area_weights.sum()
-    return (w[:, None] * p).sum(axis=0)
 
 
 def climate_statistics(states: np.ndarray, grid: Grid) -> dict[str, np.ndarray]:

@@ -13,6 +13,7 @@ import pytest
 import torch
 import xarray as xr
 from diffda.cycler.config import load_config
+from diffda.cycler.metrics import zonal_power_spectrum
 from diffda.cycler.rng import torch_generator
 from diffda.emulators.dataio import Climatology
 from diffda.emulators.edm import (
@@ -35,7 +36,6 @@ from diffda.emulators.prior_cli import (
     acceptance,
     compare_climates,
     train_prior,
-    zonal_power_spectrum,
 )
 from diffda.emulators.training import WeightsError
 from diffda.emulators.unet import SongUNet, UNetConfig, count_parameters
