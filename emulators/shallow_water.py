@@ -29,14 +29,26 @@ Eq. 5; Robert 1969 / Hoskins and Simmons 1975 style, here with AB3), restarted h
 ``exp(-dt / tau_hd (l (l + 1) / (L (L + 1)))^4)`` on all fields and the split tracer
 physics. Mass (the global mean of ``phi``) is conserved exactly by (1)-(4) without forcing.
 
-Known issue (measured 2026-11-22, to be fixed before the default dataset is used): with the
-default forcing (1500 m fronts of 6 deg, tau_rad 12 d, drag 15/5 d, hyperdiffusion 6 h at
-T42), the flow becomes chaotic (twin error e-folds in about 2 days) but, once eddies develop
-(after 15-20 days at 64x128), the height and wind fields are dominated by scales near the
-truncation: zonal spectra of height and u are flat up to wavenumber ~16 instead of falling.
-Weaker forcing (900 m fronts of 12 deg, tau_rad 4 d, drag 8/3 d) stays smooth and steady but
-has no weather (twin error does not grow). Candidates to test: stronger hyperdiffusion
-(1 h), wider fronts, dt = 300 s.
+Known issue (measured 2026-11-22 02:25-02:50 UTC at 64x128; still open): no default gives
+weather yet. Screening runs: 30 days from rest, then 15 days of a twin pair (1 m white height
+noise); eddy = departure from the zonal mean; zonal spectra over 30-60 deg on the model grid
+(slope fitted over wavenumbers 8-42); "ac6" = 6-hour autocorrelation of the eddy height.
+
+- Until 2026-11-22 the reference depth was 6000 m. With orography (depth down to about 3000 m)
+  the explicit remainder of AB3 / Crank-Nicolson then has a growing mode: 1200 m fronts of
+  6 deg, tau_rad 20 d, drag 30/8 d, hyperdiffusion 3 h at dt 600 s gave a bump at zonal
+  wavenumbers 12-16 (u power there 3x that at k = 8), ac6 0.38, winds to 72 m/s, twin error
+  growing; reference 8000 m: winds 330 m/s by day 15; dt 300 s or reference 4500 m (the
+  default since): no bump (u power falls about 40x from k = 8 to 16, slope about k^-13 beyond
+  8), ac6 0.94-0.97, winds under 47 m/s. Filtering the orography to T12 or switching off the
+  diurnal cycle did not remove the mode; removing the orography did. The twin-error growth of
+  the earlier defaults (e-folding about 2 days) was that numerical mode, not weather.
+- With the reference depth 4500 m every forcing tried is smooth but nearly steady (twin error
+  decays): the earlier defaults (1500 m fronts of 6 deg, tau_rad 12 d, drag 15/5 d,
+  hyperdiffusion 6 h; ac6 0.996, winds 49 m/s) and the same fronts with weaker damping
+  (tau_rad 30 d, drag 60/10 d, hyperdiffusion 3 h; ac6 0.93, winds 57 m/s). Next: a barotropically
+  unstable jet (sharper or stronger fronts, weaker drag), or stochastic forcing, checked with
+  this reference depth.
 
 The model grid is torch-harmonics' Legendre-Gauss grid (latitudes north to south, as the
 library returns them) with triangular truncation ``T = nlon // 3`` (alias-free for the
@@ -90,7 +102,9 @@ class ShallowWaterConfig:
     nlon: int = 128
     truncation: int | None = None  # T; default nlon // 3 (alias-free); lmax = mmax = T + 1
     dt_seconds: float = 600.0  # 900 s blew up at 64x128 within 20 days
-    reference_depth: float = 6000.0  # m, depth of the implicitly treated gravity waves
+    # m, depth of the implicitly treated gravity waves; 6000 m (deeper than the fluid over
+    # orography) let a numerical mode grow at zonal wavenumbers 12-16 (module docstring)
+    reference_depth: float = 4500.0
     tau_rad_days: float = 12.0
     tau_drag_ocean_days: float = 15.0
     tau_drag_land_days: float = 5.0
