@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 from diffda.cycler.rng import numpy_generator
+from diffda.emulators.dataio import VARIABLE_ATTRS as CANONICAL_ATTRS
 
 #: Columns (1-based, inclusive, as in ``igra2-list-format.txt``) of the station list.
 LIST_COLUMNS: dict[str, tuple[int, int]] = {
@@ -382,14 +383,9 @@ def latitude_histogram(lat: Iterable[float], edges: Sequence[float]) -> np.ndarr
 
 # --------------------------------------------------------------------------- CF station data
 
-#: CF attributes of the observed model variables (canonical names of the system).
+#: CF attributes of the observed model variables: those of the canonical data form.
 VARIABLE_ATTRS: dict[str, dict[str, str]] = {
-    "height": {"units": "m", "long_name": "geopotential height",
-               "standard_name": "geopotential_height"},
-    "u": {"units": "m s-1", "long_name": "eastward wind", "standard_name": "eastward_wind"},
-    "v": {"units": "m s-1", "long_name": "northward wind", "standard_name": "northward_wind"},
-    "tracer": {"units": "kg kg-1", "long_name": "humidity-like tracer (specific humidity)",
-               "standard_name": "specific_humidity"},
+    name: CANONICAL_ATTRS[name] for name in ("height", "u", "v", "tracer")
 }
 
 
