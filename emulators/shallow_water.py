@@ -29,26 +29,31 @@ Eq. 5; Robert 1969 / Hoskins and Simmons 1975 style, here with AB3), restarted h
 ``exp(-dt / tau_hd (l (l + 1) / (L (L + 1)))^4)`` on all fields and the split tracer
 physics. Mass (the global mean of ``phi``) is conserved exactly by (1)-(4) without forcing.
 
-Known issue (measured 2026-11-22 02:25-02:50 UTC at 64x128; still open): no default gives
-weather yet. Screening runs: 30 days from rest, then 15 days of a twin pair (1 m white height
-noise); eddy = departure from the zonal mean; zonal spectra over 30-60 deg on the model grid
-(slope fitted over wavenumbers 8-42); "ac6" = 6-hour autocorrelation of the eddy height.
+Weather (stochastic stirring). A one-layer model has no baroclinic instability, and with
+the height relaxation alone the flow at 64x128 was smooth and nearly steady (screening below).
+As Vallis, Gerber, Kushner and Cash (2004, J. Atmos. Sci. 61, 264-280) do for their
+barotropic model, the vorticity equation (1) gets a stochastic stirring ``S(t)``
+(:meth:`ShallowWaterModel.stirring`) that stands for the eddy sources a one-layer model cannot
+make: white in total wavenumbers 10-18, confined to Gaussian bands at +-45 deg, a new random
+pattern every 12 h (linear in time between), drawn from ``(stir_seed, knot)`` alone. It is part
+of the forcing: twins of a twin experiment share it, so their divergence measures the flow's
+own instability (2-D turbulence of the stirred jets), not the noise.
+
+Screening (2026-11-22, 64x128, 30-40 days from rest, then a twin pair with 1 m white height
+noise; e-folding fitted after the initial decay of the damped small scales; ac6 = 6-hour
+autocorrelation of the eddy height):
 
 - Until 2026-11-22 the reference depth was 6000 m. With orography (depth down to about 3000 m)
-  the explicit remainder of AB3 / Crank-Nicolson then has a growing mode: 1200 m fronts of
-  6 deg, tau_rad 20 d, drag 30/8 d, hyperdiffusion 3 h at dt 600 s gave a bump at zonal
-  wavenumbers 12-16 (u power there 3x that at k = 8), ac6 0.38, winds to 72 m/s, twin error
-  growing; reference 8000 m: winds 330 m/s by day 15; dt 300 s or reference 4500 m (the
-  default since): no bump (u power falls about 40x from k = 8 to 16, slope about k^-13 beyond
-  8), ac6 0.94-0.97, winds under 47 m/s. Filtering the orography to T12 or switching off the
-  diurnal cycle did not remove the mode; removing the orography did. The twin-error growth of
-  the earlier defaults (e-folding about 2 days) was that numerical mode, not weather.
-- With the reference depth 4500 m every forcing tried is smooth but nearly steady (twin error
-  decays): the earlier defaults (1500 m fronts of 6 deg, tau_rad 12 d, drag 15/5 d,
-  hyperdiffusion 6 h; ac6 0.996, winds 49 m/s) and the same fronts with weaker damping
-  (tau_rad 30 d, drag 60/10 d, hyperdiffusion 3 h; ac6 0.93, winds 57 m/s). Next: a barotropically
-  unstable jet (sharper or stronger fronts, weaker drag), or stochastic forcing, checked with
-  this reference depth.
+  the explicit remainder of AB3 / Crank-Nicolson then had a growing numerical mode at zonal
+  wavenumbers 12-16 (flat spectra, winds to 160 m/s); its twin-error growth was not weather.
+  Reference depth 4500 m (the default since) or dt 300 s removes it.
+- Without stirring every height forcing tried was smooth and nearly steady (ac6 0.93-0.996,
+  twin error decays over 15 days).
+- Stirring 2e-5 s-1/day (bands 8-14, hyperdiffusion 6 h, drag 15/5 d): twin error decays;
+  4e-5 with hyperdiffusion 24 h and drag 30/10 d: e-folding 2.8-3.4 d, saturation after 26 d;
+  6e-5, bands 10-18, tau_rad 20 d: e-folding 2.2 d, saturation at day 21, winds to 77 m/s;
+  8e-5 (the default): e-folding 1.7 d, saturation at day 18, ac6 0.90, winds to about
+  100 m/s.
 
 The model grid is torch-harmonics' Legendre-Gauss grid (latitudes north to south, as the
 library returns them) with triangular truncation ``T = nlon // 3`` (alias-free for the
@@ -105,10 +110,10 @@ class ShallowWaterConfig:
     # m, depth of the implicitly treated gravity waves; 6000 m (deeper than the fluid over
     # orography) let a numerical mode grow at zonal wavenumbers 12-16 (module docstring)
     reference_depth: float = 4500.0
-    tau_rad_days: float = 12.0
-    tau_drag_ocean_days: float = 15.0
-    tau_drag_land_days: float = 5.0
-    tau_hyperdiff_hours: float = 6.0  # e-folding time of the smallest resolved scale
+    tau_rad_days: float = 20.0
+    tau_drag_ocean_days: float = 30.0
+    tau_drag_land_days: float = 10.0
+    tau_hyperdiff_hours: float = 24.0  # e-folding time of the smallest resolved scale
     hyperdiff_order: int = 4  # (lap)^order
     # tracer ("humidity"): saturation q_sat = q_sat_ref exp((h + h_s - mean_height) / h_scale)
     q_sat_ref: float = 8e-3  # kg kg-1
@@ -117,6 +122,14 @@ class ShallowWaterConfig:
     evap_land: float = 0.2
     tau_evap_days: float = 1.5
     tau_condense_hours: float = 2.0
+    # stochastic stirring of vorticity (Vallis et al. 2004), see :meth:`ShallowWaterModel.stirring`
+    stir_rms_per_day: float = 8e-5  # s-1 per day: rms vorticity tendency at the stirring peak
+    stir_lmin: int = 10  # band of total wavenumbers stirred
+    stir_lmax: int = 18
+    stir_lat: float = 45.0  # degrees: centre of the Gaussian stirring band in each hemisphere
+    stir_width: float = 12.0  # degrees: its e-folding half-width
+    stir_knot_hours: float = 12.0  # a new random pattern every knot, linear in time between
+    stir_seed: int = 0
     forcing: ForcingConfig = field(default_factory=ForcingConfig)
 
     def __post_init__(self) -> None:
@@ -124,6 +137,12 @@ class ShallowWaterConfig:
             raise ValueError(f"grid {self.nlat}x{self.nlon} too small")
         if self.dt_seconds <= 0:
             raise ValueError(f"dt_seconds = {self.dt_seconds} must be positive")
+        if self.stir_rms_per_day < 0 or not 0 < self.stir_lmin <= self.stir_lmax:
+            raise ValueError(f"stirring rms {self.stir_rms_per_day} must be >= 0 and the band "
+                             f"{self.stir_lmin}..{self.stir_lmax} non-empty and above 0")
+        if self.stir_knot_hours <= 0 or self.stir_width <= 0:
+            raise ValueError(f"stir_knot_hours = {self.stir_knot_hours} and stir_width = "
+                             f"{self.stir_width} must be positive")
 
     @property
     def lmax(self) -> int:
@@ -323,6 +342,11 @@ class ShallowWaterModel(nn.Module):
         self.sht, self.isht, self.vsht, self.ivsht = (m.to(rdt) for m in
                                                        (self.sht, self.isht, self.vsht, self.ivsht))
         self.cdtype = cdt
+        band = torch.exp(-(((self.lat_deg.abs() - cfg.stir_lat) / cfg.stir_width) ** 2))
+        self.register_buffer("stir_mask", band[:, None].to(rdt))
+        self.register_buffer("stir_band", ((l >= cfg.stir_lmin) & (l <= cfg.stir_lmax)
+                                           & tril))
+        self._stir_cache: dict[int, Tensor] = {}
 
     # -- transforms
     def to_spec(self, grid: Tensor) -> Tensor:
@@ -344,6 +368,43 @@ class ShallowWaterModel(nn.Module):
         doy = torch.tensor([noleap_day_of_year(seconds)], dtype=torch.float64)
         return equilibrium_height(self.lat2, self.lon2, self.land64, doy, self.cfg.forcing)[0].to(
             self.dtype)
+
+    def stir_pattern(self, knot: int) -> Tensor:
+        """Spectral vorticity-tendency pattern number ``knot``, ``(L, M)`` complex, s-2.
+
+        White in the total wavenumbers ``stir_lmin..stir_lmax`` (all ``m``), drawn from a
+        generator seeded by ``(stir_seed, knot)`` alone, then confined to the Gaussian bands
+        at +-``stir_lat`` on the grid and scaled to rms ``stir_rms_per_day / DAY`` there (grid
+        rms weighted by the band mask). A pure function of the knot: runs resume exactly.
+        """
+        if knot in self._stir_cache:
+            return self._stir_cache[knot]
+        cfg = self.cfg
+        seq = np.random.SeedSequence([cfg.stir_seed, 0x5717, knot % 2**32, knot // 2**32 + 1])
+        gen = torch.Generator().manual_seed(int(seq.generate_state(1, np.uint64)[0] >> 1))
+        L = self.lmax
+        coef = torch.complex(torch.randn((L, L), generator=gen, dtype=torch.float64),
+                             torch.randn((L, L), generator=gen, dtype=torch.float64))
+        coef = (coef * self.stir_band).to(self.cdtype)
+        grid = self.to_grid(coef) * self.stir_mask
+        w = torch.cos(torch.deg2rad(self.lat_deg)).to(self.dtype)[:, None] * self.stir_mask
+        rms = ((grid**2 * w).sum() / (w.sum() * grid.shape[-1])).sqrt()
+        spec = self.to_spec(grid * (cfg.stir_rms_per_day / DAY / rms)) * self.tril
+        spec[0] = 0.0  # the l = 0 (global mean) vorticity must stay zero
+        if len(self._stir_cache) > 3:
+            self._stir_cache.pop(min(self._stir_cache))
+        self._stir_cache[knot] = spec
+        return spec
+
+    def stirring(self, seconds: float) -> Tensor:
+        """The stochastic vorticity forcing at model time ``seconds``, ``(L, M)`` complex:
+        independent random patterns at knots every ``stir_knot_hours``, linear in time
+        between them (Vallis, Gerber, Kushner and Cash 2004 stir a barotropic model alike to
+        stand for the baroclinic eddies a one-layer model cannot make)."""
+        x = seconds / (self.cfg.stir_knot_hours * 3600.0)
+        k = math.floor(x)
+        a = x - k
+        return (1 - a) * self.stir_pattern(k) + a * self.stir_pattern(k + 1)
 
     # -- tendencies
     def tendency(self, spec: Tensor, seconds: float) -> Tensor:
@@ -373,6 +434,8 @@ class ShallowWaterModel(nn.Module):
         if self.forcing:
             dphi = dphi + ss[:, 1]
         dzeta = -cd[:, 0, 1]
+        if self.forcing and self.cfg.stir_rms_per_day > 0:
+            dzeta = dzeta + self.stirring(seconds)
         ddelta = cd[:, 0, 0] - self.lap * ss[:, 0]
         dq = -cd[:, 2, 1]
         # the linear gravity-wave terms are treated implicitly: remove them here (Eq. 5)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -149,3 +150,39 @@ def test_land_mask_cache_and_smooth_land():
     assert s[0] < 0.05 and s[1] > 0.7 and s[2] > 0.9  # central Europe, Antarctica
     with pytest.raises(ValueError, match="divide"):
         land_fraction(Grid(30, 60))
+
+
+def test_stirring_is_a_seeded_function_of_time_confined_to_its_band():
+    cfg = ShallowWaterConfig(nlat=32, nlon=64, stir_rms_per_day=5e-5, stir_lmin=6,
+                             stir_lmax=10, stir_knot_hours=12.0)
+    model = ShallowWaterModel(cfg)
+    again = ShallowWaterModel(cfg)
+    other = ShallowWaterModel(ShallowWaterConfig(nlat=32, nlon=64, stir_rms_per_day=5e-5,
+                                                 stir_lmin=6, stir_lmax=10, stir_seed=1))
+    t = 5 * 43200.0 + 3 * 3600.0
+    a = model.stirring(t)
+    assert torch.equal(a, again.stirring(t))  # a pure function of (seed, time): resumable
+    assert (a - other.stirring(t)).abs().max() > 0.1 * a.abs().max()
+    # linear in time between the knots at 12 h
+    k0, k1 = model.stir_pattern(5), model.stir_pattern(6)
+    torch.testing.assert_close(a, 0.75 * k0 + 0.25 * k1)
+    torch.testing.assert_close(model.stirring(5 * 43200.0), k0)
+    # no global-mean vorticity; requested rms in the band; small at the equator
+    assert torch.all(k0[0] == 0)
+    grid = model.to_grid(k0)
+    lat = model.lat_deg
+    band = (lat.abs() > 35) & (lat.abs() < 55)
+    rms_band = grid[band].pow(2).mean().sqrt() * 86400.0
+    rms_eq = grid[lat.abs() < 10].pow(2).mean().sqrt() * 86400.0
+    assert 0.5 * 5e-5 < rms_band < 2.0 * 5e-5
+    assert rms_eq < 0.2 * rms_band
+
+
+def test_stirring_off_leaves_the_model_unchanged_and_on_changes_it():
+    calm = ShallowWaterModel(replace(TINY, stir_rms_per_day=0.0))
+    stirred = ShallowWaterModel(replace(TINY, stir_rms_per_day=1e-4))
+    a, b = _run(calm, 0, 12), _run(stirred, 0, 12)
+    assert torch.isfinite(b.spec).all()
+    assert (a.spec[:, 1] - b.spec[:, 1]).abs().max() > 1e-3 * a.spec[:, 1].abs().max()
+    with pytest.raises(ValueError, match="stirring"):
+        ShallowWaterConfig(stir_rms_per_day=-1.0)
