@@ -66,8 +66,8 @@ class DataConfig:
     """Which data trains the emulator, on which grid, with which forcing."""
 
     path: str = "runs/data/nature.zarr"
-    train_years: tuple[int, ...] = (2000, 2001, 2002, 2003)  # nature run: 2000-01-01 on
-    valid_years: tuple[int, ...] = (2004,)
+    train_years: tuple[int, ...] = (2000, 2001)  # nature run: 2000-01-01 on
+    valid_years: tuple[int, ...] = (2002,)
     variables: tuple[str, ...] = VARIABLES
     nlat: int = 16
     nlon: int = 32

@@ -62,8 +62,8 @@ class PriorDataConfig:
     """Which states train the prior, on which grid (the store's own grid by default)."""
 
     path: str = "runs/data/nature.zarr"
-    train_years: tuple[int, ...] = (2000, 2001, 2002, 2003)  # nature run: from 2000-01-01
-    valid_years: tuple[int, ...] = (2004,)
+    train_years: tuple[int, ...] = (2000, 2001)  # nature run: from 2000-01-01
+    valid_years: tuple[int, ...] = (2002,)
     variables: tuple[str, ...] = VARIABLES
     nlat: int = 32
     nlon: int = 64
