@@ -24,6 +24,8 @@ COMMANDS: dict[str, tuple[str, ...]] = {
         "diffda.cycler.linear_cli", "the linear-Gaussian test bed (Kalman, EnKF, diffusion)"
     ),
     "nature": ("diffda.emulators.nature_cli", "run the shallow-water nature run ('reanalysis')"),
+    "subset": ("diffda.emulators.nature_cli",
+               "cut a small truth window (+ background states) from a dataset", "subset"),
     "obs": ("diffda.observations.cli", "inspect and make observations (IGRA v2, synthetic)"),
     "run": ("diffda.cycler.run_cli", "run a cycling experiment from a TOML config", "run"),
     "resume": ("diffda.cycler.run_cli", "resume a run from its last complete cycle", "resume"),

@@ -9,6 +9,14 @@ Usage::
     cycler bench nature [--days 2] [--nlat 64] [--nlon 128] [--dt 600] [--batch 1]
                         [--threads 1]
 
+    cycler subset DATA --start YYYY-MM-DDTHH:MM --days D --out FILE.nc [--background 32]
+
+``cycler subset`` cuts a small truth file from a large dataset: the window ``start ..
+start + days`` at every stored time, plus ``--background`` states spread evenly over the
+rest of the window's calendar year (the EnKF's initial anomalies are drawn from times
+outside the window), with statics and the climatology attributes. This is how the
+repository's embedded 7-day world (``emulators/data/``) is made.
+
 A killed ``cycler nature`` resumes when called again with the same arguments. Called on a
 finished ``--out`` with ``--plots`` or ``--json``, it only (re)computes the diagnostics.
 """
@@ -21,6 +29,7 @@ import os
 import tempfile
 import time
 from dataclasses import replace
+from datetime import timedelta
 from pathlib import Path
 
 import torch
@@ -118,4 +127,58 @@ def bench(args: argparse.Namespace) -> int:
           f"batch={args.batch} threads={args.threads}: {n} steps in {wall:.2f} s, "
           f"{1e3 * wall / n:.2f} ms/step, {days / wall:.3f} simulated days/s "
           f"({days * args.batch / wall:.3f} member-days/s)")
+    return 0
+
+
+def add_subset_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("data", type=Path, help="canonical dataset (.zarr or .nc)")
+    parser.add_argument("--start", required=True, help="first time of the window, YYYY-MM-DDTHH:MM")
+    parser.add_argument("--days", type=float, required=True, help="length of the window, days")
+    parser.add_argument("--out", type=Path, required=True, help="output netCDF file (.nc)")
+    parser.add_argument("--background", type=int, default=32,
+                        help="extra states outside the window, same calendar year (32)")
+
+
+def subset(args: argparse.Namespace) -> int:
+    """Write the window and background states of ``args.data`` to a compressed netCDF."""
+    import numpy as np
+    from diffda.cycler.run_config import parse_time
+    from diffda.emulators import dataio
+
+    if args.out.suffix != ".nc":
+        raise ValueError(f"--out {args.out}: expected a .nc file")
+    if args.days <= 0 or args.background < 0:
+        raise ValueError(f"--days {args.days} must be positive, --background {args.background} "
+                         f"not negative")
+    ds = dataio.open_dataset(args.data)
+    times = ds["time"].values
+    start = parse_time(args.start, times[0].calendar, key="--start")
+    end = start + timedelta(days=args.days)
+    window = [i for i, t in enumerate(times) if start <= t <= end]
+    if not window or times[window[0]] != start:
+        raise ValueError(f"{args.data}: no stored time at --start {args.start} "
+                         f"(it has {times[0]} .. {times[-1]})")
+    if times[window[-1]] < end:
+        raise ValueError(f"{args.data}: the window {start} + {args.days:g} days ends after the "
+                         f"last stored time {times[-1]}")
+    rest = [i for i, t in enumerate(times) if t.year == start.year and i not in set(window)]
+    if len(rest) < args.background:
+        raise ValueError(f"{args.data}: only {len(rest)} times outside the window in "
+                         f"{start.year}, --background {args.background} asked")
+    pick = [rest[int(j)] for j in np.linspace(0, len(rest) - 1, args.background).round()]
+    sub = ds.isel(time=sorted(set(window) | set(pick))).load()
+    sub.attrs.update({
+        "title": f"truth window {start.isoformat()} + {args.days:g} d with {args.background} "
+                 f"background states",
+        "source": str(args.data),
+        "history": f"cycler subset {args.data} --start {args.start} --days {args.days:g} "
+                   f"--background {args.background}",
+    })
+    enc = {v: {"zlib": True, "complevel": 5} for v in sub.data_vars}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.out.with_name(args.out.name + ".tmp")
+    sub.to_netcdf(tmp, engine="netcdf4", encoding=enc)
+    os.replace(tmp, args.out)
+    print(f"wrote {args.out} ({sub.sizes['time']} times: {len(window)} in the window, "
+          f"{len(pick)} background; {args.out.stat().st_size / 1e6:.2f} MB)")
     return 0

@@ -175,3 +175,22 @@ def test_cli_tiny_run_with_json(tmp_path):
     assert summary["twin"]["members"] == 3
     assert main(["nature", "--days", "1", "--out", str(tmp_path / "x.zarr"),
                  "--model-grid", "16by32"]) == 2
+
+
+def test_subset_keeps_the_window_background_statics_and_climatology(tmp_path, tiny_run):
+    from diffda.cycler.cli import main
+
+    out = tmp_path / "w.nc"
+    # tiny run: 2000-01-01T00 .. 2000-01-01T18, 6-hourly
+    assert main(["subset", str(tiny_run), "--start", "2000-01-01T06:00", "--days", "0.25",
+                 "--background", "2", "--out", str(out)]) == 0
+    full, sub = dataio.open_dataset(tiny_run), dataio.open_dataset(out)
+    hours = [t.hour for t in sub["time"].values]
+    assert hours == [0, 6, 12, 18]  # window 06, 12 and the two other times as background
+    np.testing.assert_array_equal(sub["height"].values, full["height"].values)
+    np.testing.assert_array_equal(sub["orography"].values, full["orography"].values)
+    assert (dataio.Climatology.from_dataset(sub, ["height"]).std
+            == dataio.Climatology.from_dataset(full, ["height"]).std)
+    assert main(["subset", str(tiny_run), "--start", "2000-01-01T06:00", "--days", "5",
+                 "--out", str(tmp_path / "x.nc")]) == 2  # beyond the last time
+    assert not (tmp_path / "x.nc").exists()
