@@ -7,14 +7,14 @@ hyperdiffusion and a humidity-like tracer. Prognostic spectral coefficients, per
 divergence ``delta`` and tracer ``q``. With ``V = (u, v)``, ``f`` the Coriolis parameter,
 ``phi_s = g h_s`` the orography and ``E = phi + phi_s + |V|^2 / 2``:
 
-    d zeta / dt = -div((zeta + f) V + k x F)                                    (1)
+    d zeta / dt = -div((zeta + f) V + k x F) + S(t)                             (1)
     d delta / dt = curl((zeta + f) V + k x F) - lap E                           (2)
     d phi / dt  = -div(phi V) + (g h_eq - phi - phi_s) / tau_rad                (3)
     d q / dt    = -div(q V) + P(q)                                             (4)
 
 with the drag ``F = -k(x) V`` (linear, stronger over land; adding ``k x F`` to the vorticity
-flux gives ``curl F`` in (1) and ``div F`` in (2) at no extra transform), the relaxation of
-the free-surface height ``h + h_s`` toward the equilibrium ``h_eq(lat, lon, t)`` set by
+flux gives ``curl F`` in (1) and ``div F`` in (2) at no extra transform), the stochastic
+stirring ``S`` (below), the relaxation of the free-surface height ``h + h_s`` toward the equilibrium ``h_eq(lat, lon, t)`` set by
 the sun (season and time of day) and the land (:func:`equilibrium_height`), and the tracer
 physics ``P`` (:func:`tracer_physics`): evaporation toward a fraction of a saturation value
 ``q_sat(h + h_s)`` (large over ocean, small over land) and condensation (rain-out) of the
