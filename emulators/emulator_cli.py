@@ -95,7 +95,10 @@ class ModelConfig:
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class OptimConfig:
     """The optimisation: AdamW, linear warm-up then cosine decay, optional rollout loss
-    (``rollout`` steps per sample from step ``rollout_from`` on, 1 before)."""
+    (``rollout`` steps per sample from step ``rollout_from`` on, 1 before), optional
+    Gaussian noise of std ``input_noise`` (normalised units) on the initial state of each
+    sample (targets stay clean: the network learns to pull perturbed states back, which
+    keeps long free runs on the attractor)."""
 
     steps: int = 4000
     batch_size: int = 16
@@ -106,6 +109,7 @@ class OptimConfig:
     grad_clip: float | None = 1.0
     rollout: int = 1
     rollout_from: int = 0
+    input_noise: float = 0.0
     checkpoint_every: int = 200
     log_every: int = 10
     max_minutes: float | None = None
@@ -117,6 +121,7 @@ class OptimConfig:
             require(getattr(self, key) >= 1, f"train.{key}", getattr(self, key), "must be >= 1")
         require(self.lr > 0, "train.lr", self.lr, "must be positive")
         require(0 <= self.rollout_from, "train.rollout_from", self.rollout_from, "must be >= 0")
+        require(self.input_noise >= 0, "train.input_noise", self.input_noise, "must be >= 0")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -201,7 +206,11 @@ def train_emulator(
             g = torch_generator(cfg.seed, "emulator-batches", step, ctx.rank)
             z, f = windows.draw(g, tc.batch_size)
             r = rollout_at(tc, step)
-            yield z[:, : r + 1], f[:, :r]
+            z = z[:, : r + 1]
+            if tc.input_noise > 0:
+                z = z.clone()
+                z[:, 0] += tc.input_noise * torch.randn(z[:, 0].shape, generator=g).to(z)
+            yield z, f[:, :r]
             step += 1
 
     def loss_fn(m: torch.nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:

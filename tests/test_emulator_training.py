@@ -189,12 +189,19 @@ def test_emulator_training_resume_equals_uninterrupted(tiny_data, tmp_path):
     from diffda.emulators.emulator_cli import train_emulator
 
     kw = {"data": tiny_data, "forcing_fn": helpers.day_forcing, "progress": False}
-    full, s_full = train_emulator(_tiny_config(), tmp_path / "a", **kw)
-    half, s_half = train_emulator(_tiny_config(), tmp_path / "b", stop_at=3, **kw)
+    # input noise on: its draws come from the step's generator, so resuming stays exact
+    full, s_full = train_emulator(_tiny_config(input_noise=0.05), tmp_path / "a", **kw)
+    half, s_half = train_emulator(_tiny_config(input_noise=0.05), tmp_path / "b", stop_at=3,
+                                  **kw)
     assert s_half["step"] == 3 and not s_half["finished"]
     card_half = json.loads((tmp_path / "b" / "emulator.json").read_text())
     assert card_half["training"]["finished"] is False and card_half["training"]["step"] == 3
-    resumed, s_res = train_emulator(_tiny_config(), tmp_path / "b", resume=True, **kw)
+    resumed, s_res = train_emulator(_tiny_config(input_noise=0.05), tmp_path / "b", resume=True,
+                                    **kw)
+    clean, _ = train_emulator(_tiny_config(), tmp_path / "c", **kw)
+    assert not torch.equal(next(clean.parameters()), next(full.parameters()))  # noise acts
+    with pytest.raises(Exception, match="input_noise"):
+        _tiny_config(input_noise=-1.0)
     assert s_full["finished"] and s_res["finished"] and s_res["step"] == 6
     for (k, a), (_, b) in zip(full.state_dict().items(), resumed.state_dict().items(),
                               strict=True):
