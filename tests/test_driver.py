@@ -241,8 +241,9 @@ def test_default_experiment_config_and_hash():
     # the hash follows what is computed, not how (runtime), and is stable
     other = load_run_config(root / "runs" / "sevenday.toml", {"runtime.threads": 1})
     assert config_hash(other) == config_hash(cfg)
-    changed = load_run_config(root / "runs" / "sevenday.toml", {"analysis.lambda": 2.0})
-    assert changed.analysis.lambda_ == 2.0 and config_hash(changed) != config_hash(cfg)
+    assert cfg.analysis.lambda_ == 2.0 and cfg.analysis.sampler.max_guidance_ratio == 1.0
+    changed = load_run_config(root / "runs" / "sevenday.toml", {"analysis.lambda": 3.0})
+    assert changed.analysis.lambda_ == 3.0 and config_hash(changed) != config_hash(cfg)
     assert parse_value("0.5") == 0.5 and parse_value("members") == "members"
 
 
