@@ -161,12 +161,13 @@ def subset(args: argparse.Namespace) -> int:
     if times[window[-1]] < end:
         raise ValueError(f"{args.data}: the window {start} + {args.days:g} days ends after the "
                          f"last stored time {times[-1]}")
-    rest = [i for i, t in enumerate(times) if t.year == start.year and i not in set(window)]
+    in_window = set(window)
+    rest = [i for i, t in enumerate(times) if t.year == start.year and i not in in_window]
     if len(rest) < args.background:
         raise ValueError(f"{args.data}: only {len(rest)} times outside the window in "
                          f"{start.year}, --background {args.background} asked")
     pick = [rest[int(j)] for j in np.linspace(0, len(rest) - 1, args.background).round()]
-    sub = ds.isel(time=sorted(set(window) | set(pick))).load()
+    sub = ds.isel(time=sorted(in_window | set(pick))).load()
     sub.attrs.update({
         "title": f"truth window {start.isoformat()} + {args.days:g} d with {args.background} "
                  f"background states",
