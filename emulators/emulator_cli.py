@@ -37,6 +37,7 @@ from diffda.emulators.emulator import (
     as_forcing_tensor,
     build_emulator,
     climate_errors,
+    climatology_by_latitude,
     efolding_days,
     forecast_scores,
     load_coarse_states,
@@ -98,7 +99,9 @@ class OptimConfig:
     (``rollout`` steps per sample from step ``rollout_from`` on, 1 before), optional
     Gaussian noise of std ``input_noise`` (normalised units) on the initial state of each
     sample (targets stay clean: the network learns to pull perturbed states back, which
-    keeps long free runs on the attractor)."""
+    keeps long free runs on the attractor). ``init_from``: start from these emulator
+    weights (fine-tuning, e.g. a long-rollout phase after a one-step training) instead of a
+    random initialisation; network size, variables and grid must match the config."""
 
     steps: int = 4000
     batch_size: int = 16
@@ -110,6 +113,7 @@ class OptimConfig:
     rollout: int = 1
     rollout_from: int = 0
     input_noise: float = 0.0
+    init_from: str | None = None
     checkpoint_every: int = 200
     log_every: int = 10
     max_minutes: float | None = None
@@ -188,7 +192,10 @@ def train_emulator(
     emulator = build_emulator(
         data, forcing_fn, dc.forcing, dataclasses.asdict(cfg.model), dc.dt_hours,
         generator=torch_generator(cfg.seed, "emulator-init"), forcing=forcing,
-    ).to(ctx.device)
+    )
+    if tc.init_from is not None:
+        init_from_weights(emulator, tc.init_from)
+    emulator = emulator.to(ctx.device)
     max_rollout = max(1, tc.rollout)
     windows = training_windows(emulator, data, forcing, max_rollout)
     windows.z, windows.f = windows.z.to(ctx.device), windows.f.to(ctx.device)
@@ -248,6 +255,21 @@ def train_emulator(
     return bare, summary
 
 
+def init_from_weights(emulator: SFNOEmulator, path: str | Path) -> None:
+    """Copy the weights (network and normalisation) of the emulator at ``path`` into
+    ``emulator``, after checking that both have the same network, variables and grid."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"train.init_from: {path}: no such weights file")
+    src = SFNOEmulator.from_weights(path, forcing=emulator.forcing)
+    have = (dataclasses.asdict(src.net.config), src.variables, src.grid)
+    want = (dataclasses.asdict(emulator.net.config), emulator.variables, emulator.grid)
+    if have != want:
+        raise ValueError(f"train.init_from: {path} holds network/variables/grid {have}; the "
+                         f"config builds {want}")
+    emulator.load_state_dict(src.state_dict())
+
+
 def train(args: argparse.Namespace) -> int:
     """``cycler train emulator CONFIG.toml [--out DIR] [--resume]``."""
     cfg = load_config(EmulatorTrainConfig, args.config)
@@ -284,6 +306,10 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lead-days", type=float, default=10.0)
     parser.add_argument("--n-starts", type=int, default=64)
     parser.add_argument("--free-run-days", type=float, default=365.0)
+    parser.add_argument("--reference-years", type=int, nargs="*", default=None,
+                        help="years of the data whose climate errors against the held-out "
+                             "years are reported as the metric's floor (default: the card's "
+                             "train_years)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--plots", type=Path, default=None, help="write plots to this directory")
     parser.add_argument("--update-card", action="store_true",
@@ -294,10 +320,15 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
 def evaluate_emulator(
     emulator: SFNOEmulator, data: CoarseStates, lead_days: float = 10.0, n_starts: int = 64,
     free_run_days: float = 365.0, progress: bool = False,
+    reference: dict[int, CoarseStates] | None = None,
 ) -> dict[str, Any]:
     """Scores of ``emulator`` on held-out ``data`` (physical units): RMSE by lead and
     variable next to persistence, the 1-day skill, and a free run's climate errors against
-    the data over the same period (see :func:`~diffda.emulators.emulator.climate_errors`)."""
+    the data over the same period (see :func:`~diffda.emulators.emulator.climate_errors`).
+
+    ``reference``: other years of the nature run (e.g. the training years), whose climate
+    errors against the same held-out period are the metric's floor: two years of the truth
+    itself differ by that much (``free_run.nature_interannual``)."""
     steps_per_day = round(24 / emulator.dt_hours)
     n_leads = max(1, round(lead_days * steps_per_day))
     sc = forecast_scores(emulator, data, n_leads, n_starts=n_starts, progress=progress)
@@ -338,13 +369,34 @@ def evaluate_emulator(
         run, _ = emulator.rollout(data.states[:1], data.times[0], n_free, progress=progress)
         run = run[:, 0]
         n_cmp = min(n_free, len(data.times) - 1)
+        truth = data.states[1:n_cmp + 1]
         out["free_run"] = {
             "days": n_free / steps_per_day,
             "finite": bool(torch.isfinite(run).all()),
             "climate_compared_days": n_cmp / steps_per_day,
-            "climate": climate_errors(run[:n_cmp], data.states[1:n_cmp + 1], data.grid, v),
+            "climate": climate_errors(run[:n_cmp], truth, data.grid, v),
         }
+        if reference:
+            out["free_run"]["nature_interannual"] = {
+                str(year): climate_errors(ref.states[1:n_cmp + 1], truth, data.grid, v)
+                for year, ref in reference.items() if len(ref.states) > n_cmp
+            }
+        out["free_run"]["climatology_by_latitude"] = _climatology_by_latitude(
+            {"emulator": run[:n_cmp], "truth": truth,
+             **{str(y): r.states[1:n_cmp + 1] for y, r in (reference or {}).items()
+                if len(r.states) > n_cmp}}, v)
     out["acceptance"] = acceptance(out)
+    return out
+
+
+def _climatology_by_latitude(runs: dict[str, torch.Tensor], variables: list[str]
+                             ) -> dict[str, dict[str, dict[str, list[float]]]]:
+    """``{run: {variable: {"mean": [...], "std": [...]}}}`` by latitude (physical units)."""
+    out = {}
+    for name, x in runs.items():
+        m, s = climatology_by_latitude(x)
+        out[name] = {v: {"mean": m[i].tolist(), "std": s[i].tolist()}
+                     for i, v in enumerate(variables)}
     return out
 
 
@@ -416,6 +468,43 @@ def plot_rmse(scores: dict[str, Any], path: Path, title: str = "") -> Path:
     return path
 
 
+def plot_free_run_climate(scores: dict[str, Any], lats: np.ndarray, path: Path,
+                          title: str = "") -> Path:
+    """Zonal-time mean and std by latitude of the free run, the held-out truth and the
+    reference years of the nature run (the spread among those is the interannual floor)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    clim = scores["free_run"]["climatology_by_latitude"]
+    names = list(clim["truth"])
+    fig, axes = plt.subplots(2, len(names), figsize=(3.4 * len(names), 5.6), squeeze=False)
+    for j, v in enumerate(names):
+        for i, stat in enumerate(("mean", "std")):
+            ax = axes[i][j]
+            for run, c in clim.items():
+                style = ({"color": "k", "lw": 2.0, "label": "truth (held out)"} if run == "truth"
+                         else {"color": "C3", "lw": 1.6, "label": "emulator free run"}
+                         if run == "emulator" else
+                         {"color": "0.6", "lw": 1.0, "ls": "--", "label": f"nature {run}"})
+                ax.plot(lats, c[v][stat], **style)
+            ax.set_title(f"{v}: {stat}", fontsize=9)
+            ax.grid(alpha=0.3)
+            if i == 1:
+                ax.set_xlabel("latitude")
+    axes[0][0].legend(fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
 def evaluate(args: argparse.Namespace) -> int:
     """``cycler evaluate emulator WEIGHTS --data PATH [--years ...] [--json] [--plots DIR]``."""
     torch.set_num_threads(args.threads)
@@ -424,15 +513,26 @@ def evaluate(args: argparse.Namespace) -> int:
     years = args.years or card.get("data", {}).get("valid_years")
     data = load_coarse_states(args.data, emulator.grid, emulator.variables, years,
                               progress=not args.json)
+    ref_years = (args.reference_years if args.reference_years is not None
+                 else card.get("data", {}).get("train_years", []))
+    reference = {y: load_coarse_states(args.data, emulator.grid, emulator.variables, [y])
+                 for y in ref_years if y not in (years or [])}
     t0 = time.perf_counter()
     scores = evaluate_emulator(emulator, data, args.lead_days, args.n_starts,
-                               args.free_run_days, progress=not args.json)
+                               args.free_run_days, progress=not args.json,
+                               reference=reference)
     scores["data"] = {"path": str(args.data), "years": list(years) if years else None}
     scores["seconds"] = round(time.perf_counter() - t0, 1)
     if args.plots is not None:
         p = plot_rmse(scores, Path(args.plots) / "emulator_rmse_by_lead.png",
                       title=f"{args.weights.name} on {args.data.name}, years {years}")
         scores["plot"] = str(p)
+        if "free_run" in scores:
+            q = plot_free_run_climate(
+                scores, emulator.grid.lat, Path(args.plots) / "emulator_free_run_climate.png",
+                title=f"{args.weights.name}: {scores['free_run']['climate_compared_days']:.0f}"
+                      f"-day free run vs the nature run, by latitude")
+            scores["plot_climate"] = str(q)
     if args.update_card:
         update_card(args.weights, scores=scores)
     if args.json:
@@ -462,11 +562,16 @@ def _print_summary(scores: dict[str, Any]) -> None:
         fr = scores["free_run"]
         print(f"free run {fr['days']:.0f} days, finite: {fr['finite']}; climate compared "
               f"over {fr['climate_compared_days']:.0f} days")
-        for v, c in scores["free_run"]["climate"].items():
-            print(f"  {v:<7} mean error {c['mean_error']:.3f}  std error {c['std_error']:.3f}")
+        floor = fr.get("nature_interannual", {})
+        for v, c in fr["climate"].items():
+            ref = "  ".join(f"nature {y}: {e[v]['mean_error']:.3f} / {e[v]['std_error']:.3f}"
+                            for y, e in floor.items())
+            print(f"  {v:<7} mean error {c['mean_error']:.3f}  std error {c['std_error']:.3f}"
+                  + (f"   ({ref})" if ref else ""))
     print("acceptance:", scores["acceptance"])
-    if "plot" in scores:
-        print("plot:", scores["plot"])
+    for key in ("plot", "plot_climate"):
+        if key in scores:
+            print("plot:", scores[key])
 
 
 # ------------------------------------------------------------------------------- bench

@@ -96,7 +96,10 @@ class EDMTrainConfig:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class PriorOptimConfig:
-    """AdamW with linear warm-up and cosine decay; batch size per process."""
+    """AdamW with linear warm-up and cosine decay; batch size per process. ``init_from``:
+    start the network (and its EMA) from these prior weights (continued training or
+    fine-tuning) instead of a random initialisation; the U-Net, variables, grid and
+    normalisation must match the config and data."""
 
     steps: int = 2500
     batch_size: int = 16
@@ -105,6 +108,7 @@ class PriorOptimConfig:
     warmup_steps: int = 100
     lr_floor: float = 0.05
     grad_clip: float | None = 1.0
+    init_from: str | None = None
     checkpoint_every: int = 100
     log_every: int = 10
     max_minutes: float | None = None
@@ -220,6 +224,8 @@ def train_prior(
     std = torch.tensor([clim.std[v] for v in dc.variables])
     prior = build_prior(cfg.model, dc.variables, mean, std, grid, ec.sigma_data,
                         seed_generator=torch_generator(cfg.seed, "prior-init"))
+    if tc.init_from is not None:
+        init_from_weights(prior, tc.init_from)
     trainer = EDMTrainer(prior.net, ec.p_mean, ec.p_std, ec.ema_halflife_steps,
                          ec.ema_warmup_ratio).to(ctx.device)
     model = wrap_ddp(trainer, ctx)
@@ -266,6 +272,26 @@ def train_prior(
             "training": {**to_mapping(tc), **summary, "seed": cfg.seed},
         })
     return ema, summary
+
+
+def init_from_weights(prior: DiffusionPrior, path: str | Path) -> None:
+    """Copy the network of the prior at ``path`` into ``prior`` after checking that the
+    U-Net, variables, grid and normalisation agree."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"train.init_from: {path}: no such weights file")
+    src = DiffusionPrior.load(path)
+    have = (dataclasses.asdict(src.net.backbone.config), src.variables, src.grid)
+    want = (dataclasses.asdict(prior.net.backbone.config), prior.variables, prior.grid)
+    if have != want:
+        raise ValueError(f"train.init_from: {path} holds U-Net/variables/grid {have}; the "
+                         f"config builds {want}")
+    if not (torch.allclose(src.mean, prior.mean, rtol=1e-4)
+            and torch.allclose(src.std, prior.std, rtol=1e-4)):
+        raise ValueError(f"train.init_from: {path} was normalised with mean {src.mean.tolist()}"
+                         f", std {src.std.tolist()}; the data gives {prior.mean.tolist()}, "
+                         f"{prior.std.tolist()}")
+    prior.net.load_state_dict(src.net.state_dict())
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:

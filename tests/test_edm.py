@@ -272,3 +272,32 @@ def test_interrupted_and_resumed_training_gives_the_same_weights(tmp_path):
     for (k, a), (_, b) in zip(straight.state_dict().items(), resumed.state_dict().items(),
                               strict=True):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7, msg=k)
+
+
+def test_init_from_continues_from_given_weights_and_refuses_a_mismatch(tmp_path):
+    from diffda.emulators.prior_cli import init_from_weights
+
+    grid = Grid(8, 16)
+    ds = _tiny_dataset(grid, days=3)
+    cfg = _tiny_config(steps=6)
+    first, _ = train_prior(cfg, tmp_path / "a", data=ds, progress=False)
+    weights = tmp_path / "a" / "prior.safetensors"
+    fresh = build_prior(cfg.model, cfg.data.variables, first.mean, first.std, grid,
+                        seed_generator=torch_generator(5, "other"))
+    x = torch.randn(2, *first.state_shape, generator=torch.Generator().manual_seed(0))
+    init_from_weights(fresh, weights)
+    torch.testing.assert_close(fresh.eval()(x, torch.tensor(0.5)), first(x, torch.tensor(0.5)))
+    # a continued run starts there and its card says so
+    more = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, init_from=str(weights)))
+    _, s = train_prior(more, tmp_path / "b", data=ds, progress=False)
+    card = DiffusionPrior.load(tmp_path / "b" / "prior.safetensors").card
+    assert s["finished"] and card["training"]["init_from"] == str(weights)
+    other = build_prior(dataclasses.replace(cfg.model, model_channels=cfg.model.model_channels
+                                            + 4), cfg.data.variables, first.mean, first.std,
+                        grid, seed_generator=torch_generator(5, "other"))
+    with pytest.raises(ValueError, match="init_from.*U-Net"):
+        init_from_weights(other, weights)
+    shifted = build_prior(cfg.model, cfg.data.variables, first.mean + 1, first.std, grid,
+                          seed_generator=torch_generator(5, "other"))
+    with pytest.raises(ValueError, match="init_from.*normalised"):
+        init_from_weights(shifted, weights)

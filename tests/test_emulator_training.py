@@ -221,6 +221,35 @@ def test_emulator_training_resume_equals_uninterrupted(tiny_data, tmp_path):
     assert card["variables"] == ["height", "u", "v", "tracer"]
 
 
+def test_init_from_starts_from_the_given_weights(tiny_data, tmp_path):
+    import dataclasses
+
+    from diffda.emulators.emulator_cli import ModelConfig, init_from_weights, train_emulator
+
+    kw = {"data": tiny_data, "forcing_fn": helpers.day_forcing, "progress": False}
+    first, _ = train_emulator(_tiny_config(), tmp_path / "a", **kw)
+    weights = str(tmp_path / "a" / "emulator.safetensors")
+    other, _ = train_emulator(_tiny_config(steps=1), tmp_path / "b", **kw)
+    assert not torch.equal(next(first.parameters()), next(other.parameters()))
+    init_from_weights(other, weights)
+    for (k, a), (_, b) in zip(first.state_dict().items(), other.state_dict().items(),
+                              strict=True):
+        assert torch.equal(a, b), k
+    # ... and a fine-tuning run moves on from there, recorded in the card
+    tuned, _ = train_emulator(_tiny_config(init_from=weights, rollout=3, rollout_from=0,
+                                           steps=2), tmp_path / "c", **kw)
+    assert not torch.equal(next(first.parameters()), next(tuned.parameters()))
+    card = json.loads((tmp_path / "c" / "emulator.json").read_text())
+    assert card["training"]["init_from"] == weights
+    wider = dataclasses.replace(_tiny_config(init_from=weights),
+                                model=ModelConfig(width=24, depth=1))
+    with pytest.raises(ValueError, match="init_from.*network"):
+        train_emulator(wider, tmp_path / "d", **kw)
+    with pytest.raises(FileNotFoundError, match="init_from.*missing.safetensors"):
+        train_emulator(_tiny_config(init_from=str(tmp_path / "missing.safetensors")),
+                       tmp_path / "e", **kw)
+
+
 def test_tiny_emulator_overfits_tiny_dataset(tiny_data, tmp_path):
     from diffda.emulators.emulator import forecast_scores
     from diffda.emulators.emulator_cli import train_emulator
@@ -262,6 +291,9 @@ def test_cli_train_evaluate_bench(tmp_path, capsys):
                                                                      "tracer"}
     assert scores["free_run"]["finite"]
     assert (tmp_path / "plots" / "emulator_rmse_by_lead.png").stat().st_size > 1000
+    assert (tmp_path / "plots" / "emulator_free_run_climate.png").stat().st_size > 1000
+    clim = scores["free_run"]["climatology_by_latitude"]
+    assert set(clim) == {"emulator", "truth"} and len(clim["truth"]["u"]["mean"]) == 16
     assert json.loads((out / "emulator.json").read_text())["scores"]["n_starts"] == 4
     assert main(["bench", "emulator", "--json", "--weights", str(weights), "--members", "4",
                  "--steps", "2"]) == 0
@@ -272,3 +304,17 @@ def test_cli_train_evaluate_bench(tmp_path, capsys):
     bogus.write_text("nope")
     assert main(["evaluate", "emulator", str(bogus), "--data", str(data_path)]) == 2
     assert "bogus.safetensors" in capsys.readouterr().err
+
+
+def test_free_run_reference_years_give_the_metric_floor(tiny_data, tmp_path):
+    """The climate errors of a reference 'year' equal to the held-out data are zero, and the
+    free run's errors are reported next to them."""
+    from diffda.emulators.emulator_cli import evaluate_emulator, train_emulator
+
+    emu, _ = train_emulator(_tiny_config(steps=1), tmp_path, data=tiny_data,
+                            forcing_fn=helpers.day_forcing, progress=False)
+    scores = evaluate_emulator(emu, tiny_data, lead_days=0.5, n_starts=2, free_run_days=2,
+                               reference={1: tiny_data})
+    floor = scores["free_run"]["nature_interannual"]["1"]
+    assert all(e["mean_error"] == 0 and e["std_error"] == 0 for e in floor.values())
+    assert set(scores["free_run"]["climatology_by_latitude"]) == {"emulator", "truth", "1"}
