@@ -58,7 +58,7 @@ from diffda.cycler.metrics import (
     station_cell_mask,
     zonal_power_spectrum,
 )
-from diffda.cycler.rng import member_generators
+from diffda.cycler.rng import member_generators, torch_generator
 from diffda.cycler.sampler import SamplerConfig, StepDiagnostics, sample_posterior
 from diffda.emulators.grid import Grid, coarsen_to
 from diffda.emulators.prior import DiffusionPrior
@@ -135,6 +135,9 @@ class ExperimentConfig:
     ``observed``: the variables the observations contain (default: all of the prior's).
     ``station_relative_error``: std of the synthetic station noise as a fraction of the
     std of the station values at that time, per variable.
+    ``lr_noise``: draw the low-resolution observations with noise of the likelihood's own
+    variance ``Sigma_y`` (from ``(seed, "lr-noise")``) instead of noise-free; the bicubic
+    baseline then interpolates the same noisy field.
     """
 
     members: int = 16
@@ -147,6 +150,7 @@ class ExperimentConfig:
     n_stations: int = 200
     station_relative_error: float = 0.1
     observed: tuple[str, ...] | None = None
+    lr_noise: bool = False
 
     def __post_init__(self) -> None:
         require(self.members >= 1, "members", self.members, "must be >= 1")
@@ -273,16 +277,25 @@ def check_observed(observed: Sequence[str] | None, variables: Sequence[str]) -> 
 
 def low_resolution_term(
     prior: DiffusionPrior, truth: Truth, lr_grid: Grid, error: ErrorModel,
-    observed: Sequence[str],
+    observed: Sequence[str], noise_generator: torch.Generator | None = None,
 ) -> tuple[ObservationTerm, Tensor]:
     """The low-resolution term: ``y = coarsen(normalise(truth))`` for the ``observed``
     variables, flattened ``(var, lat, lon)``; returns the term and the physical coarse field
-    ``(n_observed, lr_lat, lr_lon)`` (noise-free, as in the paper's sample-LR)."""
+    ``(n_observed, lr_lat, lr_lon)``. Noise-free as in the paper's sample-LR, unless
+    ``noise_generator`` is given: then ``y`` (and the coarse field) get Gaussian noise of
+    the likelihood's own variance ``Sigma_y``, so that the likelihood is the true one and
+    the ensemble's spread can be checked against its error."""
     op = CoarseGridOperator(prior.grid, lr_grid, prior.variables, observed)
     z = prior.normalise(truth.state.to(torch.float64))
     with torch.no_grad():
         y = op(z[None])[0]
     coarse = coarsen_to(truth.state, lr_grid)[op.var_index]
+    if noise_generator is not None:
+        eps = math.sqrt(error.sigma_y) * torch.randn(y.shape, generator=noise_generator,
+                                                     dtype=y.dtype)
+        y = y + eps
+        std = prior.std.to(coarse.dtype)[op.var_index][:, None, None]
+        coarse = coarse + std * eps.reshape(coarse.shape).to(coarse.dtype)
     return ObservationTerm(op, y, error.sigma_y, error.gamma, name="low_resolution"), coarse
 
 
@@ -530,8 +543,10 @@ def run_experiment(
         station_mask = station_cell_mask(truth.grid, network.lat, network.lon)
         fields["station_lat"], fields["station_lon"] = network.lat, network.lon
     if "low_resolution" in kinds:
-        term, lr = low_resolution_term(prior, truth, config.lr_grid, config.low_resolution,
-                                       observed)
+        term, lr = low_resolution_term(
+            prior, truth, config.lr_grid, config.low_resolution, observed,
+            noise_generator=torch_generator(config.seed, "lr-noise") if config.lr_noise
+            else None)
         terms.append(term)
         lr_all = np.full((len(prior.variables), *lr.shape[1:]), np.nan)
         lr_all[[prior.variables.index(v) for v in observed]] = lr.numpy()
@@ -634,6 +649,9 @@ def run_ablation(
     :func:`default_ablation_grid`), the same seeds for every pair. A pair whose sampler
     diverges gets a row with ``diverged: true`` and no scores (Table 1 keeps such rows)."""
     config = config or ExperimentConfig()
+    if config.lr_noise:
+        raise ValueError("ablation: lr_noise would draw different observations for each "
+                         "Sigma_y; run sample-lr with --lr-noise for each pair instead")
     pairs = tuple(pairs or default_ablation_grid())
     truth = truth_at(ds, prior.variables, index, prior.grid, source)
     lr = coarsen_to(truth.state, config.lr_grid)

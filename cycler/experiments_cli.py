@@ -119,7 +119,8 @@ def experiment_config(args: argparse.Namespace) -> ExperimentConfig:
     except ValueError:
         raise ValueError(f"--lr-grid: cannot read {args.lr_grid!r} as NLATxNLON") from None
     config = ExperimentConfig(members=args.members, seed=args.seed, sampler=sampler,
-                              lr_grid=lr_grid, n_stations=args.n_stations, observed=observed)
+                              lr_grid=lr_grid, n_stations=args.n_stations, observed=observed,
+                              lr_noise=args.lr_noise)
     if args.name == "ablation":
         return config
     plain_s, keyed_s = parse_error_values(args.sigma_y, "--sigma-y")
@@ -198,6 +199,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--observed", default=None,
                         help="comma-separated observed variables (default: all)")
     parser.add_argument("--lr-grid", default="8x16", help="low-resolution grid NLATxNLON")
+    parser.add_argument("--lr-noise", action="store_true",
+                        help="low-resolution observations with noise of the likelihood's own "
+                             "Sigma_y (default: noise-free, as in the paper); for checking "
+                             "the spread against the error with a correct likelihood")
     parser.add_argument("--churn", type=float, default=None, help="S_churn (default 2)")
     parser.add_argument("--guidance-scale", type=float, default=1.0, help="lambda_g")
     parser.add_argument("--max-guidance-ratio", type=float, default=None,

@@ -280,6 +280,34 @@ def test_station_experiments_score_against_unconditional_samples(loaded, tmp_pat
     assert "rmse_bicubic" in both.scores["height"]
 
 
+def test_lr_noise_draws_observations_with_the_likelihood_variance(loaded):
+    """--lr-noise: y = coarsen(z) + N(0, Sigma_y), seeded; the coarse field the bicubic
+    baseline interpolates carries the same noise in physical units."""
+    from diffda.cycler.experiments import low_resolution_term
+    from diffda.cycler.rng import torch_generator
+    from diffda.observations.likelihood import ErrorModel
+
+    ds, prior = loaded
+    truth = truth_at(ds, prior.variables, 1, prior.grid)
+    err = ErrorModel(sigma_y=0.04, gamma=0.01)
+    clean, lr0 = low_resolution_term(prior, truth, LR4, err, VARIABLES)
+    noisy, lr1 = low_resolution_term(prior, truth, LR4, err, VARIABLES,
+                                     noise_generator=torch_generator(0, "lr-noise"))
+    again, _ = low_resolution_term(prior, truth, LR4, err, VARIABLES,
+                                   noise_generator=torch_generator(0, "lr-noise"))
+    eps = noisy.y - clean.y
+    assert torch.equal(again.y, noisy.y)
+    assert float(eps.std()) == pytest.approx(0.2, rel=0.2)  # sqrt(0.04), 128 draws
+    back = (lr1 - lr0) / prior.std.to(lr0.dtype)[:, None, None]
+    torch.testing.assert_close(back.reshape(-1).to(eps.dtype), eps)
+    cfg = ExperimentConfig(members=1, sampler=FAST, lr_grid=LR4, lr_noise=True)
+    r = run_experiment("sample-lr", prior, ds, 1, cfg)
+    r0 = run_experiment("sample-lr", prior, ds, 1, dataclasses.replace(cfg, lr_noise=False))
+    assert r.scores["height"]["rmse_bicubic"] > r0.scores["height"]["rmse_bicubic"]
+    with pytest.raises(ValueError, match="ablation: lr_noise"):
+        run_ablation(prior, ds, 1, ((0.01, 0.01),), cfg)
+
+
 def test_ablation_rows(loaded):
     ds, prior = loaded
     pairs = ((0.05, 2.5e-3), (0.01, 0.01))
