@@ -245,6 +245,8 @@ def test_default_config_file_loads():
     cfg = load_config(PriorTrainConfig, Path(__file__).parents[1] / "runs" / "prior.toml")
     assert cfg.model == UNetConfig()  # the file spells out the defaults
     assert cfg.edm.p_mean == -0.5 and cfg.edm.p_std == 1.5 and cfg.edm.sigma_data == 1.0
+    more = load_config(PriorTrainConfig, Path(__file__).parents[1] / "runs" / "prior_more.toml")
+    assert more.model == cfg.model and more.train.init_from == "runs/prior/prior.safetensors"
 
 
 def test_untrained_prior_is_the_exact_standard_normal_denoiser():

@@ -318,3 +318,17 @@ def test_free_run_reference_years_give_the_metric_floor(tiny_data, tmp_path):
     floor = scores["free_run"]["nature_interannual"]["1"]
     assert all(e["mean_error"] == 0 and e["std_error"] == 0 for e in floor.values())
     assert set(scores["free_run"]["climatology_by_latitude"]) == {"emulator", "truth", "1"}
+
+
+@pytest.mark.parametrize("name", ["emulator", "emulator_rollout", "emulator_noise01",
+                                  "emulator_long"])
+def test_shipped_emulator_configs_load(name):
+    """Every emulator config in runs/ parses; the second stages name their first stage."""
+    from pathlib import Path
+
+    from diffda.cycler.config import load_config
+    from diffda.emulators.emulator_cli import EmulatorTrainConfig
+
+    cfg = load_config(EmulatorTrainConfig, Path(__file__).parents[1] / "runs" / f"{name}.toml")
+    assert cfg.model.width == 48 and cfg.data.nlat == 16
+    assert (cfg.train.init_from is None) == (name == "emulator")
