@@ -497,6 +497,50 @@ class ExperimentResult:
         }
 
 
+#: Scores pooled as root-mean-squares over analysis times (the others are averaged).
+_RMS_KEYS = ("rmse", "spread", "rmse_bicubic", "rmse_unconditional", "spread_unconditional",
+             "rmse_member_mean", "rmse_station", "rmse_nonstation")
+_MEAN_KEYS = ("crps", "crps_bicubic", "crps_unconditional")
+
+
+def pool_summaries(summaries: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Scores of several analysis times of one experiment, pooled: RMSE-like scores as
+    ``sqrt(mean_t x_t^2)`` (so the pooled RMSE is that of all times' errors together),
+    CRPS as the mean, the spread-skill ratio ``sqrt((M + 1) / M) spread / rmse`` of the
+    pooled values, the baseline ratio ``rmse / rmse_<baseline>``, and each time's own
+    spread-skill ratio. One summary per time, as :meth:`ExperimentResult.summary` gives."""
+    if not summaries:
+        raise ValueError("pool_summaries: no summaries to pool")
+    first = summaries[0]
+    for s in summaries[1:]:
+        if (s["experiment"], s["members"], s["variables"]) != (
+                first["experiment"], first["members"], first["variables"]):
+            raise ValueError("pool_summaries: summaries of different experiments, ensemble "
+                             "sizes or variables cannot be pooled")
+    m, base = first["members"], first["baseline"]
+    pooled: dict[str, dict[str, Any]] = {}
+    for v in first["variables"]:
+        rows = [s["scores"][v] for s in summaries]
+        row: dict[str, Any] = {}
+        for k in _RMS_KEYS:
+            if all(k in r for r in rows):
+                row[k] = math.sqrt(sum(r[k] ** 2 for r in rows) / len(rows))
+        for k in _MEAN_KEYS:
+            if all(k in r for r in rows):
+                row[k] = sum(r[k] for r in rows) / len(rows)
+        row["spread_skill"] = spread_skill_ratio(row["rmse"], row["spread"], m)
+        row["spread_skill_by_time"] = [r["spread_skill"] for r in rows]
+        if f"rmse_{base}" in row:
+            row[f"rmse_ratio_{base}"] = row["rmse"] / row[f"rmse_{base}"]
+        pooled[v] = row
+    return {"experiment": first["experiment"], "pooled_over": [s["time"] for s in summaries],
+            "members": m, "baseline": base, "variables": list(first["variables"]),
+            "nfe": first["nfe"],
+            "seconds_per_analysis": sum(s["seconds_per_analysis"] for s in summaries)
+            / len(summaries),
+            "scores": pooled}
+
+
 def _term_record(term: ObservationTerm) -> dict[str, Any]:
     sy = term.sigma_y
     return {"name": term.name, "n_obs": int(term.y.numel()),

@@ -3,7 +3,7 @@
 Usage::
 
     cycler experiment {sample-lr,sample-igra,sample-igra-lr,ablation}
-        --data PATH (--time YYYY-MM-DDTHH | --index I) [--members 16] [--steps 18]
+        --data PATH (--time YYYY-MM-DDTHH [...] | --index I) [--members 16] [--steps 18]
         [--sigma-y V [V ...]] [--gamma V [V ...]] [--weights PATH] [--out DIR]
         [--json] [--seed 0] [--stations FILE] [--n-stations 200] [--observed VARS]
         [--churn S] [--max-guidance-ratio R] [--clip-grad-norm C] [--threads N]
@@ -16,7 +16,10 @@ paired in order (one value is used with every value of the other); the default i
 of the paper (converted) plus the project default. Writes ``NAME.json``, ``NAME.csv``,
 ``NAME_ensemble.nc`` and figures into ``--out`` (default ``runs/experiments/NAME``);
 ``--json`` prints the summary (per variable ``rmse``, ``spread``, ``spread_skill``,
-``crps`` and ``rmse_bicubic`` or ``rmse_unconditional``) as one JSON object.
+``crps`` and ``rmse_bicubic`` or ``rmse_unconditional``) as one JSON object. Several
+``--time`` values run the experiment at each (into ``OUT/<time>``) and pool the scores
+over them (:func:`~diffda.cycler.experiments.pool_summaries`, ``NAME_pooled.json``): one
+time's spread-skill ratio is a noisy estimate.
 
 The science is in :mod:`diffda.cycler.experiments`, the figures in
 :mod:`diffda.cycler.experiment_plots`.
@@ -176,7 +179,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="truth dataset, canonical zarr or netCDF (e.g. "
                              "runs/data/nature.zarr; use a held-out year)")
     when = parser.add_mutually_exclusive_group(required=True)
-    when.add_argument("--time", help="valid time of the truth state, YYYY-MM-DDTHH[:MM]")
+    when.add_argument("--time", nargs="+",
+                      help="valid time(s) of the truth state, YYYY-MM-DDTHH[:MM]; with several "
+                           "times each is analysed into OUT/<time> and the scores are also "
+                           "pooled over them (NAME_pooled.json)")
     when.add_argument("--index", type=int, help="time index in --data (negative from the end)")
     parser.add_argument("--members", type=int, default=16, help="ensemble size")
     parser.add_argument("--steps", type=int, default=SamplerConfig().num_steps,
@@ -238,7 +244,12 @@ def run(args: argparse.Namespace) -> int:
     prior = load_prior(args.weights)
     source = str(args.data)
     ds = open_dataset(args.data)
-    index = select_index(ds, args.time, args.index, source)
+    times = args.time if args.time is not None else [None]
+    if len(times) > 1:
+        if args.name == "ablation":
+            raise ValueError("ablation takes one --time (run it once per time)")
+        return run_pooled(args, prior, ds, config, source, times)
+    index = select_index(ds, times[0], args.index, source)
     stations = None
     if args.stations is not None:
         from diffda.observations.synthetic import read_observations
@@ -274,6 +285,51 @@ def run(args: argparse.Namespace) -> int:
     if valid and year not in valid:
         print(f"warning: year {year} is not among the prior's held-out years {valid}")
     print_summary(summary)
+    return 0
+
+
+def run_pooled(args: argparse.Namespace, prior: DiffusionPrior, ds: Any,
+               config: ExperimentConfig, source: str, times: list[str]) -> int:
+    """One experiment at each of ``times`` (into ``OUT/<time>``), scores pooled over them."""
+    from diffda.cycler.experiment_plots import plot_experiment
+    from diffda.cycler.experiments import pool_summaries
+    from diffda.emulators.training import atomic_write_text
+
+    stations = None
+    if args.stations is not None:
+        raise ValueError("--stations holds one time's observations: give one --time with it")
+    out = args.out or Path("runs") / "experiments" / args.name
+    summaries = []
+    for t in times:
+        index = select_index(ds, t, None, source)
+        result = run_experiment(args.name, prior, ds, index, config, stations, source,
+                                progress=not args.json)
+        folder = out / str(result.time).replace(" ", "T").replace(":", "")
+        files = write_tables(result, folder)
+        files.append(write_ensemble_netcdf(result, folder))
+        if not args.no_plots:
+            files += plot_experiment(result, folder)
+        summaries.append({**result.summary(), "files": [str(f) for f in files]})
+    pooled = pool_summaries(summaries)
+    pooled.update({"data": source, "weights": str(args.weights or DEFAULT_WEIGHTS),
+                   "seed": args.seed, "by_time": summaries})
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{args.name}_pooled.json"
+    atomic_write_text(path, to_json(pooled, indent=1) + "\n")
+    if args.json:
+        print(to_json({k: v for k, v in pooled.items() if k != "by_time"}, indent=None))
+        return 0
+    base = pooled["baseline"]
+    print(f"{args.name} pooled over {len(times)} times ({pooled['members']} members, NFE "
+          f"{pooled['nfe']}, {pooled['seconds_per_analysis']:.1f} s per analysis):")
+    print(f"{'variable':>8} {'rmse':>10} {'rmse_' + base:>18} {'ratio':>7} {'spread/skill':>12}"
+          "  per time")
+    for v, r in pooled["scores"].items():
+        ref = r.get(f"rmse_{base}")
+        print(f"{v:>8} {r['rmse']:10.4g} {ref if ref is not None else float('nan'):18.4g} "
+              f"{r.get(f'rmse_ratio_{base}', float('nan')):7.3f} {r['spread_skill']:12.2f}  "
+              + " ".join(f"{x:.2f}" for x in r["spread_skill_by_time"]))
+    print(f"written: {path}")
     return 0
 
 

@@ -320,6 +320,36 @@ def test_ablation_rows(loaded):
             row["height"]["rmse"] / r.rmse_bicubic["height"])
 
 
+def test_pool_summaries_closed_form():
+    """RMSE-like scores pool as root-mean-squares, CRPS as the mean; the pooled
+    spread-skill ratio is that of the pooled values; mismatched summaries are refused."""
+    from diffda.cycler.experiments import pool_summaries
+
+    def one(t, rmse, spread, base):
+        return {"experiment": "sample-lr", "time": t, "members": 3, "variables": ["h"],
+                "baseline": "bicubic", "nfe": 5, "seconds_per_analysis": 2.0,
+                "scores": {"h": {"rmse": rmse, "spread": spread, "crps": rmse / 2,
+                                 "rmse_bicubic": base,
+                                 "spread_skill": spread_skill_ratio(rmse, spread, 3)}}}
+
+    p = pool_summaries([one("a", 3.0, 3.0, 6.0), one("b", 4.0, 1.0, 8.0)])
+    h = p["scores"]["h"]
+    assert h["rmse"] == pytest.approx(math.sqrt(12.5))
+    assert h["spread"] == pytest.approx(math.sqrt(5.0))
+    assert h["crps"] == pytest.approx(1.75)
+    assert h["rmse_ratio_bicubic"] == pytest.approx(0.5)
+    assert h["spread_skill"] == pytest.approx(math.sqrt(4 / 3) * math.sqrt(5 / 12.5))
+    assert h["spread_skill_by_time"] == pytest.approx(
+        [math.sqrt(4 / 3), math.sqrt(4 / 3) / 4])
+    assert p["pooled_over"] == ["a", "b"]
+    same = pool_summaries([one("a", 3.0, 3.0, 6.0)])["scores"]["h"]
+    assert same["rmse"] == 3.0 and same["spread_skill"] == pytest.approx(math.sqrt(4 / 3))
+    other = one("c", 1.0, 1.0, 1.0)
+    other["members"] = 5
+    with pytest.raises(ValueError, match="cannot be pooled"):
+        pool_summaries([one("a", 3.0, 3.0, 6.0), other])
+
+
 # ------------------------------------------------------------------ command line
 
 
@@ -349,6 +379,23 @@ def test_cli_sample_lr_writes_tables_figures_netcdf_and_json(world, tmp_path, ca
     assert nc["height"].shape == (2, 16, 32) and nc["u"].attrs["units"] == "m s-1"
     assert nc["time"].item() == cftime.DatetimeNoLeap(5, 1, 1, 6)
     nc.close()
+
+
+def test_cli_several_times_pool_the_scores(world, tmp_path, capsys):
+    assert cli_main(_cli(world, tmp_path, "sample-lr", "--time", "0005-01-01T06",
+                         "0005-01-01T12", "--json", "--no-plots", "--lr-noise")) == 0
+    pooled = json.loads(capsys.readouterr().out)
+    assert pooled["pooled_over"] == ["0005-01-01 06:00:00", "0005-01-01 12:00:00"]
+    assert len(pooled["scores"]["u"]["spread_skill_by_time"]) == 2
+    on_disk = json.loads((tmp_path / "sample-lr_pooled.json").read_text())
+    assert [s["time"] for s in on_disk["by_time"]] == pooled["pooled_over"]
+    for s in on_disk["by_time"]:
+        assert Path(s["files"][0]).is_file()
+    rms = math.sqrt(sum(s["scores"]["u"]["rmse"] ** 2 for s in on_disk["by_time"]) / 2)
+    assert pooled["scores"]["u"]["rmse"] == pytest.approx(rms)
+    assert cli_main(_cli(world, tmp_path, "ablation", "--time", "0005-01-01T06",
+                         "0005-01-01T12")) == 2
+    assert "one --time" in capsys.readouterr().err
 
 
 def test_cli_ablation_and_station_task(world, tmp_path, capsys):
