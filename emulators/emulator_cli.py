@@ -48,6 +48,7 @@ from diffda.emulators.emulator import (
 from diffda.emulators.grid import Grid
 from diffda.emulators.training import (
     DistContext,
+    atomic_write_bytes,
     atomic_write_text,
     cleanup_distributed,
     cosine_warmup_lambda,
@@ -431,6 +432,18 @@ def acceptance(scores: dict[str, Any]) -> dict[str, Any]:
     return checks
 
 
+def _save_figure(fig: Any, path: Path, title: str = "") -> Path:
+    """Title, tight layout, then an atomic PNG write of ``fig`` to ``path``; closes it."""
+    import matplotlib.pyplot as plt
+
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    atomic_write_bytes(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
+    plt.close(fig)
+    return path
+
+
 def plot_rmse(scores: dict[str, Any], path: Path, title: str = "") -> Path:
     """RMSE by lead time, one panel per variable: emulator, persistence, saturation."""
     import matplotlib
@@ -457,15 +470,7 @@ def plot_rmse(scores: dict[str, Any], path: Path, title: str = "") -> Path:
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("area-weighted RMSE (physical units)")
     axes[0][0].legend(fontsize=7)
-    if title:
-        fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return _save_figure(fig, path, title)
 
 
 def plot_free_run_climate(scores: dict[str, Any], lats: np.ndarray, path: Path,
@@ -494,15 +499,7 @@ def plot_free_run_climate(scores: dict[str, Any], lats: np.ndarray, path: Path,
             if i == 1:
                 ax.set_xlabel("latitude")
     axes[0][0].legend(fontsize=7)
-    if title:
-        fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return _save_figure(fig, path, title)
 
 
 def evaluate(args: argparse.Namespace) -> int:

@@ -43,7 +43,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     span.add_argument("--days", type=float, help="stored days after spin-up")
     parser.add_argument("--out", type=Path, required=True, help="output .zarr or .nc path")
     parser.add_argument("--spinup-days", type=float, default=180.0, help="not stored (180)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the initial noise and of the stirring (0)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the initial noise and of the stirring (0)")
     parser.add_argument("--chunk-days", type=float, default=30.0,
                         help="days per appended chunk and checkpoint (30)")
     parser.add_argument("--plots", type=Path, help="folder for acceptance plots")
@@ -73,7 +74,8 @@ def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     days = args.days if args.days is not None else 365.0 * args.years
     cfg = NatureConfig(days=days, spinup_days=args.spinup_days, seed=args.seed,
-                       chunk_days=args.chunk_days, model=_model_config(args.model_grid, args.dt, args.seed))
+                       chunk_days=args.chunk_days,
+                       model=_model_config(args.model_grid, args.dt, args.seed))
     if args.out.exists() and (args.plots is not None or args.json is not None):
         out = args.out  # a finished run: diagnostics only
     else:

@@ -14,9 +14,10 @@ divergence ``delta`` and tracer ``q``. With ``V = (u, v)``, ``f`` the Coriolis p
 
 with the drag ``F = -k(x) V`` (linear, stronger over land; adding ``k x F`` to the vorticity
 flux gives ``curl F`` in (1) and ``div F`` in (2) at no extra transform), the stochastic
-stirring ``S`` (below), the relaxation of the free-surface height ``h + h_s`` toward the equilibrium ``h_eq(lat, lon, t)`` set by
-the sun (season and time of day) and the land (:func:`equilibrium_height`), and the tracer
-physics ``P`` (:func:`tracer_physics`): evaporation toward a fraction of a saturation value
+stirring ``S`` (below), the relaxation of the free-surface height ``h + h_s`` toward the
+equilibrium ``h_eq(lat, lon, t)`` set by the sun (season and time of day) and the land
+(:func:`equilibrium_height`), and the tracer physics ``P`` (:func:`tracer_physics`):
+evaporation toward a fraction of a saturation value
 ``q_sat(h + h_s)`` (large over ocean, small over land) and condensation (rain-out) of the
 excess above ``q_sat``, both as exact exponential relaxations, with hole-filling that keeps
 the tracer at or above zero on the grid after every step.
