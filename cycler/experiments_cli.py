@@ -231,7 +231,7 @@ def load_prior(weights: Path | None) -> DiffusionPrior:
 
 def run(args: argparse.Namespace) -> int:
     """``cycler experiment NAME ...``."""
-    from diffda.cycler.experiment_plots import plot_ablation, plot_experiment
+    from diffda.cycler.experiment_plots import plot_ablation
     from diffda.emulators.dataio import open_dataset
 
     if args.members < 1 or args.steps < 1:
@@ -269,10 +269,7 @@ def run(args: argparse.Namespace) -> int:
         summary = result_a.summary()
     else:
         result = run_experiment(args.name, prior, ds, index, config, stations, source, progress)
-        files = write_tables(result, out)
-        files.append(write_ensemble_netcdf(result, out))
-        if not args.no_plots:
-            files += plot_experiment(result, out)
+        files = write_outputs(result, out, plots=not args.no_plots)
         summary = result.summary()
     valid = prior.card.get("data", {}).get("valid_years")
     year = ds["time"].values[index].year
@@ -288,27 +285,33 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def write_outputs(result: Any, folder: Path, plots: bool = True) -> list[Path]:
+    """Tables, the ensemble's netCDF and (``plots``) the figures of one experiment."""
+    from diffda.cycler.experiment_plots import plot_experiment
+
+    files = write_tables(result, folder)
+    files.append(write_ensemble_netcdf(result, folder))
+    if plots:
+        files += plot_experiment(result, folder)
+    return files
+
+
 def run_pooled(args: argparse.Namespace, prior: DiffusionPrior, ds: Any,
                config: ExperimentConfig, source: str, times: list[str]) -> int:
     """One experiment at each of ``times`` (into ``OUT/<time>``), scores pooled over them."""
-    from diffda.cycler.experiment_plots import plot_experiment
     from diffda.cycler.experiments import pool_summaries
     from diffda.emulators.training import atomic_write_text
 
-    stations = None
     if args.stations is not None:
         raise ValueError("--stations holds one time's observations: give one --time with it")
     out = args.out or Path("runs") / "experiments" / args.name
     summaries = []
     for t in times:
         index = select_index(ds, t, None, source)
-        result = run_experiment(args.name, prior, ds, index, config, stations, source,
+        result = run_experiment(args.name, prior, ds, index, config, None, source,
                                 progress=not args.json)
         folder = out / str(result.time).replace(" ", "T").replace(":", "")
-        files = write_tables(result, folder)
-        files.append(write_ensemble_netcdf(result, folder))
-        if not args.no_plots:
-            files += plot_experiment(result, folder)
+        files = write_outputs(result, folder, plots=not args.no_plots)
         summaries.append({**result.summary(), "files": [str(f) for f in files]})
     pooled = pool_summaries(summaries)
     pooled.update({"data": source, "weights": str(args.weights or DEFAULT_WEIGHTS),

@@ -371,21 +371,20 @@ def evaluate_emulator(
         run = run[:, 0]
         n_cmp = min(n_free, len(data.times) - 1)
         truth = data.states[1:n_cmp + 1]
+        # reference years long enough to cover the compared period, cut to it
+        others = {str(y): r.states[1:n_cmp + 1] for y, r in (reference or {}).items()
+                  if len(r.states) > n_cmp}
         out["free_run"] = {
             "days": n_free / steps_per_day,
             "finite": bool(torch.isfinite(run).all()),
             "climate_compared_days": n_cmp / steps_per_day,
             "climate": climate_errors(run[:n_cmp], truth, data.grid, v),
         }
-        if reference:
+        if others:
             out["free_run"]["nature_interannual"] = {
-                str(year): climate_errors(ref.states[1:n_cmp + 1], truth, data.grid, v)
-                for year, ref in reference.items() if len(ref.states) > n_cmp
-            }
+                y: climate_errors(x, truth, data.grid, v) for y, x in others.items()}
         out["free_run"]["climatology_by_latitude"] = _climatology_by_latitude(
-            {"emulator": run[:n_cmp], "truth": truth,
-             **{str(y): r.states[1:n_cmp + 1] for y, r in (reference or {}).items()
-                if len(r.states) > n_cmp}}, v)
+            {"emulator": run[:n_cmp], "truth": truth, **others}, v)
     out["acceptance"] = acceptance(out)
     return out
 
