@@ -32,6 +32,7 @@ from diffda.cycler.experiments import (
     select_index,
     spread_skill_ratio,
     truth_at,
+    unresolved_rmse,
     zonal_spectra,
 )
 from diffda.cycler.sampler import SamplerConfig
@@ -176,6 +177,18 @@ def test_zonal_spectrum_parseval_and_a_single_wave():
     assert one[3] == pytest.approx(0.5) and np.delete(one, 3).max() < 1e-20
 
 
+def test_unresolved_rmse_keeps_only_zonal_scales_beyond_the_lr_nyquist():
+    """On 16x32 with an 8x16 LR grid (Nyquist k = 8): cos(3 lon) is resolved (0),
+    cos(9 lon) is not (its RMS, 1/sqrt(2)), and their sum keeps only the k = 9 part."""
+    lon = torch.deg2rad(torch.as_tensor(GRID.lon))
+    k3, k9 = torch.cos(3 * lon).expand(16, 32), torch.cos(9 * lon).expand(16, 32)
+    x = torch.stack([k3, k9, k3 + 2 * k9])
+    got = unresolved_rmse(x, Grid(8, 16))
+    assert got.numpy() == pytest.approx([0.0, 2**-0.5, 2**0.5], abs=1e-12)
+    with pytest.raises(ValueError, match="not coarser in longitude"):
+        unresolved_rmse(x, Grid(16, 64))
+
+
 def test_paper_values_are_halved_for_the_factor_one_half():
     assert paper_to_project(0.1, 5e-3) == pytest.approx((0.05, 2.5e-3))
     grid = default_ablation_grid()
@@ -236,6 +249,7 @@ def test_sample_lr_fits_the_observations_and_is_deterministic(loaded):
         s = r.scores[v]
         assert {"rmse", "spread", "spread_skill", "crps", "rmse_bicubic"} <= set(s)
         assert all(math.isfinite(s[k]) for k in ("rmse", "spread", "crps", "rmse_bicubic"))
+        assert 0 < s["rmse_unresolved"] < s["rmse_bicubic"]
     fast = dataclasses.replace(cfg, sampler=FAST, members=2)
     once = run_experiment("sample-lr", prior, ds, 2, fast)
     again = run_experiment("sample-lr", prior, ds, 2, fast)
