@@ -307,6 +307,10 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lead-days", type=float, default=10.0)
     parser.add_argument("--n-starts", type=int, default=64)
     parser.add_argument("--free-run-days", type=float, default=365.0)
+    parser.add_argument("--free-run-members", type=int, default=1,
+                        help="free runs from the first state and N-1 perturbed copies; the "
+                             "climate is that of all of them pooled (default 1)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the perturbations")
     parser.add_argument("--reference-years", type=int, nargs="*", default=None,
                         help="years of the data whose climate errors against the held-out "
                              "years are reported as the metric's floor (default: the card's "
@@ -321,7 +325,8 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
 def evaluate_emulator(
     emulator: SFNOEmulator, data: CoarseStates, lead_days: float = 10.0, n_starts: int = 64,
     free_run_days: float = 365.0, progress: bool = False,
-    reference: dict[int, CoarseStates] | None = None,
+    reference: dict[int, CoarseStates] | None = None, free_run_members: int = 1,
+    seed: int = 0,
 ) -> dict[str, Any]:
     """Scores of ``emulator`` on held-out ``data`` (physical units): RMSE by lead and
     variable next to persistence, the 1-day skill, and a free run's climate errors against
@@ -329,7 +334,14 @@ def evaluate_emulator(
 
     ``reference``: other years of the nature run (e.g. the training years), whose climate
     errors against the same held-out period are the metric's floor: two years of the truth
-    itself differ by that much (``free_run.nature_interannual``)."""
+    itself differ by that much (``free_run.nature_interannual``).
+
+    ``free_run_members``: free runs from the first state and from ``free_run_members - 1``
+    copies perturbed by 0.01 x the normalised std (white noise from
+    ``torch_generator(seed, "free-run", 0)``). One year of a chaotic run is one realisation
+    of its climate; the climate errors are those of all members pooled
+    (``free_run.climate``), and each member's own are listed (``climate_by_member``): their
+    scatter is the realisation noise of a one-year score."""
     steps_per_day = round(24 / emulator.dt_hours)
     n_leads = max(1, round(lead_days * steps_per_day))
     sc = forecast_scores(emulator, data, n_leads, n_starts=n_starts, progress=progress)
@@ -367,24 +379,38 @@ def evaluate_emulator(
     if n_free > 0:
         # the whole free run is checked for finiteness; its climate is compared with the
         # data over the period they share (the data may be shorter than the run)
-        run, _ = emulator.rollout(data.states[:1], data.times[0], n_free, progress=progress)
-        run = run[:, 0]
+        require(free_run_members >= 1, "free_run_members", free_run_members, "must be >= 1")
+        x0 = data.states[:1]
+        if free_run_members > 1:
+            z0 = emulator.normalise(x0)
+            noise = torch.randn((free_run_members - 1, *z0.shape[1:]),
+                                generator=torch_generator(seed, "free-run", 0))
+            x0 = torch.cat([x0, emulator.denormalise(z0 + 0.01 * noise)])
+        runs, _ = emulator.rollout(x0, data.times[0], n_free, progress=progress)
         n_cmp = min(n_free, len(data.times) - 1)
+        # the members' states pooled along time: (member x time, var, lat, lon)
+        run = runs.transpose(0, 1).reshape(-1, *runs.shape[2:])
+        pooled = runs[:n_cmp].transpose(0, 1).reshape(-1, *runs.shape[2:])
         truth = data.states[1:n_cmp + 1]
         # reference years long enough to cover the compared period, cut to it
         others = {str(y): r.states[1:n_cmp + 1] for y, r in (reference or {}).items()
                   if len(r.states) > n_cmp}
         out["free_run"] = {
             "days": n_free / steps_per_day,
+            "members": free_run_members,
             "finite": bool(torch.isfinite(run).all()),
             "climate_compared_days": n_cmp / steps_per_day,
-            "climate": climate_errors(run[:n_cmp], truth, data.grid, v),
+            "climate": climate_errors(pooled, truth, data.grid, v),
         }
+        if free_run_members > 1:
+            out["free_run"]["climate_by_member"] = [
+                climate_errors(runs[:n_cmp, m], truth, data.grid, v)
+                for m in range(free_run_members)]
         if others:
             out["free_run"]["nature_interannual"] = {
                 y: climate_errors(x, truth, data.grid, v) for y, x in others.items()}
         out["free_run"]["climatology_by_latitude"] = _climatology_by_latitude(
-            {"emulator": run[:n_cmp], "truth": truth, **others}, v)
+            {"emulator": pooled, "truth": truth, **others}, v)
     out["acceptance"] = acceptance(out)
     return out
 
@@ -516,7 +542,8 @@ def evaluate(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     scores = evaluate_emulator(emulator, data, args.lead_days, args.n_starts,
                                args.free_run_days, progress=not args.json,
-                               reference=reference)
+                               reference=reference, free_run_members=args.free_run_members,
+                               seed=args.seed)
     scores["data"] = {"path": str(args.data), "years": list(years) if years else None}
     scores["seconds"] = round(time.perf_counter() - t0, 1)
     if args.plots is not None:
@@ -556,14 +583,20 @@ def _print_summary(scores: dict[str, Any]) -> None:
               {k: round(x, 2) for k, x in scores["emulator_twin"]["efolding_days"].items()})
     if "free_run" in scores:
         fr = scores["free_run"]
-        print(f"free run {fr['days']:.0f} days, finite: {fr['finite']}; climate compared "
-              f"over {fr['climate_compared_days']:.0f} days")
+        print(f"free run {fr['days']:.0f} days, {fr.get('members', 1)} member(s), finite: "
+              f"{fr['finite']}; climate compared over {fr['climate_compared_days']:.0f} days")
         floor = fr.get("nature_interannual", {})
         for v, c in fr["climate"].items():
             ref = "  ".join(f"nature {y}: {e[v]['mean_error']:.3f} / {e[v]['std_error']:.3f}"
                             for y, e in floor.items())
+            spread = ""
+            if "climate_by_member" in fr:
+                me = [m[v]["mean_error"] for m in fr["climate_by_member"]]
+                se = [m[v]["std_error"] for m in fr["climate_by_member"]]
+                spread = (f" (members {min(me):.3f}-{max(me):.3f} / "
+                          f"{min(se):.3f}-{max(se):.3f})")
             print(f"  {v:<7} mean error {c['mean_error']:.3f}  std error {c['std_error']:.3f}"
-                  + (f"   ({ref})" if ref else ""))
+                  + spread + (f"   ({ref})" if ref else ""))
     print("acceptance:", scores["acceptance"])
     for key in ("plot", "plot_climate"):
         if key in scores:

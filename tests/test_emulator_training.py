@@ -320,6 +320,35 @@ def test_free_run_reference_years_give_the_metric_floor(tiny_data, tmp_path):
     assert set(scores["free_run"]["climatology_by_latitude"]) == {"emulator", "truth", "1"}
 
 
+def test_free_run_members_pool_their_climate(tiny_data, tmp_path):
+    """With 3 members the pooled climate errors are those of the members' states together
+    (member 0 runs from the unperturbed state: the same run as with one member), each
+    member's own errors are listed, and a seed changes only the perturbed members."""
+    from diffda.emulators.emulator import climate_errors
+    from diffda.emulators.emulator_cli import evaluate_emulator, train_emulator
+
+    emu, _ = train_emulator(_tiny_config(steps=1), tmp_path, data=tiny_data,
+                            forcing_fn=helpers.day_forcing, progress=False)
+    kw = dict(lead_days=0.25, n_starts=2, free_run_days=2)
+    one = evaluate_emulator(emu, tiny_data, **kw)["free_run"]
+    three = evaluate_emulator(emu, tiny_data, free_run_members=3, **kw)["free_run"]
+    other = evaluate_emulator(emu, tiny_data, free_run_members=3, seed=1, **kw)["free_run"]
+    def close(a, b):  # batch size changes float32 rounding, not the run
+        return all(a[v][k] == pytest.approx(b[v][k], rel=1e-4, abs=1e-9)
+                   for v in a for k in ("mean_error", "std_error"))
+
+    assert three["members"] == 3 and len(three["climate_by_member"]) == 3
+    assert close(three["climate_by_member"][0], one["climate"])
+    assert close(other["climate_by_member"][0], one["climate"])
+    assert not close(other["climate_by_member"][1], three["climate_by_member"][1])
+    assert not close(three["climate"], one["climate"])
+    runs, _ = emu.rollout(tiny_data.states[:1], tiny_data.times[0], 8)
+    assert close(climate_errors(runs[:, 0], tiny_data.states[1:9], tiny_data.grid,
+                                tiny_data.variables), one["climate"])
+    with pytest.raises(ValueError, match="free_run_members"):
+        evaluate_emulator(emu, tiny_data, free_run_members=0, **kw)
+
+
 @pytest.mark.parametrize("name", ["emulator", "emulator_rollout", "emulator_noise01",
                                   "emulator_long"])
 def test_shipped_emulator_configs_load(name):
