@@ -51,6 +51,7 @@ GROUPS: dict[str, tuple[str, dict[str, str]]] = {
         "train a model from a TOML config (resumable)",
         {
             "emulator": "diffda.emulators.emulator_cli",
+            "emulator-noise": "diffda.emulators.stochastic",
             "prior": "diffda.emulators.prior_cli",
         },
     ),

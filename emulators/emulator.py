@@ -137,6 +137,8 @@ class SFNOEmulator(nn.Module):
         forcing: ForcingFn | None = None,
         forcing_name: str = "none",
         dt_hours: float = 6.0,
+        noise_modes: Tensor | None = None,
+        noise_bounds: Tensor | None = None,
     ):
         super().__init__()
         n_var, n_forcing = len(variables), len(forcing_mean)
@@ -165,6 +167,39 @@ class SFNOEmulator(nn.Module):
         self.register_buffer("forcing_mean", torch.as_tensor(forcing_mean, dtype=f32))
         self.register_buffer("forcing_std", torch.as_tensor(forcing_std, dtype=f32))
         self.register_buffer("static", torch.as_tensor(static, dtype=f32))
+        self.noise_modes: Tensor | None
+        self.noise_bounds: Tensor | None
+        self.set_noise(noise_modes, noise_bounds)
+
+    def set_noise(self, modes: Tensor | None, bounds: Tensor | None = None) -> None:
+        """Make the emulator stochastic with additive noise ``sum_k xi_k modes[k]``,
+        ``xi ~ N(0, I)``, in normalised units at every step (``modes``:
+        ``(K, var, lat, lon)``, e.g. from
+        :func:`~diffda.emulators.stochastic.fit_residual_noise`), or deterministic again
+        (``None``). ``bounds`` ``(2, var, lat)``: normalised lower and upper limits by
+        latitude to which a stochastic step clamps its result. The noise is drawn (and the
+        bounds applied) only when a step is given a generator; without one every method
+        stays deterministic."""
+        expected = (len(self.variables), self.grid.nlat, self.grid.nlon)
+        if modes is not None:
+            modes = torch.as_tensor(modes, dtype=torch.float32)
+            if modes.ndim != 4 or tuple(modes.shape[1:]) != expected:
+                raise ValueError(f"noise modes must be (K, {', '.join(map(str, expected))}), "
+                                 f"got {tuple(modes.shape)}")
+        if bounds is not None:
+            bounds = torch.as_tensor(bounds, dtype=torch.float32)
+            if modes is None or tuple(bounds.shape) != (2, *expected[:2]):
+                raise ValueError(f"noise bounds must be (2, {expected[0]}, {expected[1]}) and "
+                                 f"come with noise modes, got {tuple(bounds.shape)}")
+            if not bool((bounds[0] < bounds[1]).all()):
+                raise ValueError("noise bounds: every lower limit must be below its upper one")
+        self.register_buffer("noise_modes", modes)
+        self.register_buffer("noise_bounds", bounds)
+
+    @property
+    def stochastic(self) -> bool:
+        """Whether the emulator has noise modes (drawn when a step gets a generator)."""
+        return self.noise_modes is not None
 
     # -- normalisation ------------------------------------------------------------------
 
@@ -195,15 +230,26 @@ class SFNOEmulator(nn.Module):
 
     # -- dynamics -----------------------------------------------------------------------
 
-    def step_from(self, z: Tensor, f: Tensor) -> Tensor:
-        """One normalised step: ``z + tendency_std * SFNO([z, f, static])``.
+    def step_from(self, z: Tensor, f: Tensor, generator: torch.Generator | None = None
+                  ) -> Tensor:
+        """One normalised step: ``z + tendency_std * SFNO([z, f, static])``, plus the noise
+        of :meth:`set_noise` when the emulator has some and ``generator`` is given.
 
         ``z``: ``(B, var, lat, lon)``; ``f``: ``(B, n_forcing, lat, lon)`` normalised forcing
         at the valid time of ``z``. Returns ``(B, var, lat, lon)``.
         """
         static = self.static.to(z.dtype).expand(z.shape[0], *self.static.shape)
         dz = self.net(torch.cat([z, f.to(z.dtype), static], dim=1))
-        return z + self._bcast(self.tendency_std, z) * dz
+        out = z + self._bcast(self.tendency_std, z) * dz
+        if generator is not None and self.noise_modes is not None:
+            modes = self.noise_modes.to(z.dtype)
+            xi = torch.randn(z.shape[0], modes.shape[0], generator=generator,
+                             dtype=z.dtype).to(z.device)
+            out = out + (xi @ modes.reshape(modes.shape[0], -1)).reshape(out.shape)
+            if self.noise_bounds is not None:
+                lo, hi = self.noise_bounds.to(out.dtype)[..., None]
+                out = torch.minimum(torch.maximum(out, lo), hi)
+        return out
 
     def forward(self, z0: Tensor, forcings: Tensor) -> Tensor:
         """Normalised rollout ``(B, var, lat, lon), (B, R, n_forcing, lat, lon) ->
@@ -215,15 +261,17 @@ class SFNOEmulator(nn.Module):
             out.append(z)
         return torch.stack(out, dim=1)
 
-    def step_normalised(self, z: Tensor, time: cftime.datetime | None = None) -> Tensor:
-        """One 6-hour step on normalised states ``(member, var, lat, lon)`` valid at ``time``."""
+    def step_normalised(self, z: Tensor, time: cftime.datetime | None = None,
+                        generator: torch.Generator | None = None) -> Tensor:
+        """One 6-hour step on normalised states ``(member, var, lat, lon)`` valid at ``time``
+        (noise from ``generator`` if the emulator is stochastic)."""
         if time is None:
             if len(self.forcing_mean):
                 raise ValueError("this emulator is forced: step(state, time) needs the time")
             f = z.new_zeros(z.shape[0], 0, *z.shape[-2:])
         else:
             f = self.forcing_at([time]).expand(z.shape[0], -1, -1, -1)
-        return self.step_from(z, f)
+        return self.step_from(z, f, generator)
 
     @torch.no_grad()
     def step(
@@ -234,9 +282,10 @@ class SFNOEmulator(nn.Module):
     ) -> Tensor:
         """The :class:`~diffda.cycler.protocols.Emulator` step, in physical units:
         ``(member, var, lat, lon)`` valid at ``time`` -> the same 6 hours later.
-        Deterministic (``generator`` is unused)."""
+        Deterministic unless the emulator is :attr:`stochastic` and ``generator`` is given
+        (one generator for the batch: the members get different draws)."""
         self._check_state(state)
-        return self.denormalise(self.step_normalised(self.normalise(state), time))
+        return self.denormalise(self.step_normalised(self.normalise(state), time, generator))
 
     @torch.no_grad()
     def rollout(
@@ -246,18 +295,20 @@ class SFNOEmulator(nn.Module):
         n_steps: int,
         every: int = 1,
         progress: bool = False,
+        generator: torch.Generator | None = None,
     ) -> tuple[Tensor, list[cftime.datetime]]:
         """Free run from ``state`` (physical, ``(member, var, lat, lon)``) valid at ``time``.
 
         Returns ``(states, times)``: ``states`` ``(n_out, member, var, lat, lon)`` in physical
         units after ``every, 2 every, ..., n_steps`` steps (the initial state excluded).
+        ``generator``: the noise of a :attr:`stochastic` emulator (deterministic without).
         """
         self._check_state(state)
         dt = _timedelta_hours(self.dt_hours)
         z, t = self.normalise(state), time
         out, times = [], []
         for k in tqdm(range(1, n_steps + 1), desc="rollout", disable=not progress):
-            z = self.step_normalised(z, t)
+            z = self.step_normalised(z, t, generator)
             t = t + dt
             if k % every == 0:
                 out.append(self.denormalise(z))
@@ -328,7 +379,8 @@ class SFNOEmulator(nn.Module):
             tendency_std=state["tendency_std"], log_offset=state["log_offset"],
             forcing_mean=state["forcing_mean"], forcing_std=state["forcing_std"],
             static=state["static"], forcing=forcing, forcing_name=name,
-            dt_hours=card["dt_hours"],
+            dt_hours=card["dt_hours"], noise_modes=state.get("noise_modes"),
+            noise_bounds=state.get("noise_bounds"),
         )
         try:
             emu.load_state_dict(state)

@@ -310,7 +310,10 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--free-run-members", type=int, default=1,
                         help="free runs from the first state and N-1 perturbed copies; the "
                              "climate is that of all of them pooled (default 1)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the perturbations")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the perturbations (and of a stochastic emulator's noise)")
+    parser.add_argument("--no-noise", action="store_true",
+                        help="free runs of a stochastic emulator without its noise")
     parser.add_argument("--reference-years", type=int, nargs="*", default=None,
                         help="years of the data whose climate errors against the held-out "
                              "years are reported as the metric's floor (default: the card's "
@@ -326,7 +329,7 @@ def evaluate_emulator(
     emulator: SFNOEmulator, data: CoarseStates, lead_days: float = 10.0, n_starts: int = 64,
     free_run_days: float = 365.0, progress: bool = False,
     reference: dict[int, CoarseStates] | None = None, free_run_members: int = 1,
-    seed: int = 0,
+    seed: int = 0, free_run_noise: bool = True,
 ) -> dict[str, Any]:
     """Scores of ``emulator`` on held-out ``data`` (physical units): RMSE by lead and
     variable next to persistence, the 1-day skill, and a free run's climate errors against
@@ -341,7 +344,11 @@ def evaluate_emulator(
     ``torch_generator(seed, "free-run", 0)``). One year of a chaotic run is one realisation
     of its climate; the climate errors are those of all members pooled
     (``free_run.climate``), and each member's own are listed (``climate_by_member``): their
-    scatter is the realisation noise of a one-year score."""
+    scatter is the realisation noise of a one-year score.
+
+    A :attr:`~SFNOEmulator.stochastic` emulator makes its free runs with noise (one
+    generator ``torch_generator(seed, "free-run-noise", 0)`` for the batch) unless
+    ``free_run_noise`` is false; its forecasts and twin runs are always deterministic."""
     steps_per_day = round(24 / emulator.dt_hours)
     n_leads = max(1, round(lead_days * steps_per_day))
     sc = forecast_scores(emulator, data, n_leads, n_starts=n_starts, progress=progress)
@@ -386,7 +393,9 @@ def evaluate_emulator(
             noise = torch.randn((free_run_members - 1, *z0.shape[1:]),
                                 generator=torch_generator(seed, "free-run", 0))
             x0 = torch.cat([x0, emulator.denormalise(z0 + 0.01 * noise)])
-        runs, _ = emulator.rollout(x0, data.times[0], n_free, progress=progress)
+        noisy = free_run_noise and emulator.stochastic
+        gen = torch_generator(seed, "free-run-noise", 0) if noisy else None
+        runs, _ = emulator.rollout(x0, data.times[0], n_free, progress=progress, generator=gen)
         n_cmp = min(n_free, len(data.times) - 1)
         # the members' states pooled along time: (member x time, var, lat, lon)
         run = runs.transpose(0, 1).reshape(-1, *runs.shape[2:])
@@ -398,6 +407,7 @@ def evaluate_emulator(
         out["free_run"] = {
             "days": n_free / steps_per_day,
             "members": free_run_members,
+            "stochastic": noisy,
             "finite": bool(torch.isfinite(run).all()),
             "climate_compared_days": n_cmp / steps_per_day,
             "climate": climate_errors(pooled, truth, data.grid, v),
@@ -543,7 +553,7 @@ def evaluate(args: argparse.Namespace) -> int:
     scores = evaluate_emulator(emulator, data, args.lead_days, args.n_starts,
                                args.free_run_days, progress=not args.json,
                                reference=reference, free_run_members=args.free_run_members,
-                               seed=args.seed)
+                               seed=args.seed, free_run_noise=not args.no_noise)
     scores["data"] = {"path": str(args.data), "years": list(years) if years else None}
     scores["seconds"] = round(time.perf_counter() - t0, 1)
     if args.plots is not None:
@@ -583,8 +593,10 @@ def _print_summary(scores: dict[str, Any]) -> None:
               {k: round(x, 2) for k, x in scores["emulator_twin"]["efolding_days"].items()})
     if "free_run" in scores:
         fr = scores["free_run"]
-        print(f"free run {fr['days']:.0f} days, {fr.get('members', 1)} member(s), finite: "
-              f"{fr['finite']}; climate compared over {fr['climate_compared_days']:.0f} days")
+        kind = "stochastic" if fr.get("stochastic") else "deterministic"
+        print(f"free run {fr['days']:.0f} days, {fr.get('members', 1)} {kind} member(s), "
+              f"finite: {fr['finite']}; climate compared over "
+              f"{fr['climate_compared_days']:.0f} days")
         floor = fr.get("nature_interannual", {})
         for v, c in fr["climate"].items():
             ref = "  ".join(f"nature {y}: {e[v]['mean_error']:.3f} / {e[v]['std_error']:.3f}"

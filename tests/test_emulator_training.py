@@ -361,3 +361,140 @@ def test_shipped_emulator_configs_load(name):
     cfg = load_config(EmulatorTrainConfig, Path(__file__).parents[1] / "runs" / f"{name}.toml")
     assert cfg.model.width == 48 and cfg.data.nlat == 16
     assert (cfg.train.init_from is None) == (name == "emulator")
+
+
+# ---------------------------------------------------------------------- stochastic emulator
+
+
+def test_residual_noise_modes_reproduce_the_residual_covariance(tiny_data, tmp_path):
+    """All modes, no polar rows zeroed: sum_k e_k e_k^T is the residuals' sample covariance;
+    zeroed polar rows are zero in every mode; bad arguments are refused."""
+    from diffda.emulators.emulator_cli import train_emulator
+    from diffda.emulators.stochastic import fit_residual_noise, one_step_residuals
+
+    emu, _ = train_emulator(_tiny_config(steps=2), tmp_path, data=tiny_data,
+                            forcing_fn=helpers.day_forcing, progress=False)
+    res = one_step_residuals(emu, tiny_data).double()
+    n = res.shape[0]
+    modes, info = fit_residual_noise(emu, tiny_data, n_modes=10_000, polar_rows=0)
+    assert info["n_modes"] == n - 1 and info["variance_fraction"] == pytest.approx(1.0)
+    x = (res - res.mean(0)).reshape(n, -1)
+    cov = x.T @ x / (n - 1)
+    e = modes.double().reshape(modes.shape[0], -1)
+    assert torch.allclose(e.T @ e, cov, atol=1e-5 * float(cov.diagonal().max()))
+    few, info2 = fit_residual_noise(emu, tiny_data, n_modes=3, polar_rows=2)
+    assert few.shape == (3, 4, 16, 32) and 0 < info2["variance_fraction"] < 1
+    assert few[:, :, :2].abs().max() == 0 and few[:, :, -2:].abs().max() == 0
+    assert few[:, :, 2:-2].abs().max() > 0
+    with pytest.raises(ValueError, match="polar_rows"):
+        fit_residual_noise(emu, tiny_data, polar_rows=8)
+    with pytest.raises(ValueError, match="n_modes"):
+        fit_residual_noise(emu, tiny_data, n_modes=0)
+
+
+def test_stochastic_steps_draw_the_modes_covariance_only_with_a_generator(tiny_data, tmp_path):
+    """Without a generator a stochastic emulator steps exactly as the deterministic one;
+    with one, the same seed repeats, members differ, and the spread of many draws from one
+    state has the modes' variance (normalised units). Export/load keeps the modes."""
+    from diffda.cycler.rng import torch_generator
+    from diffda.emulators.emulator import SFNOEmulator
+    from diffda.emulators.emulator_cli import train_emulator
+
+    emu, _ = train_emulator(_tiny_config(steps=2), tmp_path, data=tiny_data,
+                            forcing_fn=helpers.day_forcing, progress=False)
+    x = tiny_data.states[:1].expand(512, -1, -1, -1).clone()
+    t = tiny_data.times[0]
+    det = emu.step(x, t)
+    g = torch.Generator().manual_seed(0)
+    modes = 0.1 * torch.randn(32, 4, 16, 32, generator=g)
+    emu.set_noise(modes)
+    assert emu.stochastic and torch.equal(emu.step(x, t), det)
+    with torch.no_grad():
+        a = emu.step_normalised(emu.normalise(x), t, torch_generator(0, "t", 0))
+        b = emu.step_normalised(emu.normalise(x), t, torch_generator(0, "t", 0))
+    assert torch.equal(a, b) and not torch.equal(a[0], a[1])
+    var = a.var(0)
+    expected = (modes**2).sum(0)
+    assert float((var.mean() / expected.mean() - 1).abs()) < 0.05
+    path, _ = emu.export(tmp_path / "stoch.safetensors")
+    back = SFNOEmulator.from_weights(path, forcing=helpers.day_forcing)
+    assert back.stochastic and torch.equal(back.noise_modes, emu.noise_modes)
+    emu.set_noise(None)
+    assert not emu.stochastic
+    path2, _ = emu.export(tmp_path / "det.safetensors")
+    assert not SFNOEmulator.from_weights(path2, forcing=helpers.day_forcing).stochastic
+    with pytest.raises(ValueError, match="noise modes must be"):
+        emu.set_noise(torch.zeros(2, 4, 8, 32))
+
+
+def test_stochastic_steps_stay_within_the_latitude_bounds(tiny_data, tmp_path):
+    """latitude_bounds(margin=0) are the data's normalised extremes by latitude; noise far
+    larger than the data's range is clamped to them, row by row; deterministic steps are
+    not clamped; the bounds survive export/load; inconsistent bounds are refused."""
+    from diffda.cycler.rng import torch_generator
+    from diffda.emulators.emulator import SFNOEmulator
+    from diffda.emulators.emulator_cli import train_emulator
+    from diffda.emulators.stochastic import latitude_bounds
+
+    emu, _ = train_emulator(_tiny_config(steps=2), tmp_path, data=tiny_data,
+                            forcing_fn=helpers.day_forcing, progress=False)
+    b0 = latitude_bounds(emu, tiny_data, margin=0.0)
+    z = emu.normalise(tiny_data.states)
+    assert torch.allclose(b0[0], z.amin((0, 3))) and torch.allclose(b0[1], z.amax((0, 3)))
+    b = latitude_bounds(emu, tiny_data, margin=0.1)
+    assert torch.allclose(b[1] - b[0], 1.2 * (b0[1] - b0[0]), rtol=1e-5)
+    x, t = tiny_data.states[:4], tiny_data.times[0]
+    with torch.no_grad():
+        free = emu.step_normalised(emu.normalise(x), t)
+    mid = 0.5 * (b[0] + b[1])
+    tight = torch.stack([mid - 0.01, mid + 0.01])
+    emu.set_noise(torch.full((1, 4, 16, 32), 100.0), tight)
+    with torch.no_grad():
+        out = emu.step_normalised(emu.normalise(x), t, torch_generator(0, "b", 0))
+        again = emu.step_normalised(emu.normalise(x), t)
+    lo, hi = tight[0][..., None], tight[1][..., None]
+    assert bool((out >= lo - 1e-6).all() and (out <= hi + 1e-6).all())
+    assert bool(((free < lo) | (free > hi)).any())  # the deterministic step is outside ...
+    assert torch.equal(again, free)                  # ... and is not clamped
+    emu.set_noise(torch.full((1, 4, 16, 32), 0.1), b)
+    path, _ = emu.export(tmp_path / "b.safetensors")
+    back = SFNOEmulator.from_weights(path, forcing=helpers.day_forcing)
+    assert torch.equal(back.noise_bounds, emu.noise_bounds)
+    with pytest.raises(ValueError, match="lower limit"):
+        emu.set_noise(emu.noise_modes, b.flip(0))
+    with pytest.raises(ValueError, match="come with noise modes"):
+        emu.set_noise(None, b)
+
+
+def test_cli_emulator_noise_and_a_stochastic_free_run(tmp_path, capsys):
+    """`cycler train emulator-noise` writes a stochastic copy with its card; the evaluation
+    runs its free run with noise (or without, --no-noise); the base file is not overwritten."""
+    from diffda.cycler.cli import main
+
+    data_path = tmp_path / "waves.nc"
+    helpers.wave_dataset(n_times=48).to_netcdf(data_path)
+    cfg = tmp_path / "tiny.toml"
+    cfg.write_text(
+        f'seed = 0\n[data]\npath = "{data_path}"\ntrain_years = [1]\nvalid_years = [1]\n'
+        'forcing = "none"\n[model]\nwidth = 8\ndepth = 1\n[train]\nsteps = 2\nbatch_size = 2\n')
+    assert main(["train", "emulator", str(cfg), "--out", str(tmp_path / "run")]) == 0
+    base = tmp_path / "run" / "emulator.safetensors"
+    out = tmp_path / "stoch.safetensors"
+    assert main(["train", "emulator-noise", str(base), "--data", str(data_path), "--modes", "4",
+                 "--out", str(out)]) == 0
+    card = json.loads(out.with_suffix(".json").read_text())
+    assert card["stochastic"]["n_modes"] == 4 and card["stochastic"]["polar_rows_zeroed"] == 2
+    assert card["stochastic"]["fitted_on"]["years"] == [1] and "training" in card
+    assert "scores" not in card
+    capsys.readouterr()
+    common = ["--data", str(data_path), "--json", "--lead-days", "0.5", "--n-starts", "2",
+              "--free-run-days", "2", "--free-run-members", "2"]
+    assert main(["evaluate", "emulator", str(out), *common]) == 0
+    noisy = json.loads(capsys.readouterr().out)["free_run"]
+    assert main(["evaluate", "emulator", str(out), *common, "--no-noise"]) == 0
+    quiet = json.loads(capsys.readouterr().out)["free_run"]
+    assert noisy["stochastic"] and not quiet["stochastic"]
+    assert noisy["climate"] != quiet["climate"]
+    assert main(["train", "emulator-noise", str(base), "--data", str(data_path),
+                 "--out", str(base)]) == 2
+    assert "overwrite" in capsys.readouterr().err
