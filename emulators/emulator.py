@@ -716,6 +716,13 @@ def climate_errors(
     the variability: for winds, whose mean is near zero, a ratio of means is meaningless);
     ``std_error`` = area-weighted mean of ``|std_run / std_truth - 1|``; ``finite`` = all
     values finite. Both errors must be below 0.1 for "within 10%".
+
+    ``mean_error_global`` is the prior evaluation's measure of the same thing
+    (:func:`diffda.emulators.prior_cli.compare_climates`): the area-weighted mean of
+    ``|mean_run - mean_truth|`` over latitude divided by the truth's global std, which
+    includes the variance of the zonal-mean profile itself. It is the more lenient of the
+    two where the mean varies strongly with latitude (height), and is reported for
+    comparison only.
     """
     m_r, s_r = climatology_by_latitude(run)
     m_t, s_t = climatology_by_latitude(truth)
@@ -723,9 +730,14 @@ def climate_errors(
     out = {}
     for i, v in enumerate(variables):
         scale = torch.sqrt((w * s_t[i] ** 2).mean())
+        global_mean = (w * m_t[i]).mean() / w.mean()
+        global_std = torch.sqrt((w * (s_t[i] ** 2 + (m_t[i] - global_mean) ** 2)).mean()
+                                / w.mean())
         out[v] = {
             "mean_error": float(torch.sqrt((w * (m_r[i] - m_t[i]) ** 2).mean()) / scale),
             "std_error": float((w * (s_r[i] / s_t[i] - 1).abs()).mean()),
+            "mean_error_global": float((w * (m_r[i] - m_t[i]).abs()).mean() / w.mean()
+                                       / global_std),
             "finite": bool(torch.isfinite(run[:, i]).all()),
         }
     return out

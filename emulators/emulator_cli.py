@@ -607,8 +607,10 @@ def _print_summary(scores: dict[str, Any]) -> None:
                 se = [m[v]["std_error"] for m in fr["climate_by_member"]]
                 spread = (f" (members {min(me):.3f}-{max(me):.3f} / "
                           f"{min(se):.3f}-{max(se):.3f})")
-            print(f"  {v:<7} mean error {c['mean_error']:.3f}  std error {c['std_error']:.3f}"
-                  + spread + (f"   ({ref})" if ref else ""))
+            glob = (f" [prior's measure {c['mean_error_global']:.3f}]"
+                    if "mean_error_global" in c else "")
+            print(f"  {v:<7} mean error {c['mean_error']:.3f}{glob}  std error "
+                  f"{c['std_error']:.3f}" + spread + (f"   ({ref})" if ref else ""))
     print("acceptance:", scores["acceptance"])
     for key in ("plot", "plot_climate"):
         if key in scores:

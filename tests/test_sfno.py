@@ -218,3 +218,12 @@ def test_climate_errors_zero_for_identical_runs_and_detect_bias(tiny_data):
     biased[:, 1] += 0.5 * x[:, 1].std()
     err = climate_errors(biased, x, g, tiny_data.variables)
     assert err["u"]["mean_error"] > 0.3 and err["height"]["mean_error"] == 0
+    # mean_error_global is the prior evaluation's mean-by-latitude error, to round-off
+    from diffda.emulators.prior_cli import compare_climates
+
+    prior_way = compare_climates(biased.double().numpy(), x.double().numpy(), g,
+                                 tiny_data.variables)
+    for v in tiny_data.variables:
+        assert err[v]["mean_error_global"] == pytest.approx(
+            prior_way[v]["mean_by_lat_error"], rel=1e-6, abs=1e-12)
+    assert err["u"]["mean_error_global"] > 0
