@@ -64,7 +64,7 @@ from diffda.cycler.checkpoint import (
 )
 from diffda.cycler.letkf import LocalizedEnKF, PointObservations
 from diffda.cycler.metrics import ensemble_scores, station_cell_mask
-from diffda.cycler.rng import member_generators, numpy_generator
+from diffda.cycler.rng import member_generators, numpy_generator, torch_generator
 from diffda.cycler.run_config import (
     SAMPLER_MODES,
     RunConfig,
@@ -141,6 +141,10 @@ class World:
 
 def _load_models(cfg: RunConfig) -> tuple[SFNOEmulator, DiffusionPrior]:
     emulator = SFNOEmulator.from_weights(cfg.models.emulator)
+    if cfg.enkf.model_noise and "enkf" in cfg.analysis.modes and not emulator.stochastic:
+        raise ValueError(f"enkf.model_noise = true needs a stochastic emulator; "
+                         f"{cfg.models.emulator} has no noise modes (add them with "
+                         "'cycler train emulator-noise')")
     prior = DiffusionPrior.load(cfg.models.prior)
     return emulator, prior
 
@@ -230,9 +234,10 @@ def bilinear_upsample(x: Tensor, fine: Grid) -> Tensor:
 
 
 def emulator_forecast(emulator: SFNOEmulator, state: Tensor, start: cftime.datetime,
-                      n_steps: int) -> Tensor:
-    """``(member, var, lat_e, lon_e)`` physical at ``start`` -> the state ``n_steps`` later."""
-    states, _ = emulator.rollout(state, start, n_steps, every=n_steps)
+                      n_steps: int, generator: torch.Generator | None = None) -> Tensor:
+    """``(member, var, lat_e, lon_e)`` physical at ``start`` -> the state ``n_steps`` later
+    (with the emulator's stochastic term if it has one and ``generator`` is given)."""
+    states, _ = emulator.rollout(state, start, n_steps, every=n_steps, generator=generator)
     return states[-1]
 
 
@@ -392,8 +397,9 @@ def step_enkf(world: World, k: int, previous: dict[str, Tensor] | None) -> Cycle
     """Forecast the EnKF ensemble one cycle, then the localized inflated EnKF update."""
     cfg, p, egrid = world.config, world.prior, world.emulator.grid
     start = initial_enkf_ensemble(world) if previous is None else previous["native"]
+    noise = torch_generator(cfg.seed, "enkf-model-noise", k) if cfg.enkf.model_noise else None
     forecast = emulator_forecast(world.emulator, start, world.times[k - 1],
-                                 world.steps_per_cycle)
+                                 world.steps_per_cycle, generator=noise)
     op, y, err = point_observations_at(world.observations, world.times[k], egrid,
                                        world.variables, cfg.stations.observed)
     idx = op.obs_variable_index.numpy()

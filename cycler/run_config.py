@@ -176,6 +176,9 @@ class EnKFConfig:
     radius_km: float = 2000.0  # Gaspari-Cohn half-width; the taper vanishes at 2x
     inflation: float = 1.1  # multiplicative prior inflation
     initial_spread: float = 0.5  # scale of climatological anomalies around the truth at t0
+    # forecast the members with the emulator's stochastic term (additive model error with
+    # the covariance of its 6-h residuals; needs an emulator with noise modes)
+    model_noise: bool = False
 
     def __post_init__(self) -> None:
         require(self.radius_km > 0, "enkf.radius_km", self.radius_km, "must be positive")

@@ -100,6 +100,7 @@ def tiny_world(folder: Path, *, modes: tuple[str, ...] = MODES, **extra: str) ->
         "[analysis.forecast]", "sigma_y = 0.01", "gamma = 0.1",
         "[analysis.sampler]", "num_steps = 6",
         "[enkf]", "radius_km = 3000.0", "inflation = 1.05",
+        f"model_noise = {extra.get('model_noise', 'false')}",
         "[runtime]", "threads = 1", "progress = false",
     ]
     path = folder / "tiny.toml"
@@ -280,3 +281,28 @@ def test_sweep_configs_and_best_value_table(tmp_path):
     table = lead_table({"lambda=0.0": [rec(5.0)], "lambda=2.0": [rec(3.0)]}, (1, 3))
     assert table["rows"][1]["rmse"] == [3.0, None]
     assert best_by_lead(table) == {"precomputed": {"height": ["lambda=2.0", None]}}
+
+
+def test_enkf_model_noise_draws_the_emulator_noise_reproducibly(tmp_path):
+    """enkf.model_noise forecasts the members with the emulator's stochastic term: the
+    EnKF's scores change, a second run repeats them exactly, and a deterministic emulator
+    is refused with a message naming the file."""
+    from diffda.emulators.emulator import SFNOEmulator
+
+    plain_cfg = tiny_world(tmp_path / "plain", modes=("enkf",))
+    noisy_cfg = tiny_world(tmp_path / "noisy", modes=("enkf",), model_noise="true")
+    with pytest.raises(ValueError, match="emulator.safetensors has no noise modes"):
+        run_experiment(load_run_config(noisy_cfg), tmp_path / "refused")
+    emu = SFNOEmulator.from_weights(tmp_path / "plain" / "emulator.safetensors")
+    g = torch.Generator().manual_seed(0)
+    emu.set_noise(0.05 * torch.randn(4, len(VARIABLES), COARSE.nlat, COARSE.nlon,
+                                     generator=g))
+    for world in ("plain", "noisy"):  # the same stochastic emulator in both worlds
+        emu.export(tmp_path / world / "emulator.safetensors")
+    runs = {}
+    for name, cfg in (("plain", plain_cfg), ("noisy", noisy_cfg), ("again", noisy_cfg)):
+        run_experiment(load_run_config(cfg), tmp_path / f"run-{name}")
+        runs[name] = read_metrics(tmp_path / f"run-{name}")
+    assert runs["noisy"] == runs["again"]
+    rmse = {k: [r["height"]["rmse"] for r in v] for k, v in runs.items()}
+    assert rmse["noisy"] != rmse["plain"]
