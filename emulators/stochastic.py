@@ -27,7 +27,9 @@ that range. Without it the noise pushed the southern polar tracer into a runaway
 ``cycler train emulator-noise WEIGHTS --data PATH --out OUT.safetensors`` fits the modes
 on the card's training years and writes the emulator with them (the network is
 unchanged); it then steps stochastically wherever a step is given a generator
-(:meth:`~diffda.emulators.emulator.SFNOEmulator.set_noise`).
+(:meth:`~diffda.emulators.emulator.SFNOEmulator.set_noise`): in the evaluation's free
+runs, and in the EnKF's member forecasts when ``enkf.model_noise = true`` (additive model
+error). Deterministic forecasts and the diffusion modes never draw it.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ from diffda.emulators.emulator import (
     load_coarse_states,
     window_starts,
 )
+from diffda.emulators.training import update_card
 from torch import Tensor
 
 
@@ -136,8 +139,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
 
 def train(args: argparse.Namespace) -> int:
     """``cycler train emulator-noise WEIGHTS --data PATH --out OUT.safetensors``."""
-    from diffda.emulators.training import update_card
-
+    if args.out.resolve() == Path(args.weights).resolve():
+        raise ValueError(f"--out {args.out} would overwrite the deterministic weights")
     torch.set_num_threads(args.threads)
     emulator = SFNOEmulator.from_weights(args.weights)
     card = json.loads(Path(args.weights).with_suffix(".json").read_text())
@@ -148,8 +151,6 @@ def train(args: argparse.Namespace) -> int:
     modes, info = fit_residual_noise(emulator, data, args.modes, args.polar_rows)
     emulator.set_noise(modes, latitude_bounds(emulator, data, args.bounds_margin))
     info["bounds_margin"] = args.bounds_margin
-    if args.out.resolve() == Path(args.weights).resolve():
-        raise ValueError(f"--out {args.out} would overwrite the deterministic weights")
     # the training record stays; the scores were the deterministic model's
     keep = {k: v for k, v in card.items()
             if k not in emulator.card() and k not in ("format", "scores")}
