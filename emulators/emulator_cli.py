@@ -397,8 +397,7 @@ def evaluate_emulator(
         gen = torch_generator(seed, "free-run-noise", 0) if noisy else None
         runs, _ = emulator.rollout(x0, data.times[0], n_free, progress=progress, generator=gen)
         n_cmp = min(n_free, len(data.times) - 1)
-        # the members' states pooled along time: (member x time, var, lat, lon)
-        run = runs.transpose(0, 1).reshape(-1, *runs.shape[2:])
+        # the members' states over the compared period, pooled: (member x time, var, lat, lon)
         pooled = runs[:n_cmp].transpose(0, 1).reshape(-1, *runs.shape[2:])
         truth = data.states[1:n_cmp + 1]
         # reference years long enough to cover the compared period, cut to it
@@ -408,7 +407,7 @@ def evaluate_emulator(
             "days": n_free / steps_per_day,
             "members": free_run_members,
             "stochastic": noisy,
-            "finite": bool(torch.isfinite(run).all()),
+            "finite": bool(torch.isfinite(runs).all()),
             "climate_compared_days": n_cmp / steps_per_day,
             "climate": climate_errors(pooled, truth, data.grid, v),
         }
