@@ -17,6 +17,11 @@
 - Residual form (LUCIE, Guan et al. 2024): ``z(t + dt) = z(t) + s * SFNO(inputs)`` with ``s``
   the per-variable std of the normalised 6-hour tendency, so the network's targets have
   unit variance and an untrained network (zero last layer) is persistence.
+- Optional additions to the step, fitted after training and saved with the weights: a
+  zonal-mean tendency correction (:meth:`SFNOEmulator.set_tendency_correction`, a climate
+  adjustment from :mod:`diffda.emulators.adjustment`, applied at every step) and additive
+  noise (:meth:`SFNOEmulator.set_noise`, from :mod:`diffda.emulators.stochastic`, drawn
+  only when a step is given a generator).
 
 The training data comes from the coarsened nature run (:func:`load_coarse_states`: the
 canonical dataset coarsened with :func:`diffda.emulators.grid.coarsen_to`, the same function
@@ -118,7 +123,9 @@ class SFNOEmulator(nn.Module):
 
     Buffers (all saved with the weights): ``state_mean``, ``state_std``, ``tendency_std``,
     ``log_offset`` (``(var,)``; ``log_offset > 0`` marks a log-transformed variable),
-    ``forcing_mean``, ``forcing_std`` (``(n_forcing,)``), ``static`` ``(4, nlat, nlon)``.
+    ``forcing_mean``, ``forcing_std`` (``(n_forcing,)``), ``static`` ``(4, nlat, nlon)``;
+    optionally ``tendency_correction`` ``(var, lat)``, ``noise_modes`` ``(K, var, lat, lon)``
+    and ``noise_bounds`` ``(2, var, lat)``.
     """
 
     def __init__(
@@ -139,6 +146,7 @@ class SFNOEmulator(nn.Module):
         dt_hours: float = 6.0,
         noise_modes: Tensor | None = None,
         noise_bounds: Tensor | None = None,
+        tendency_correction: Tensor | None = None,
     ):
         super().__init__()
         n_var, n_forcing = len(variables), len(forcing_mean)
@@ -170,6 +178,8 @@ class SFNOEmulator(nn.Module):
         self.noise_modes: Tensor | None
         self.noise_bounds: Tensor | None
         self.set_noise(noise_modes, noise_bounds)
+        self.tendency_correction: Tensor | None
+        self.set_tendency_correction(tendency_correction)
 
     def set_noise(self, modes: Tensor | None, bounds: Tensor | None = None) -> None:
         """Make the emulator stochastic with additive noise ``sum_k xi_k modes[k]``,
@@ -195,6 +205,22 @@ class SFNOEmulator(nn.Module):
                 raise ValueError("noise bounds: every lower limit must be below its upper one")
         self.register_buffer("noise_modes", modes)
         self.register_buffer("noise_bounds", bounds)
+
+    def set_tendency_correction(self, correction: Tensor | None) -> None:
+        """Add the constant, zonally uniform ``correction`` ``(var, lat)`` (normalised units
+        per step) to every step, deterministic or not (a climate adjustment, e.g. from
+        :func:`~diffda.emulators.adjustment.fit_tendency_correction`), or none (``None``)."""
+        if correction is not None:
+            correction = torch.as_tensor(correction, dtype=torch.float32)
+            expected = (len(self.variables), self.grid.nlat)
+            if tuple(correction.shape) != expected:
+                raise ValueError(f"tendency correction must be {expected}, "
+                                 f"got {tuple(correction.shape)}")
+            if not bool(torch.isfinite(correction).all()):
+                raise ValueError("tendency correction: values must be finite")
+            device = self.state_mean.device
+            correction = correction.to(device)
+        self.register_buffer("tendency_correction", correction)
 
     @property
     def stochastic(self) -> bool:
@@ -232,8 +258,9 @@ class SFNOEmulator(nn.Module):
 
     def step_from(self, z: Tensor, f: Tensor, generator: torch.Generator | None = None
                   ) -> Tensor:
-        """One normalised step: ``z + tendency_std * SFNO([z, f, static])``, plus the noise
-        of :meth:`set_noise` when the emulator has some and ``generator`` is given.
+        """One normalised step: ``z + tendency_std * SFNO([z, f, static])``, plus the
+        :meth:`set_tendency_correction` if any, plus the noise of :meth:`set_noise` when the
+        emulator has some and ``generator`` is given.
 
         ``z``: ``(B, var, lat, lon)``; ``f``: ``(B, n_forcing, lat, lon)`` normalised forcing
         at the valid time of ``z``. Returns ``(B, var, lat, lon)``.
@@ -241,6 +268,8 @@ class SFNOEmulator(nn.Module):
         static = self.static.to(z.dtype).expand(z.shape[0], *self.static.shape)
         dz = self.net(torch.cat([z, f.to(z.dtype), static], dim=1))
         out = z + self._bcast(self.tendency_std, z) * dz
+        if self.tendency_correction is not None:
+            out = out + self.tendency_correction.to(z.dtype)[..., None]
         if generator is not None and self.noise_modes is not None:
             modes = self.noise_modes.to(z.dtype)
             xi = torch.randn(z.shape[0], modes.shape[0], generator=generator,
@@ -381,6 +410,7 @@ class SFNOEmulator(nn.Module):
             static=state["static"], forcing=forcing, forcing_name=name,
             dt_hours=card["dt_hours"], noise_modes=state.get("noise_modes"),
             noise_bounds=state.get("noise_bounds"),
+            tendency_correction=state.get("tendency_correction"),
         )
         try:
             emu.load_state_dict(state)
