@@ -111,7 +111,9 @@ def experiment_config(args: argparse.Namespace) -> ExperimentConfig:
     sampler = SamplerConfig(
         num_steps=args.steps,
         s_churn=base.s_churn if args.churn is None else args.churn,
-        max_guidance_ratio=args.max_guidance_ratio, clip_grad_norm=args.clip_grad_norm,
+        max_guidance_ratio=(base.max_guidance_ratio if args.max_guidance_ratio is None
+                            else args.max_guidance_ratio or None),
+        clip_grad_norm=args.clip_grad_norm,
         guidance_scale=args.guidance_scale,
     )
     observed = (tuple(v.strip() for v in args.observed.split(",") if v.strip())
@@ -209,10 +211,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="low-resolution observations with noise of the likelihood's own "
                              "Sigma_y (default: noise-free, as in the paper); for checking "
                              "the spread against the error with a correct likelihood")
-    parser.add_argument("--churn", type=float, default=None, help="S_churn (default 2)")
+    parser.add_argument("--churn", type=float, default=None,
+                        help=f"S_churn (default {SamplerConfig().s_churn:g})")
     parser.add_argument("--guidance-scale", type=float, default=1.0, help="lambda_g")
     parser.add_argument("--max-guidance-ratio", type=float, default=None,
-                        help="cap on |guidance| / |prior drift| per member")
+                        help="cap on |guidance| / |prior drift| per member (default "
+                             f"{SamplerConfig().max_guidance_ratio}; 0: no cap)")
     parser.add_argument("--clip-grad-norm", type=float, default=None,
                         help="cap on the L2 norm of the likelihood score per member")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(),

@@ -38,22 +38,26 @@ from tqdm.auto import tqdm
 class SamplerConfig:
     """Parameters of Algorithm 1 (names as in Karras et al. 2022 and the paper).
 
-    The default is the prototype's configuration (NOTES.md): 18 steps (35 network
-    evaluations), modest churn, ``lambda_g = 1``, guidance at predictor and corrector.
+    The default: 20 steps (39 network evaluations), no churn, ``lambda_g = 1``, guidance at
+    predictor and corrector, capped per member at the prior drift (``max_guidance_ratio =
+    1``). Against the prototype's configuration (NOTES.md: 18 steps, ``S_churn = 2``, no
+    cap) it lowered the super-resolution and station-task errors and brought the spread-skill
+    ratio from 1.2-1.45 to 1.1-1.3 on four held-out times, within the 30 s budget of a
+    16-member analysis (README, "The diffusion prior and the posterior sampler").
     """
 
-    num_steps: int = 18  # N: number of noise levels t_0 > ... > t_{N-1} > t_N = 0
+    num_steps: int = 20  # N: number of noise levels t_0 > ... > t_{N-1} > t_N = 0
     sigma_min: float = 0.002
     sigma_max: float = 80.0
     rho: float = 7.0
-    s_churn: float = 2.0  # total churn; gamma_i = min(S_churn / N, sqrt(2) - 1)
+    s_churn: float = 0.0  # total churn; gamma_i = min(S_churn / N, sqrt(2) - 1)
     s_tmin: float = 0.0  # churn only for t_i in [S_tmin, S_tmax]
     s_tmax: float = math.inf
     s_noise: float = 1.0  # std of the churn noise (Karras et al. Alg. 2)
     guidance_scale: float = 1.0  # lambda_g
     guide_corrector: bool = True  # Algorithm 1 line 15 (optional re-evaluation)
     clip_grad_norm: float | None = None  # per-member L2 cap on s_l (paper Sec. 3.4)
-    max_guidance_ratio: float | None = None  # per-member cap on |lambda_g t s_l| / |d_prior|
+    max_guidance_ratio: float | None = 1.0  # per-member cap on |lambda_g t s_l| / |d_prior|
 
     def __post_init__(self) -> None:
         require(self.num_steps >= 1, "num_steps", self.num_steps, "must be >= 1")

@@ -1,10 +1,11 @@
 """``cycler bench analysis [--json]``: the speed of one analysis (Algorithm 1) on this machine.
 
 It times a default analysis: ``--members`` (16) members at the prior's grid (32x64 by
-default), the default :class:`~diffda.cycler.sampler.SamplerConfig` (18 steps, 35 network
-evaluations), guided by one low-resolution likelihood term (8x16, ``Sigma_y = Gamma = 0.01``
-in normalised units), and the unit cost it should be made of: one denoiser forward plus one
-vector-Jacobian product with respect to its input, on the same batch. The overhead ratio is
+default), the default :class:`~diffda.cycler.sampler.SamplerConfig` (20 steps, 39 network
+evaluations), guided by one low-resolution likelihood term (8x16, the default
+``Sigma_y = 0.003, Gamma = 0.01`` in normalised units), and the unit cost it should be
+made of: one denoiser forward plus one vector-Jacobian product with respect to its input,
+on the same batch. The overhead ratio is
 
     overhead_ratio = sampler time / (NFE x time of one denoiser forward + VJP)
 
@@ -31,6 +32,7 @@ from diffda.cycler.sampler import SamplerConfig, StepDiagnostics, sample_posteri
 from diffda.emulators.grid import Grid
 from diffda.emulators.prior import DEFAULT_WEIGHTS, DiffusionPrior, build_prior
 from diffda.emulators.unet import UNetConfig
+from diffda.observations.likelihood import DEFAULT_ERROR_MODELS
 
 
 def time_denoiser_vjp(denoiser: Denoiser, x: torch.Tensor, sigma: float, repeats: int = 3
@@ -84,7 +86,7 @@ def bench_analysis(
 
 def low_resolution_term(prior: DiffusionPrior, seed: int = 0) -> LikelihoodTerm:
     """One 8x16 low-resolution likelihood term on a random normalised 'truth' (for timing)."""
-    from diffda.observations.likelihood import DEFAULT_ERROR_MODELS, ObservationTerm
+    from diffda.observations.likelihood import ObservationTerm
     from diffda.observations.operators import low_resolution_operator
 
     op = low_resolution_operator(prior.grid, prior.variables)
@@ -128,12 +130,14 @@ def bench(args: argparse.Namespace) -> int:
         raise ValueError(f"--members and --steps must be >= 1, got {args.members}, {args.steps}")
     torch.set_num_threads(args.threads)
     prior, what = default_prior(args.weights)
+    err = DEFAULT_ERROR_MODELS["low_resolution"]
     result = bench_analysis(prior, prior.state_shape, [low_resolution_term(prior)],
                             args.members, SamplerConfig(num_steps=args.steps), args.repeats)
     result.update({
         "grid": str(prior.grid), "variables": list(prior.variables), "prior": what,
         "n_parameters": sum(p.numel() for p in prior.net.parameters()),
-        "threads": args.threads, "likelihood": "low-resolution 8x16, Sigma_y = Gamma = 0.01",
+        "threads": args.threads,
+        "likelihood": f"low-resolution 8x16, Sigma_y = {err.sigma_y:g}, Gamma = {err.gamma:g}",
     })
     if args.json:
         print(json.dumps(result))

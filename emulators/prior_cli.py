@@ -409,6 +409,12 @@ def acceptance(scores: dict[str, Any]) -> dict[str, dict[str, bool]]:
     return out
 
 
+#: The sampler of the prior's evaluation (unconditional samples): the configuration its
+#: card's scores were measured with (18 steps, S_churn = 2), kept apart from the analysis
+#: default of :class:`SamplerConfig`.
+EVALUATION_SAMPLER = SamplerConfig(num_steps=18, s_churn=2.0)
+
+
 def sample_unconditional(
     prior: DiffusionPrior, members: int, seed: int, config: SamplerConfig,
     batch: int = 16, progress: bool = True,
@@ -430,7 +436,7 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--years", type=int, nargs="+", default=None,
                         help="held-out years (default: the card's valid_years)")
     parser.add_argument("--members", type=int, default=64, help="number of samples")
-    parser.add_argument("--steps", type=int, default=SamplerConfig().num_steps,
+    parser.add_argument("--steps", type=int, default=EVALUATION_SAMPLER.num_steps,
                         help="sampler steps")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
@@ -448,7 +454,7 @@ def evaluate(args: argparse.Namespace) -> int:
     if not years:
         raise ValueError(f"{args.weights}: the card names no held-out years; pass --years")
     truth = load_states(args.data, prior.grid, prior.variables, years).states.numpy()
-    config = SamplerConfig(num_steps=args.steps)
+    config = dataclasses.replace(EVALUATION_SAMPLER, num_steps=args.steps)
     samples = sample_unconditional(prior, args.members, args.seed, config,
                                    progress=not args.json).numpy()
     scores = compare_climates(samples, truth, prior.grid, prior.variables)

@@ -82,7 +82,9 @@ def _matches_kalman(samples: Tensor, m_a: Tensor, s_a: Tensor, step_tol: float) 
     return bool(mean_ok.all() and var_ok.all())
 
 
-EQUIV_CONFIG = SamplerConfig(num_steps=32, sigma_max=40.0, s_churn=4.0, s_tmin=0.05, s_tmax=10.0)
+# Algorithm 1 as written: churn on, no cap on the guidance (the default caps it)
+EQUIV_CONFIG = SamplerConfig(num_steps=32, sigma_max=40.0, s_churn=4.0, s_tmin=0.05, s_tmax=10.0,
+                             max_guidance_ratio=None)
 
 
 def test_linear_gaussian_posterior_matches_kalman():
@@ -192,7 +194,7 @@ def test_clipping_and_diagnostics():
     den = GaussianDenoiser(mean, cov)
     strong = ScalarLinearTerm(op, y + 50.0, sigma_y=1e-4, gamma=1e-4)  # guidance dominates
     diag: list[StepDiagnostics] = []
-    cfg = SamplerConfig(num_steps=8)
+    cfg = SamplerConfig(num_steps=8, max_guidance_ratio=None)
     sample_posterior(den, member_generators(0, "c", 0, 4), (6,), [strong], cfg, dtype=DT,
                      diagnostics=diag)
     assert len(diag) == cfg.nfe
@@ -204,7 +206,8 @@ def test_clipping_and_diagnostics():
                          diagnostics=diag2)
     assert bool(torch.isfinite(x).all())
     assert any(d.clipped_fraction == 1.0 for d in diag2)
-    tiny = SamplerConfig(num_steps=8, clip_grad_norm=1e-12)  # guidance clipped to nothing
+    # guidance clipped to nothing
+    tiny = SamplerConfig(num_steps=8, clip_grad_norm=1e-12, max_guidance_ratio=None)
     a = sample_posterior(den, member_generators(0, "c", 0, 4), (6,), [strong], tiny, dtype=DT)
     b = sample_posterior(den, member_generators(0, "c", 0, 4), (6,), [], tiny, dtype=DT)
     torch.testing.assert_close(a, b, atol=1e-8, rtol=0)
@@ -247,7 +250,7 @@ def test_guides_a_network_prior_with_the_observation_terms():
     op = low_resolution_operator(grid, variables, coarse=Grid(4, 8))
     truth = torch.randn(1, 2, 8, 16, generator=torch.Generator().manual_seed(3))
     y = op(truth)[0]
-    cfg = SamplerConfig(num_steps=10)
+    cfg = SamplerConfig(num_steps=10, s_churn=2.0, max_guidance_ratio=None)  # uncapped
     misfit = lambda x: float((op(x) - y).pow(2).mean().sqrt())  # noqa: E731
     free = sample_posterior(prior, member_generators(0, "integration", 0, 8), prior.state_shape,
                             [], cfg)
