@@ -82,11 +82,14 @@ def latitude_bounds(emulator: SFNOEmulator, data: CoarseStates, margin: float = 
 
 def fit_residual_noise(
     emulator: SFNOEmulator, data: CoarseStates, n_modes: int = 256, polar_rows: int = 2,
+    scale: dict[str, float] | None = None,
 ) -> tuple[Tensor, dict[str, Any]]:
     """The noise modes ``(K, var, lat, lon)`` of the module docstring and a summary:
     ``variance_fraction`` (of the residual variance the ``K`` modes hold, before the
     polar rows are zeroed), per-variable residual RMS and the RMS of the mean residual
-    (normalised units), and the number of residuals."""
+    (normalised units), and the number of residuals. ``scale``: ``{variable: factor}``
+    multiplying that variable's part of every mode (its noise std; the correlations
+    between variables keep their sign)."""
     nlat = emulator.grid.nlat
     require(n_modes >= 1, "n_modes", n_modes, "must be >= 1")
     require(0 <= 2 * polar_rows < nlat, "polar_rows", polar_rows,
@@ -104,9 +107,16 @@ def fit_residual_noise(
     if polar_rows:
         modes[:, :, :polar_rows] = 0
         modes[:, :, nlat - polar_rows:] = 0
+    scale = dict(scale or {})
+    for v, factor in scale.items():
+        if v not in emulator.variables:
+            raise ValueError(f"noise scale: {v!r} is not one of {list(emulator.variables)}")
+        require(factor >= 0, f"noise scale of {v}", factor, "must be >= 0")
+        modes[:, emulator.variables.index(v)] *= factor
     info = {
         "n_modes": k,
         "polar_rows_zeroed": polar_rows,
+        "scale": scale,
         "variance_fraction": float(var[:k].sum() / var.sum()),
         "residual_rms": {v: float(res[:, i].pow(2).mean().sqrt())
                          for i, v in enumerate(emulator.variables)},
@@ -128,12 +138,26 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--modes", type=int, default=256, help="number of EOFs kept")
     parser.add_argument("--polar-rows", type=int, default=2,
                         help="latitude rows at each pole where the noise is zero")
+    parser.add_argument("--scale", nargs="+", default=[], metavar="VAR=FACTOR",
+                        help="multiply a variable's noise by FACTOR (e.g. tracer=0.8)")
     parser.add_argument("--bounds-margin", type=float, default=0.1,
                         help="stochastic steps clamp each variable to its training range by "
                              "latitude, widened by this fraction of it on each side")
     parser.add_argument("--out", type=Path, required=True,
                         help="output .safetensors (the emulator with its noise modes)")
     parser.add_argument("--threads", type=int, default=1)
+
+
+def parse_scale(items: list[str]) -> dict[str, float]:
+    """``["tracer=0.8", ...]`` -> ``{"tracer": 0.8, ...}`` (``--scale``)."""
+    out = {}
+    for item in items:
+        name, _, value = item.partition("=")
+        try:
+            out[name] = float(value)
+        except ValueError:
+            raise ValueError(f"--scale {item!r}: expected VAR=FACTOR, e.g. tracer=0.8") from None
+    return out
 
 
 def train(args: argparse.Namespace) -> int:
@@ -147,7 +171,8 @@ def train(args: argparse.Namespace) -> int:
     if not years:
         raise ValueError(f"{args.weights}: the card names no train_years; pass --years")
     data = load_coarse_states(args.data, emulator.grid, emulator.variables, years)
-    modes, info = fit_residual_noise(emulator, data, args.modes, args.polar_rows)
+    modes, info = fit_residual_noise(emulator, data, args.modes, args.polar_rows,
+                                     parse_scale(args.scale))
     emulator.set_noise(modes, latitude_bounds(emulator, data, args.bounds_margin))
     info["bounds_margin"] = args.bounds_margin
     # the training record stays; the scores were the deterministic model's

@@ -386,6 +386,12 @@ def test_residual_noise_modes_reproduce_the_residual_covariance(tiny_data, tmp_p
     assert few.shape == (3, 4, 16, 32) and 0 < info2["variance_fraction"] < 1
     assert few[:, :, :2].abs().max() == 0 and few[:, :, -2:].abs().max() == 0
     assert few[:, :, 2:-2].abs().max() > 0
+    half, info3 = fit_residual_noise(emu, tiny_data, n_modes=3, polar_rows=2,
+                                     scale={"tracer": 0.5})
+    assert torch.allclose(half[:, 3], 0.5 * few[:, 3]) and torch.equal(half[:, :3], few[:, :3])
+    assert info3["scale"] == {"tracer": 0.5}
+    with pytest.raises(ValueError, match="not one of"):
+        fit_residual_noise(emu, tiny_data, n_modes=3, scale={"humidity": 0.5})
     with pytest.raises(ValueError, match="polar_rows"):
         fit_residual_noise(emu, tiny_data, polar_rows=8)
     with pytest.raises(ValueError, match="n_modes"):
@@ -498,6 +504,9 @@ def test_cli_emulator_noise_and_a_stochastic_free_run(tmp_path, capsys):
     assert main(["train", "emulator-noise", str(base), "--data", str(data_path),
                  "--out", str(base)]) == 2
     assert "overwrite" in capsys.readouterr().err
+    assert main(["train", "emulator-noise", str(base), "--data", str(data_path),
+                 "--scale", "tracer", "--out", str(tmp_path / "s.safetensors")]) == 2
+    assert "VAR=FACTOR" in capsys.readouterr().err
 
 
 class _Relax(torch.nn.Module):
