@@ -78,8 +78,14 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
     return value
 
 
-def from_mapping(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
-    """Build dataclass ``cls`` from a (nested) mapping, checking keys and types."""
+def from_mapping(cls: type[T], data: dict[str, Any], prefix: str = "",
+                 base: T | None = None) -> T:
+    """Build dataclass ``cls`` from a (nested) mapping, checking keys and types.
+
+    Keys missing from ``data`` keep their values in ``base`` (default: the field defaults).
+    A table for a field whose default is a dataclass instance changes only the keys it
+    names: ``[analysis.sampler] num_steps = 6`` keeps the other settings of the run
+    config's default sampler, not those of the sampler class."""
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     hints = typing.get_type_hints(cls)
     dotted = (prefix + ".") if prefix else ""
@@ -92,12 +98,17 @@ def from_mapping(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
     for name, field in fields.items():
         if name not in data:
             no_default = field.default is dataclasses.MISSING
-            if no_default and field.default_factory is dataclasses.MISSING:
+            if base is None and no_default and field.default_factory is dataclasses.MISSING:
                 raise ConfigError(f"missing key {dotted}{name}")
             continue
-        kwargs[name] = _convert(hints[name], data[name], dotted + name)
+        inner = getattr(base, name) if base is not None else field.default
+        if (isinstance(data[name], dict) and dataclasses.is_dataclass(inner)
+                and not isinstance(inner, type)):
+            kwargs[name] = from_mapping(type(inner), data[name], dotted + name, base=inner)
+        else:
+            kwargs[name] = _convert(hints[name], data[name], dotted + name)
     try:
-        return cls(**kwargs)
+        return dataclasses.replace(base, **kwargs) if base is not None else cls(**kwargs)
     except ConfigError as err:
         if prefix and not str(err).startswith(prefix):
             raise ConfigError(f"{dotted}{err}") from None

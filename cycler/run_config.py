@@ -155,7 +155,8 @@ class AnalysisConfig:
     # lambda_max(A A^T) = 1/4 (4x that of 4x4 averaging), so the guidance gain (NOTES.md) is
     # 4x larger; 1e-2 diverged with 3-6 sampler steps in the tests' tiny world.
     forecast: ErrorModelConfig = ErrorModelConfig(sigma_y=1e-2, gamma=0.1)
-    sampler: SamplerConfig = SamplerConfig(num_steps=12, s_churn=2.0, max_guidance_ratio=1.0)
+    # the driver's own default (churn 2, no cap), not the experiments' SamplerConfig()
+    sampler: SamplerConfig = SamplerConfig(num_steps=12, s_churn=2.0, max_guidance_ratio=None)
 
     def __post_init__(self) -> None:
         require(len(self.modes) >= 1, "analysis.modes", self.modes, "must name a mode")

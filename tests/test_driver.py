@@ -248,6 +248,18 @@ def test_default_experiment_config_and_hash():
     assert parse_value("0.5") == 0.5 and parse_value("members") == "members"
 
 
+def test_a_partial_table_keeps_the_run_configs_defaults(tmp_path):
+    """`[analysis.sampler] num_steps = 6` changes the steps of the driver's default sampler
+    (churn 2, no cap) and nothing else: not the experiments' SamplerConfig() defaults."""
+    from diffda.cycler.sampler import SamplerConfig
+
+    cfg = load_run_config(tiny_world(tmp_path / "world"))
+    s = cfg.analysis.sampler
+    assert s.num_steps == 6 and s.s_churn == 2.0 and s.max_guidance_ratio is None
+    assert SamplerConfig().s_churn != s.s_churn  # the class default differs
+    assert cfg.analysis.station.gamma == 0.3  # an untouched table keeps its default too
+
+
 def test_forecast_term_closed_form_and_per_member_forecasts():
     op = forecast_grid_operator(FULL, VARIABLES, coarse=COARSE)
     g = torch.Generator().manual_seed(0)
