@@ -31,11 +31,7 @@ emulator with ``c`` (network and noise unchanged) and records the iteration in i
 from __future__ import annotations
 
 import argparse
-import json
-import shlex
-import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -45,9 +41,8 @@ from diffda.emulators.emulator import (
     CoarseStates,
     SFNOEmulator,
     climate_errors,
-    load_coarse_states,
 )
-from diffda.emulators.training import update_card
+from diffda.emulators.emulator_cli import add_fit_arguments, export_fitted, load_for_fit
 from torch import Tensor
 from tqdm.auto import tqdm
 
@@ -105,8 +100,8 @@ def free_run_bias(
 
 
 def fit_tendency_correction(
-    emulator: SFNOEmulator, data: CoarseStates, iterations: int = 3, tau: float = 80.0,
-    members: int = 4, variables: Sequence[str] | None = None, seed: int = 0,
+    emulator: SFNOEmulator, data: CoarseStates, iterations: int = 4, tau: float = 80.0,
+    members: int = 8, variables: Sequence[str] | None = None, seed: int = 0,
     progress: bool = False,
 ) -> tuple[Tensor, dict[str, Any]]:
     """The correction ``c`` ``(var, lat)`` of the module docstring after ``iterations``
@@ -147,44 +142,25 @@ def fit_tendency_correction(
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("weights", type=Path, help="emulator .safetensors (e.g. stochastic)")
-    parser.add_argument("--data", type=Path, required=True, help="canonical nature-run dataset")
-    parser.add_argument("--years", type=int, nargs="+", default=None,
-                        help="years of the free runs (default: the card's train_years)")
-    parser.add_argument("--iterations", type=int, default=3, help="fixed-point updates")
+    add_fit_arguments(parser, "emulator .safetensors (e.g. stochastic)",
+                      "years of the free runs",
+                      "output .safetensors (the emulator with its correction)")
+    parser.add_argument("--iterations", type=int, default=4, help="fixed-point updates")
     parser.add_argument("--tau", type=float, default=80.0,
                         help="relaxation time of the iteration, in steps")
-    parser.add_argument("--members", type=int, default=4, help="free runs per year")
+    parser.add_argument("--members", type=int, default=8, help="free runs per year")
     parser.add_argument("--variables", nargs="+", default=None,
                         help="variables corrected (default: all)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, required=True,
-                        help="output .safetensors (the emulator with its correction)")
-    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--no-progress", action="store_true")
 
 
 def train(args: argparse.Namespace) -> int:
     """``cycler train emulator-adjust WEIGHTS --data PATH --out OUT.safetensors``."""
-    if args.out.resolve() == Path(args.weights).resolve():
-        raise ValueError(f"--out {args.out} would overwrite the weights it starts from")
-    torch.set_num_threads(args.threads)
-    emulator = SFNOEmulator.from_weights(args.weights)
-    card = json.loads(Path(args.weights).with_suffix(".json").read_text())
-    years = args.years or card.get("data", {}).get("train_years")
-    if not years:
-        raise ValueError(f"{args.weights}: the card names no train_years; pass --years")
-    data = load_coarse_states(args.data, emulator.grid, emulator.variables, years)
-    c, info = fit_tendency_correction(emulator, data, args.iterations, args.tau, args.members,
+    emulator, card, years, data = load_for_fit(args)
+    _, info = fit_tendency_correction(emulator, data, args.iterations, args.tau, args.members,
                                       args.variables, args.seed, progress=not args.no_progress)
-    keep = {k: v for k, v in card.items()
-            if k not in emulator.card() and k not in ("format", "scores")}
-    emulator.export(args.out, **keep)
-    update_card(args.out, adjustment={
-        **info, "fitted_on": {"path": str(args.data), "years": list(years)},
-        "base_weights": str(args.weights),
-        "command": "cycler train emulator-adjust "
-                   + " ".join(shlex.quote(a) for a in sys.argv[3:])})
+    export_fitted(emulator, card, args, years, "adjustment", info)
     last = info["history"][-1]["climate_errors"]
     print(f"tendency correction after {args.iterations} iterations (tau {args.tau:g} steps, "
           f"{args.members} runs per year, years {list(years)}); max |c| "

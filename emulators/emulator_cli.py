@@ -688,3 +688,49 @@ def bench(args: argparse.Namespace) -> int:
               f"members, {res['threads']} thread(s): {res['steps_per_second']:.2f} steps/s "
               f"({res['ms_per_step']:.1f} ms/step) [{res['weights']}]")
     return 0
+
+
+# ------------------------------------------------- additions fitted to trained weights
+
+
+def add_fit_arguments(parser: argparse.ArgumentParser, weights: str, years: str,
+                      out: str) -> None:
+    """The arguments every command of :func:`load_for_fit` takes (with their help texts)."""
+    parser.add_argument("weights", type=Path, help=weights)
+    parser.add_argument("--data", type=Path, required=True, help="canonical nature-run dataset")
+    parser.add_argument("--years", type=int, nargs="+", default=None,
+                        help=f"{years} (default: the card's train_years)")
+    parser.add_argument("--out", type=Path, required=True, help=out)
+    parser.add_argument("--threads", type=int, default=1)
+
+
+def load_for_fit(args: argparse.Namespace) -> tuple[SFNOEmulator, dict[str, Any], list[int],
+                                                     CoarseStates]:
+    """The emulator at ``args.weights``, its card, the years to fit on (``args.years`` or the
+    card's ``train_years``) and their data, for a command that fits an addition to trained
+    weights and writes a copy to ``args.out`` (``cycler train emulator-noise`` and
+    ``emulator-adjust``). Refuses an ``--out`` that would overwrite the weights."""
+    if args.out.resolve() == Path(args.weights).resolve():
+        raise ValueError(f"--out {args.out} would overwrite the weights it starts from")
+    torch.set_num_threads(args.threads)
+    emulator = SFNOEmulator.from_weights(args.weights)
+    card = json.loads(Path(args.weights).with_suffix(".json").read_text())
+    years = args.years or card.get("data", {}).get("train_years")
+    if not years:
+        raise ValueError(f"{args.weights}: the card names no train_years; pass --years")
+    data = load_coarse_states(args.data, emulator.grid, emulator.variables, years)
+    return emulator, card, list(years), data
+
+
+def export_fitted(emulator: SFNOEmulator, card: dict[str, Any], args: argparse.Namespace,
+                  years: list[int], section: str, info: dict[str, Any]) -> None:
+    """Write the emulator with its fitted addition to ``args.out``: the base card's training
+    record is kept, its scores (of the base model) dropped, and ``info`` recorded under
+    ``section`` with the data, the base weights and the command line."""
+    keep = {k: v for k, v in card.items()
+            if k not in emulator.card() and k not in ("format", "scores")}
+    emulator.export(args.out, **keep)
+    update_card(args.out, **{section: {
+        **info, "fitted_on": {"path": str(args.data), "years": years},
+        "base_weights": str(args.weights),
+        "command": "cycler " + " ".join(shlex.quote(a) for a in sys.argv[1:])}})

@@ -35,10 +35,6 @@ error). Deterministic forecasts and the diffusion modes never draw it.
 from __future__ import annotations
 
 import argparse
-import json
-import shlex
-import sys
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -46,10 +42,9 @@ from diffda.cycler.config import require
 from diffda.emulators.emulator import (
     CoarseStates,
     SFNOEmulator,
-    load_coarse_states,
     window_starts,
 )
-from diffda.emulators.training import update_card
+from diffda.emulators.emulator_cli import add_fit_arguments, export_fitted, load_for_fit
 from torch import Tensor
 
 
@@ -131,10 +126,9 @@ def fit_residual_noise(
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("weights", type=Path, help="deterministic emulator .safetensors")
-    parser.add_argument("--data", type=Path, required=True, help="canonical nature-run dataset")
-    parser.add_argument("--years", type=int, nargs="+", default=None,
-                        help="years to fit the residuals on (default: the card's train_years)")
+    add_fit_arguments(parser, "deterministic emulator .safetensors",
+                      "years to fit the residuals on",
+                      "output .safetensors (the emulator with its noise modes)")
     parser.add_argument("--modes", type=int, default=256, help="number of EOFs kept")
     parser.add_argument("--polar-rows", type=int, default=2,
                         help="latitude rows at each pole where the noise is zero")
@@ -143,9 +137,6 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bounds-margin", type=float, default=0.1,
                         help="stochastic steps clamp each variable to its training range by "
                              "latitude, widened by this fraction of it on each side")
-    parser.add_argument("--out", type=Path, required=True,
-                        help="output .safetensors (the emulator with its noise modes)")
-    parser.add_argument("--threads", type=int, default=1)
 
 
 def parse_scale(items: list[str]) -> dict[str, float]:
@@ -162,28 +153,12 @@ def parse_scale(items: list[str]) -> dict[str, float]:
 
 def train(args: argparse.Namespace) -> int:
     """``cycler train emulator-noise WEIGHTS --data PATH --out OUT.safetensors``."""
-    if args.out.resolve() == Path(args.weights).resolve():
-        raise ValueError(f"--out {args.out} would overwrite the deterministic weights")
-    torch.set_num_threads(args.threads)
-    emulator = SFNOEmulator.from_weights(args.weights)
-    card = json.loads(Path(args.weights).with_suffix(".json").read_text())
-    years = args.years or card.get("data", {}).get("train_years")
-    if not years:
-        raise ValueError(f"{args.weights}: the card names no train_years; pass --years")
-    data = load_coarse_states(args.data, emulator.grid, emulator.variables, years)
+    emulator, card, years, data = load_for_fit(args)
     modes, info = fit_residual_noise(emulator, data, args.modes, args.polar_rows,
                                      parse_scale(args.scale))
     emulator.set_noise(modes, latitude_bounds(emulator, data, args.bounds_margin))
     info["bounds_margin"] = args.bounds_margin
-    # the training record stays; the scores were the deterministic model's
-    keep = {k: v for k, v in card.items()
-            if k not in emulator.card() and k not in ("format", "scores")}
-    emulator.export(args.out, **keep)
-    update_card(args.out, stochastic={
-        **info, "fitted_on": {"path": str(args.data), "years": list(years)},
-        "base_weights": str(args.weights),
-        "command": "cycler train emulator-noise "
-                   + " ".join(shlex.quote(a) for a in sys.argv[3:])})
+    export_fitted(emulator, card, args, years, "stochastic", info)
     print(f"{info['n_modes']} noise modes ({info['variance_fraction']:.1%} of the residual "
           f"variance; {info['polar_rows_zeroed']} polar rows zeroed) from "
           f"{info['n_residuals']} residuals of years {list(years)}; residual RMS "

@@ -472,9 +472,9 @@ def test_stochastic_steps_stay_within_the_latitude_bounds(tiny_data, tmp_path):
         emu.set_noise(None, b)
 
 
-def test_cli_emulator_noise_and_a_stochastic_free_run(tmp_path, capsys):
-    """`cycler train emulator-noise` writes a stochastic copy with its card; the evaluation
-    runs its free run with noise (or without, --no-noise); the base file is not overwritten."""
+def _cli_tiny_emulator(tmp_path):
+    """A tiny dataset and an emulator trained on it by ``cycler train emulator`` (2 steps):
+    ``(data_path, weights_path)``."""
     from diffda.cycler.cli import main
 
     data_path = tmp_path / "waves.nc"
@@ -485,6 +485,15 @@ def test_cli_emulator_noise_and_a_stochastic_free_run(tmp_path, capsys):
         'forcing = "none"\n[model]\nwidth = 8\ndepth = 1\n[train]\nsteps = 2\nbatch_size = 2\n')
     assert main(["train", "emulator", str(cfg), "--out", str(tmp_path / "run")]) == 0
     base = tmp_path / "run" / "emulator.safetensors"
+    return data_path, base
+
+
+def test_cli_emulator_noise_and_a_stochastic_free_run(tmp_path, capsys):
+    """`cycler train emulator-noise` writes a stochastic copy with its card; the evaluation
+    runs its free run with noise (or without, --no-noise); the base file is not overwritten."""
+    from diffda.cycler.cli import main
+
+    data_path, base = _cli_tiny_emulator(tmp_path)
     out = tmp_path / "stoch.safetensors"
     assert main(["train", "emulator-noise", str(base), "--data", str(data_path), "--modes", "4",
                  "--out", str(out)]) == 0
@@ -569,14 +578,7 @@ def test_cli_emulator_adjust_writes_the_correction(tmp_path, capsys):
     from diffda.cycler.cli import main
     from diffda.emulators.emulator import SFNOEmulator
 
-    data_path = tmp_path / "waves.nc"
-    helpers.wave_dataset(n_times=48).to_netcdf(data_path)
-    cfg = tmp_path / "tiny.toml"
-    cfg.write_text(
-        f'seed = 0\n[data]\npath = "{data_path}"\ntrain_years = [1]\nvalid_years = [1]\n'
-        'forcing = "none"\n[model]\nwidth = 8\ndepth = 1\n[train]\nsteps = 2\nbatch_size = 2\n')
-    assert main(["train", "emulator", str(cfg), "--out", str(tmp_path / "run")]) == 0
-    base = tmp_path / "run" / "emulator.safetensors"
+    data_path, base = _cli_tiny_emulator(tmp_path)
     out = tmp_path / "adjusted.safetensors"
     assert main(["train", "emulator-adjust", str(base), "--data", str(data_path),
                  "--iterations", "1", "--members", "2", "--no-progress",
