@@ -41,6 +41,7 @@ from diffda.emulators.emulator import (
     CoarseStates,
     SFNOEmulator,
     climate_errors,
+    perturbed_members,
 )
 from diffda.emulators.emulator_cli import add_fit_arguments, export_fitted, load_for_fit
 from torch import Tensor
@@ -82,12 +83,8 @@ def free_run_bias(
     bias = torch.zeros(len(emulator.variables), emulator.grid.nlat, dtype=torch.float64)
     errors = {}
     for y, s in segments.items():
-        x0 = data.states[s.start:s.start + 1]
-        if members > 1:
-            z0 = emulator.normalise(x0)
-            noise = torch.randn((members - 1, *z0.shape[1:]),
-                                generator=torch_generator(seed, "adjust-members", y))
-            x0 = torch.cat([x0, emulator.denormalise(z0 + 0.01 * noise)])
+        x0 = perturbed_members(emulator, data.states[s.start:s.start + 1], members,
+                               torch_generator(seed, "adjust-members", y))
         gen = torch_generator(seed, "adjust-noise", y) if emulator.stochastic else None
         n = s.stop - s.start - 1
         run, _ = emulator.rollout(x0, data.times[s.start], n, progress=progress, generator=gen)

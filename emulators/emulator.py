@@ -728,6 +728,19 @@ def forecast_scores(
     }
 
 
+def perturbed_members(emulator: SFNOEmulator, x0: Tensor, members: int,
+                      generator: torch.Generator, amplitude: float = 0.01) -> Tensor:
+    """``(members, var, lat, lon)``: the state ``x0`` ``(1, var, lat, lon)`` unperturbed
+    and ``members - 1`` copies perturbed by ``amplitude`` x the normalised std (white
+    noise from ``generator``), in physical units: the starts of a free-run ensemble."""
+    if members <= 1:
+        return x0
+    with torch.no_grad():
+        z0 = emulator.normalise(x0)
+        noise = torch.randn((members - 1, *z0.shape[1:]), generator=generator)
+        return torch.cat([x0, emulator.denormalise(z0 + amplitude * noise)])
+
+
 def climatology_by_latitude(x: Tensor) -> tuple[Tensor, Tensor]:
     """Mean and std over time and longitude: ``(time, var, lat, lon) -> 2 x (var, lat)``."""
     x = x.double()

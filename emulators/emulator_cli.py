@@ -41,6 +41,7 @@ from diffda.emulators.emulator import (
     efolding_days,
     forecast_scores,
     load_coarse_states,
+    perturbed_members,
     rollout_loss,
     training_windows,
     twin_divergence,
@@ -387,12 +388,8 @@ def evaluate_emulator(
         # the whole free run is checked for finiteness; its climate is compared with the
         # data over the period they share (the data may be shorter than the run)
         require(free_run_members >= 1, "free_run_members", free_run_members, "must be >= 1")
-        x0 = data.states[:1]
-        if free_run_members > 1:
-            z0 = emulator.normalise(x0)
-            noise = torch.randn((free_run_members - 1, *z0.shape[1:]),
-                                generator=torch_generator(seed, "free-run", 0))
-            x0 = torch.cat([x0, emulator.denormalise(z0 + 0.01 * noise)])
+        x0 = perturbed_members(emulator, data.states[:1], free_run_members,
+                               torch_generator(seed, "free-run", 0))
         noisy = free_run_noise and emulator.stochastic
         gen = torch_generator(seed, "free-run-noise", 0) if noisy else None
         runs, _ = emulator.rollout(x0, data.times[0], n_free, progress=progress, generator=gen)
