@@ -36,30 +36,15 @@ from typing import Any
 
 import torch
 from diffda.cycler.config import require
-from diffda.cycler.rng import torch_generator
 from diffda.emulators.emulator import (
     CoarseStates,
     SFNOEmulator,
     climate_errors,
-    perturbed_members,
+    yearly_free_runs,
 )
 from diffda.emulators.emulator_cli import add_fit_arguments, export_fitted, load_for_fit
 from torch import Tensor
 from tqdm.auto import tqdm
-
-
-def year_segments(data: CoarseStates) -> dict[int, slice]:
-    """``{year: slice}`` of the contiguous states of each calendar year in ``data``."""
-    years = [t.year for t in data.times]
-    out: dict[int, slice] = {}
-    for i, y in enumerate(years):
-        if y not in out:
-            out[y] = slice(i, i + 1)
-        elif out[y].stop == i:
-            out[y] = slice(out[y].start, i + 1)
-        else:
-            raise ValueError(f"the states of year {y} are not contiguous in the data")
-    return out
 
 
 @torch.no_grad()
@@ -76,22 +61,14 @@ def free_run_bias(
     a stochastic emulator's noise from ``torch_generator(seed, "adjust-noise", year)``
     (the same at every call, so successive iterations differ only by the correction).
     """
-    require(members >= 1, "members", members, "must be >= 1")
-    segments = {y: s for y, s in year_segments(data).items() if s.stop - s.start >= 2}
-    if not segments:
-        raise ValueError("the data hold no year with at least two states")
+    runs = yearly_free_runs(emulator, data, members, seed=seed,
+                            names=("adjust-members", "adjust-noise"), progress=progress)
     bias = torch.zeros(len(emulator.variables), emulator.grid.nlat, dtype=torch.float64)
     errors = {}
-    for y, s in segments.items():
-        x0 = perturbed_members(emulator, data.states[s.start:s.start + 1], members,
-                               torch_generator(seed, "adjust-members", y))
-        gen = torch_generator(seed, "adjust-noise", y) if emulator.stochastic else None
-        n = s.stop - s.start - 1
-        run, _ = emulator.rollout(x0, data.times[s.start], n, progress=progress, generator=gen)
-        truth = data.states[s.start + 1:s.stop]
+    for y, run, truth in runs:
         pooled = run.transpose(0, 1).reshape(-1, *run.shape[2:])
         bias += (emulator.normalise(pooled).double().mean((0, 3))
-                 - emulator.normalise(truth).double().mean((0, 3))) / len(segments)
+                 - emulator.normalise(truth).double().mean((0, 3))) / len(runs)
         errors[y] = climate_errors(pooled, truth, emulator.grid, emulator.variables)
     return bias.float(), errors
 

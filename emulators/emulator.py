@@ -474,7 +474,7 @@ def open_nature(path: str | Path) -> xr.Dataset:
 
 
 def load_coarse_states(
-    data: str | Path | xr.Dataset,
+    data: str | Path | xr.Dataset | Sequence[str | Path],
     grid: Grid,
     variables: Sequence[str] = VARIABLES,
     years: Sequence[int] | None = None,
@@ -484,7 +484,13 @@ def load_coarse_states(
     """Read ``variables`` of a canonical dataset (path or Dataset), keep ``years``
     (calendar years of ``time``; all if None) and coarsen to ``grid`` with
     :func:`~diffda.emulators.grid.coarsen_to`, ``chunk`` times at a time (the store is never
-    loaded whole at full resolution)."""
+    loaded whole at full resolution).
+
+    ``data`` may also be a list of paths, e.g. a nature run and its continuation
+    (``cycler nature --continue-from``): the times of ``years`` in each are read and
+    joined in time order; the stores must share their statics and not overlap in time."""
+    if isinstance(data, (list, tuple)):
+        return _load_many([Path(d) for d in data], grid, variables, years, chunk, progress)
     ds = open_nature(data) if not isinstance(data, xr.Dataset) else data
     name = data if not isinstance(data, xr.Dataset) else "dataset"
     missing = [v for v in (*variables, "orography", "land_sea_mask") if v not in ds]
@@ -512,6 +518,49 @@ def load_coarse_states(
         states=out, times=list(ds["time"].values), variables=tuple(variables), grid=grid,
         orography=static[0], land_sea_mask=static[1],
     )
+
+
+def _load_many(paths: list[Path], grid: Grid, variables: Sequence[str],
+               years: Sequence[int] | None, chunk: int, progress: bool) -> CoarseStates:
+    if not paths:
+        raise ValueError("no datasets given")
+    parts: list[CoarseStates] = []
+    present: dict[str, list[int]] = {}
+    for path in paths:
+        have = sorted(set(open_nature(path)["time"].dt.year.values.tolist()))
+        present[str(path)] = have
+        chosen = have if years is None else [y for y in have if y in set(years)]
+        if chosen:
+            parts.append(load_coarse_states(path, grid, variables, chosen, chunk, progress))
+    if not parts:
+        raise ValueError(f"no times in years {list(years or [])} in any of {present}")
+    parts.sort(key=lambda c: c.times[0])
+    for a, b in zip(parts, parts[1:], strict=False):
+        if b.times[0] <= a.times[-1]:
+            raise ValueError(f"the datasets {[str(p) for p in paths]} overlap in time "
+                             f"({b.times[0]} <= {a.times[-1]})")
+        if not (torch.allclose(a.orography, b.orography, atol=1e-3)
+                and torch.equal(a.land_sea_mask, b.land_sea_mask)):
+            raise ValueError(f"the datasets {[str(p) for p in paths]} have different "
+                             "orography or land-sea masks: not one world")
+    first = parts[0]
+    return dataclasses.replace(
+        first, states=torch.cat([c.states for c in parts]),
+        times=[t for c in parts for t in c.times])
+
+
+def year_segments(data: CoarseStates) -> dict[int, slice]:
+    """``{year: slice}`` of the contiguous states of each calendar year in ``data``."""
+    years = [t.year for t in data.times]
+    out: dict[int, slice] = {}
+    for i, y in enumerate(years):
+        if y not in out:
+            out[y] = slice(i, i + 1)
+        elif out[y].stop == i:
+            out[y] = slice(out[y].start, i + 1)
+        else:
+            raise ValueError(f"the states of year {y} are not contiguous in the data")
+    return out
 
 
 def hours_since(times: Sequence[cftime.datetime], ref: cftime.datetime) -> np.ndarray:
@@ -739,6 +788,42 @@ def perturbed_members(emulator: SFNOEmulator, x0: Tensor, members: int,
         z0 = emulator.normalise(x0)
         noise = torch.randn((members - 1, *z0.shape[1:]), generator=generator)
         return torch.cat([x0, emulator.denormalise(z0 + amplitude * noise)])
+
+
+@torch.no_grad()
+def yearly_free_runs(
+    emulator: SFNOEmulator, data: CoarseStates, members: int, steps: int | None = None,
+    seed: int = 0, names: tuple[str, str] = ("free-run", "free-run-noise"),
+    noise: bool = True, progress: bool = False,
+) -> list[tuple[int, Tensor, Tensor]]:
+    """Free runs from the first state of each calendar year of ``data``: ``[(year, runs,
+    truth)]`` with ``runs`` ``(steps, members, var, lat, lon)`` (``steps`` default: to the
+    year's last state) and ``truth`` the data over the same times, ``(n, var, lat, lon)``,
+    ``n = min(steps, the year's states - 1)`` (a run may go on past its year's data; it
+    is compared over the times they share). Years with fewer than two states are skipped.
+
+    Draws, per year ``y``: the members' starts (:func:`perturbed_members`) from
+    ``torch_generator(seed, names[0], y)``, a stochastic emulator's noise (unless
+    ``noise`` is false) from ``torch_generator(seed, names[1], y)``."""
+    from diffda.cycler.rng import torch_generator
+
+    if members < 1:
+        raise ValueError(f"members = {members} must be >= 1")
+    out = []
+    for y, s in year_segments(data).items():
+        available = s.stop - s.start - 1
+        if available < 1:
+            continue
+        n = available if steps is None else steps
+        x0 = perturbed_members(emulator, data.states[s.start:s.start + 1], members,
+                               torch_generator(seed, names[0], y))
+        gen = torch_generator(seed, names[1], y) if noise and emulator.stochastic else None
+        runs, _ = emulator.rollout(x0, data.times[s.start], n, progress=progress,
+                                   generator=gen)
+        out.append((y, runs, data.states[s.start + 1:s.start + 1 + min(n, available)]))
+    if not out:
+        raise ValueError("the data hold no year with at least two states")
+    return out
 
 
 def climatology_by_latitude(x: Tensor) -> tuple[Tensor, Tensor]:

@@ -41,10 +41,10 @@ from diffda.emulators.emulator import (
     efolding_days,
     forecast_scores,
     load_coarse_states,
-    perturbed_members,
     rollout_loss,
     training_windows,
     twin_divergence,
+    yearly_free_runs,
 )
 from diffda.emulators.grid import Grid
 from diffda.emulators.training import (
@@ -302,7 +302,9 @@ def train(args: argparse.Namespace) -> int:
 
 def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("weights", type=Path, help="emulator .safetensors (with its .json card)")
-    parser.add_argument("--data", type=Path, required=True, help="canonical nature-run dataset")
+    parser.add_argument("--data", type=Path, nargs="+", required=True,
+                        help="canonical nature-run dataset(s), e.g. a run and its "
+                             "continuation (cycler nature --continue-from)")
     parser.add_argument("--years", type=int, nargs="+", default=None,
                         help="held-out years (default: the card's valid_years)")
     parser.add_argument("--lead-days", type=float, default=10.0)
@@ -340,15 +342,17 @@ def evaluate_emulator(
     errors against the same held-out period are the metric's floor: two years of the truth
     itself differ by that much (``free_run.nature_interannual``).
 
-    ``free_run_members``: free runs from the first state and from ``free_run_members - 1``
-    copies perturbed by 0.01 x the normalised std (white noise from
-    ``torch_generator(seed, "free-run", 0)``). One year of a chaotic run is one realisation
-    of its climate; the climate errors are those of all members pooled
-    (``free_run.climate``), and each member's own are listed (``climate_by_member``): their
-    scatter is the realisation noise of a one-year score.
+    Free runs (:func:`~diffda.emulators.emulator.yearly_free_runs`): ``free_run_days``
+    from the first state of each held-out year, and from ``free_run_members - 1`` copies
+    perturbed by 0.01 x the normalised std (white noise from
+    ``torch_generator(seed, "free-run", year)``). One year of a chaotic run is one
+    realisation of its climate; the climate errors are those of all members and years
+    pooled against the data of all held-out years (``free_run.climate``); each member's own
+    (its years pooled, ``climate_by_member``) and each year's (``climate_by_year``) are
+    listed: their scatter is the realisation noise of a one-year score.
 
     A :attr:`~SFNOEmulator.stochastic` emulator makes its free runs with noise (one
-    generator ``torch_generator(seed, "free-run-noise", 0)`` for the batch) unless
+    generator ``torch_generator(seed, "free-run-noise", year)`` for a year's batch) unless
     ``free_run_noise`` is false; its forecasts and twin runs are always deterministic."""
     steps_per_day = round(24 / emulator.dt_hours)
     n_leads = max(1, round(lead_days * steps_per_day))
@@ -385,32 +389,38 @@ def evaluate_emulator(
     }
     n_free = round(free_run_days * steps_per_day)
     if n_free > 0:
-        # the whole free run is checked for finiteness; its climate is compared with the
-        # data over the period they share (the data may be shorter than the run)
+        # runs of n_free steps from each held-out year's first state, all checked for
+        # finiteness; the climate of the members and years pooled is compared with the data
+        # over the times they share (a run may outlast its year)
         require(free_run_members >= 1, "free_run_members", free_run_members, "must be >= 1")
-        x0 = perturbed_members(emulator, data.states[:1], free_run_members,
-                               torch_generator(seed, "free-run", 0))
+        runs = yearly_free_runs(emulator, data, free_run_members, n_free, seed=seed,
+                                noise=free_run_noise, progress=progress)
         noisy = free_run_noise and emulator.stochastic
-        gen = torch_generator(seed, "free-run-noise", 0) if noisy else None
-        runs, _ = emulator.rollout(x0, data.times[0], n_free, progress=progress, generator=gen)
-        n_cmp = min(n_free, len(data.times) - 1)
-        # the members' states over the compared period, pooled: (member x time, var, lat, lon)
-        pooled = runs[:n_cmp].transpose(0, 1).reshape(-1, *runs.shape[2:])
-        truth = data.states[1:n_cmp + 1]
-        # reference years long enough to cover the compared period, cut to it
-        others = {str(y): r.states[1:n_cmp + 1] for y, r in (reference or {}).items()
-                  if len(r.states) > n_cmp}
+        compared = [(r[:len(t)], t) for _, r, t in runs]
+        # (member x time, var, lat, lon) over all years
+        pooled = torch.cat([r.transpose(0, 1).reshape(-1, *r.shape[2:]) for r, _ in compared])
+        truth = torch.cat([t for _, t in compared])
+        n_cmp = len(truth)
+        # reference years long enough to cover one compared year, cut to it
+        n_year = len(compared[0][1])
+        others = {str(y): r.states[1:n_year + 1] for y, r in (reference or {}).items()
+                  if len(r.states) > n_year}
         out["free_run"] = {
             "days": n_free / steps_per_day,
             "members": free_run_members,
+            "years": [y for y, _, _ in runs],
             "stochastic": noisy,
-            "finite": bool(torch.isfinite(runs).all()),
+            "finite": all(bool(torch.isfinite(r).all()) for _, r, _ in runs),
             "climate_compared_days": n_cmp / steps_per_day,
             "climate": climate_errors(pooled, truth, data.grid, v),
         }
+        if len(runs) > 1:
+            out["free_run"]["climate_by_year"] = {
+                str(y): climate_errors(r[:len(t)].transpose(0, 1).reshape(-1, *r.shape[2:]),
+                                       t, data.grid, v) for y, r, t in runs}
         if free_run_members > 1:
             out["free_run"]["climate_by_member"] = [
-                climate_errors(runs[:n_cmp, m], truth, data.grid, v)
+                climate_errors(torch.cat([r[:, m] for r, _ in compared]), truth, data.grid, v)
                 for m in range(free_run_members)]
         if others:
             out["free_run"]["nature_interannual"] = {
@@ -550,17 +560,20 @@ def evaluate(args: argparse.Namespace) -> int:
                                args.free_run_days, progress=not args.json,
                                reference=reference, free_run_members=args.free_run_members,
                                seed=args.seed, free_run_noise=not args.no_noise)
-    scores["data"] = {"path": str(args.data), "years": list(years) if years else None}
+    scores["data"] = {"path": [str(d) for d in args.data],
+                      "years": list(years) if years else None}
     scores["seconds"] = round(time.perf_counter() - t0, 1)
     if args.plots is not None:
         p = plot_rmse(scores, Path(args.plots) / "emulator_rmse_by_lead.png",
-                      title=f"{args.weights.name} on {args.data.name}, years {years}")
+                      title=f"{args.weights.name} on "
+                            f"{', '.join(d.name for d in args.data)}, years {years}")
         scores["plot"] = str(p)
         if "free_run" in scores:
             q = plot_free_run_climate(
                 scores, emulator.grid.lat, Path(args.plots) / "emulator_free_run_climate.png",
-                title=f"{args.weights.name}: {scores['free_run']['climate_compared_days']:.0f}"
-                      f"-day free run vs the nature run, by latitude")
+                title=f"{args.weights.name}: {scores['free_run']['members']} x "
+                      f"{scores['free_run']['days']:.0f}-day free runs from each of "
+                      f"{scores['free_run']['years']} vs the nature run, by latitude")
             scores["plot_climate"] = str(q)
     if args.update_card:
         update_card(args.weights, scores=scores)
@@ -590,9 +603,12 @@ def _print_summary(scores: dict[str, Any]) -> None:
     if "free_run" in scores:
         fr = scores["free_run"]
         kind = "stochastic" if fr.get("stochastic") else "deterministic"
-        print(f"free run {fr['days']:.0f} days, {fr.get('members', 1)} {kind} member(s), "
-              f"finite: {fr['finite']}; climate compared over "
-              f"{fr['climate_compared_days']:.0f} days")
+        print(f"free runs of {fr['days']:.0f} days from each of years {fr.get('years')}, "
+              f"{fr.get('members', 1)} {kind} member(s), finite: {fr['finite']}; climate "
+              f"compared over {fr['climate_compared_days']:.0f} days (years pooled)")
+        for y, e in fr.get("climate_by_year", {}).items():
+            print(f"  year {y}: " + ", ".join(
+                f"{v} {x['mean_error']:.3f} / {x['std_error']:.3f}" for v, x in e.items()))
         floor = fr.get("nature_interannual", {})
         for v, c in fr["climate"].items():
             ref = "  ".join(f"nature {y}: {e[v]['mean_error']:.3f} / {e[v]['std_error']:.3f}"

@@ -77,15 +77,22 @@ TWIN_PERTURBATION_M = 1.0
 
 @dataclass(frozen=True, kw_only=True)
 class NatureConfig:
-    """What :func:`run_nature` runs. ``days`` is the stored period (after ``spinup_days``)."""
+    """What :func:`run_nature` runs. ``days`` is the stored period (after ``spinup_days``).
+
+    ``start_index``: the first stored time, in 6-hourly steps after :data:`EPOCH` (0: a run
+    from spin-up; > 0: the continuation of an earlier run from its final state, see
+    :func:`run_nature`'s ``initial``)."""
 
     days: float
     spinup_days: float = 180.0
     seed: int = 0
     chunk_days: float = 30.0
     model: ShallowWaterConfig = field(default_factory=ShallowWaterConfig)
+    start_index: int = 0
 
     def __post_init__(self) -> None:
+        if self.start_index < 0:
+            raise ValueError(f"start_index = {self.start_index} must be >= 0")
         if self.days <= 0 or self.spinup_days < 0 or self.chunk_days <= 0:
             raise ValueError(f"days = {self.days}, spinup_days = {self.spinup_days} and "
                              f"chunk_days = {self.chunk_days} must be positive")
@@ -248,8 +255,13 @@ def _store_length(store: Path) -> int:
 
 
 def run_nature(cfg: NatureConfig, out: Path, *, progress: bool = True,
-               callback: Callable[[int, int], None] | None = None) -> Path:
+               callback: Callable[[int, int], None] | None = None,
+               initial: SWState | None = None) -> Path:
     """Run the nature run and write it to ``out`` (``.zarr`` or ``.nc``), resumably.
+
+    ``initial``: a model state at time ``cfg.start_index`` x 6 h (the final state of an
+    earlier run, :func:`restart_path`) to continue from instead of spinning up; the stirring
+    is a function of time, so the continuation is what one longer run would have stored.
 
     Work goes to ``out.partial.zarr`` with a checkpoint ``out.checkpoint.safetensors`` after
     spin-up and after each ``chunk_days``; calling again with the same config continues from
@@ -288,7 +300,17 @@ def run_nature(cfg: NatureConfig, out: Path, *, progress: bool = True,
             elif have != n_done:
                 raise ValueError(f"{partial} has {have} times, checkpoint expects {n_done}")
             save_checkpoint(ckpt, state, {**meta}, None)
+    elif initial is not None:
+        if abs(initial.seconds - cfg.start_index * STORE_HOURS * 3600.0) > 1e-3:
+            raise ValueError(f"the initial state is at {time_of(initial.seconds)}, the run "
+                             f"starts at {time_of(cfg.start_index * STORE_HOURS * 3600.0)}")
+        if partial.exists():
+            shutil.rmtree(partial)
+        state, n_done = initial, 0
+        save_checkpoint(ckpt, state, {"config": config_record, "n_done": 0}, None)
     else:
+        if cfg.start_index != 0:
+            raise ValueError(f"start_index = {cfg.start_index} needs an initial state")
         if partial.exists():
             shutil.rmtree(partial)
         gen = torch_generator(cfg.seed, "nature-initial")
@@ -306,7 +328,7 @@ def run_nature(cfg: NatureConfig, out: Path, *, progress: bool = True,
     buffer: list[Tensor] = []
     with torch.no_grad():
         while n_done + len(buffer) < n_total:
-            index = n_done + len(buffer)
+            index = cfg.start_index + n_done + len(buffer)
             if abs(state.seconds - index * STORE_HOURS * 3600.0) > 1e-3:
                 raise RuntimeError(f"model time {state.seconds} s is not that of output {index}")
             if not torch.isfinite(state.spec).all():
@@ -320,7 +342,8 @@ def run_nature(cfg: NatureConfig, out: Path, *, progress: bool = True,
                 pending = torch.stack(buffer)
                 meta = {"config": config_record, "n_done": n_done + len(buffer)}
                 save_checkpoint(ckpt, state, meta, pending)
-                _append(partial, chunk_dataset(pending, n_done), first=n_done == 0)
+                _append(partial, chunk_dataset(pending, cfg.start_index + n_done),
+                        first=n_done == 0)
                 n_done += len(buffer)
                 buffer = []
                 save_checkpoint(ckpt, state, meta, None)

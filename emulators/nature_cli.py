@@ -5,7 +5,7 @@ Usage::
     cycler nature (--years Y | --days D) --out PATH.zarr|PATH.nc [--spinup-days S]
                   [--seed 0] [--chunk-days 30] [--plots DIR] [--json FILE]
                   [--twin-days 30] [--twin-perturbation 1.0] [--model-grid 64x128]
-                  [--dt S] [--threads 1] [--no-progress]
+                  [--dt S] [--threads 1] [--no-progress] [--continue-from RUN]
     cycler bench nature [--days 2] [--nlat 64] [--nlon 128] [--dt 600] [--batch 1]
                         [--threads 1]
 
@@ -16,6 +16,10 @@ start + days`` at every stored time, plus ``--background`` states spread evenly 
 rest of the window's calendar year (the EnKF's initial anomalies are drawn from times
 outside the window), with statics and the climatology attributes. This is how the
 repository's embedded 7-day world (``emulators/data/``) is made.
+
+``--continue-from RUN`` continues a finished run ``RUN`` from its final state (its
+``.restart.safetensors``) into a new store ``--out``: the same model and seed, no spin-up,
+times from where ``RUN`` ended (e.g. more held-out years for the emulator's climate scores).
 
 A killed ``cycler nature`` resumes when called again with the same arguments. Called on a
 finished ``--out`` with ``--plots`` or ``--json``, it only (re)computes the diagnostics.
@@ -33,8 +37,16 @@ from datetime import timedelta
 from pathlib import Path
 
 import torch
-from diffda.emulators.nature import TWIN_PERTURBATION_M, NatureConfig, diagnose, run_nature
-from diffda.emulators.shallow_water import ShallowWaterConfig, ShallowWaterModel
+from diffda.emulators.nature import (
+    STORE_HOURS,
+    TWIN_PERTURBATION_M,
+    NatureConfig,
+    diagnose,
+    load_checkpoint,
+    restart_path,
+    run_nature,
+)
+from diffda.emulators.shallow_water import ForcingConfig, ShallowWaterConfig, ShallowWaterModel
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -59,6 +71,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="model time step in s, must divide 6 h (model default)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--continue-from", type=Path, default=None, metavar="RUN",
+                        help="a finished nature run to continue from its final state (same "
+                             "model and seed; --spinup-days, --seed, --model-grid, --dt unused)")
+
+
+def continuation(run: Path, days: float, chunk_days: float):
+    """The config and initial state that continue the finished nature run ``run`` for
+    ``days``: its model and seed, starting from its final state."""
+    restart = restart_path(run)
+    if not restart.exists():
+        raise FileNotFoundError(f"{restart}: no final state of {run} to continue from "
+                                "(written when a nature run finishes)")
+    state, meta, _ = load_checkpoint(restart)
+    prev = json.loads(meta["config"])
+    model = dict(prev["model"])
+    model["forcing"] = ForcingConfig(**model["forcing"])
+    cfg = NatureConfig(days=days, spinup_days=prev["spinup_days"], seed=prev["seed"],
+                       chunk_days=chunk_days, model=ShallowWaterConfig(**model),
+                       start_index=round(state.seconds / (STORE_HOURS * 3600.0)))
+    return cfg, state
 
 
 def _model_config(grid: str, dt: float | None, seed: int = 0) -> ShallowWaterConfig:
@@ -73,13 +105,17 @@ def _model_config(grid: str, dt: float | None, seed: int = 0) -> ShallowWaterCon
 def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     days = args.days if args.days is not None else 365.0 * args.years
-    cfg = NatureConfig(days=days, spinup_days=args.spinup_days, seed=args.seed,
-                       chunk_days=args.chunk_days,
-                       model=_model_config(args.model_grid, args.dt, args.seed))
+    initial = None
+    if args.continue_from is not None:
+        cfg, initial = continuation(args.continue_from, days, args.chunk_days)
+    else:
+        cfg = NatureConfig(days=days, spinup_days=args.spinup_days, seed=args.seed,
+                           chunk_days=args.chunk_days,
+                           model=_model_config(args.model_grid, args.dt, args.seed))
     if args.out.exists() and (args.plots is not None or args.json is not None):
         out = args.out  # a finished run: diagnostics only
     else:
-        out = run_nature(cfg, args.out, progress=not args.no_progress)
+        out = run_nature(cfg, args.out, progress=not args.no_progress, initial=initial)
         print(f"wrote {out}")
     if args.plots is not None or args.json is not None:
         summary = diagnose(out, cfg, args.plots, twin_days=args.twin_days,

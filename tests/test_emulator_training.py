@@ -320,6 +320,38 @@ def test_free_run_reference_years_give_the_metric_floor(tiny_data, tmp_path):
     assert set(scores["free_run"]["climatology_by_latitude"]) == {"emulator", "truth", "1"}
 
 
+def test_held_out_years_from_several_stores_pool_one_year_runs(tmp_path):
+    """A run and its continuation in two stores load as one time series; the free runs
+    start from each held-out year's first state and their climate is pooled over the
+    years; overlapping stores are refused."""
+    from diffda.emulators.emulator import climate_errors, load_coarse_states
+    from diffda.emulators.emulator_cli import evaluate_emulator, train_emulator
+    from diffda.emulators.grid import Grid
+
+    paths = []
+    for y in (1, 2):
+        paths.append(tmp_path / f"y{y}.nc")
+        helpers.wave_dataset(n_times=24, start_year=y).to_netcdf(paths[-1])
+    data = load_coarse_states(paths[::-1], Grid(16, 32), years=[1, 2])
+    assert [t.year for t in data.times] == [1] * 24 + [2] * 24
+    assert torch.equal(data.states[24:],
+                       load_coarse_states(paths[1], Grid(16, 32)).states)
+    assert len(load_coarse_states(paths, Grid(16, 32), years=[2]).times) == 24
+    with pytest.raises(ValueError, match="overlap"):
+        load_coarse_states([paths[0], paths[0]], Grid(16, 32))
+
+    emu, _ = train_emulator(_tiny_config(steps=1), tmp_path, data=data,
+                            forcing_fn=helpers.day_forcing, progress=False)
+    fr = evaluate_emulator(emu, data, lead_days=0.25, n_starts=2, free_run_days=2)["free_run"]
+    assert fr["years"] == [1, 2] and set(fr["climate_by_year"]) == {"1", "2"}
+    assert fr["climate_compared_days"] == 4.0
+    runs = [emu.rollout(data.states[i:i + 1], data.times[i], 8)[0][:, 0] for i in (0, 24)]
+    expected = climate_errors(torch.cat(runs), torch.cat([data.states[1:9], data.states[25:33]]),
+                              data.grid, data.variables)
+    assert all(fr["climate"][v]["std_error"] == pytest.approx(expected[v]["std_error"], rel=1e-4)
+               for v in expected)
+
+
 def test_free_run_members_pool_their_climate(tiny_data, tmp_path):
     """With 3 members the pooled climate errors are those of the members' states together
     (member 0 runs from the unperturbed state: the same run as with one member), each
@@ -537,8 +569,8 @@ def test_tendency_correction_fit_removes_a_free_run_bias(tmp_path):
     time remove it for the corrected variables and leave the others alone; the correction
     is applied by every step (no generator needed) and survives export/load."""
     import xarray as xr
-    from diffda.emulators.adjustment import fit_tendency_correction, free_run_bias, year_segments
-    from diffda.emulators.emulator import load_coarse_states
+    from diffda.emulators.adjustment import fit_tendency_correction, free_run_bias
+    from diffda.emulators.emulator import load_coarse_states, year_segments
     from diffda.emulators.emulator_cli import train_emulator
     from diffda.emulators.grid import Grid
 

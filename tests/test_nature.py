@@ -97,6 +97,26 @@ def test_resume_after_a_kill_gives_the_same_dataset(tmp_path, tiny_run):
         np.testing.assert_array_equal(a[v].values, b[v].values)
 
 
+def test_continuation_from_a_finished_run_is_the_longer_run(tmp_path, tiny_run):
+    from dataclasses import replace
+
+    from diffda.cycler.cli import main
+
+    first = tmp_path / "first.zarr"
+    run_nature(replace(TINY, days=0.5), first, progress=False)
+    rest = tmp_path / "rest.zarr"
+    assert main(["nature", "--days", "0.5", "--continue-from", str(first), "--out", str(rest),
+                 "--chunk-days", "0.25", "--no-progress"]) == 0
+    a = dataio.open_dataset(rest).load()
+    b = dataio.open_dataset(tiny_run).load().isel(time=slice(2, None))
+    np.testing.assert_array_equal(a["time"].values, b["time"].values)
+    for v in (*STATE_VARIABLES, *FORCING_VARIABLES):
+        np.testing.assert_allclose(a[v].values, b[v].values, rtol=1e-6, atol=1e-9)
+    # a run without a final state cannot be continued
+    assert main(["nature", "--days", "0.5", "--continue-from", str(tmp_path / "none.zarr"),
+                 "--out", str(tmp_path / "x.zarr"), "--no-progress"]) == 2
+
+
 def test_refuses_to_overwrite_and_bad_suffix(tmp_path, tiny_run):
     with pytest.raises(FileExistsError):
         run_nature(TINY, tiny_run, progress=False)
