@@ -583,13 +583,13 @@ def test_tendency_correction_fit_removes_a_free_run_bias(tmp_path):
     with torch.no_grad():
         mu = emu.normalise(data.states).mean((0, 3))
     emu.net = _Relax(mu + 0.5, 4.0, emu.tendency_std)
-    bias0, _ = free_run_bias(emu, data, members=2)
+    bias0, _, _ = free_run_bias(emu, data, members=2)
     assert float(bias0.mean()) > 0.4
     c, info = fit_tendency_correction(emu, data, iterations=2, tau=4.0, members=2,
                                       variables=["height", "u", "v"])
     assert torch.equal(emu.tendency_correction, c) and len(info["history"]) == 2
     assert c[3].abs().max() == 0 and float(c[:3].mean()) < -0.1
-    bias, _ = free_run_bias(emu, data, members=2)
+    bias, _, _ = free_run_bias(emu, data, members=2)
     assert float(bias[:3].abs().max()) < 0.05 * float(bias0[:3].abs().max())
     assert torch.allclose(bias[3], bias0[3])
     x, t = data.states[:2], data.times[0]
@@ -602,6 +602,43 @@ def test_tendency_correction_fit_removes_a_free_run_bias(tmp_path):
         emu.set_tendency_correction(torch.zeros(4, 8))
     with pytest.raises(ValueError, match="not the emulator"):
         fit_tendency_correction(emu, data, variables=["pressure"])
+
+
+def test_noise_scale_fit_matches_the_variability_of_the_chosen_variable(tmp_path):
+    """An emulator that relaxes to the data's mean in 4 steps, driven by too much noise,
+    has all its variability from the noise: the noise-scale update brings the tracer's std
+    by latitude to the data's, and leaves the other variables' noise alone."""
+    import xarray as xr
+    from diffda.emulators.adjustment import fit_tendency_correction, free_run_bias
+    from diffda.emulators.emulator import load_coarse_states
+    from diffda.emulators.emulator_cli import train_emulator
+    from diffda.emulators.grid import Grid
+
+    ds = xr.concat([helpers.wave_dataset(n_times=80, start_year=y) for y in (1, 2)],
+                   "time", data_vars="minimal")
+    data = load_coarse_states(ds, Grid(16, 32))
+    emu, _ = train_emulator(_tiny_config(steps=2), tmp_path, data=data,
+                            forcing_fn=helpers.day_forcing, progress=False)
+    with torch.no_grad():
+        mu = emu.normalise(data.states).mean((0, 3))
+    emu.net = _Relax(mu, 4.0, emu.tendency_std)
+    g = torch.Generator().manual_seed(0)
+    base = torch.randn(64, 4, 16, 32, generator=g) / 8.0  # about unit std per point
+    emu.set_noise(base)
+    _, ratio0, _ = free_run_bias(emu, data, members=2)
+    assert float(ratio0[3].mean()) > 0.3  # too variable
+    with pytest.raises(ValueError, match="not the emulator"):
+        fit_tendency_correction(emu, data, noise_variables=["pressure"])
+    _, info = fit_tendency_correction(emu, data, iterations=2, tau=4.0, members=2,
+                                      noise_variables=["tracer"],
+                                      noise_scale_range=(0.01, 2.0))
+    _, ratio, _ = free_run_bias(emu, data, members=2)
+    assert float(ratio[3].abs().mean()) < 0.25 * float(ratio0[3].abs().mean())
+    assert torch.equal(emu.noise_modes[:, :3], base[:, :3])
+    assert len(info["noise_scale"]["by_latitude"]["tracer"]) == 16
+    emu.set_noise(None)
+    with pytest.raises(ValueError, match="no noise"):
+        fit_tendency_correction(emu, data, noise_variables=["tracer"])
 
 
 def test_cli_emulator_adjust_writes_the_correction(tmp_path, capsys):
