@@ -68,7 +68,7 @@ from diffda.emulators.training import (
 class DataConfig:
     """Which data trains the emulator, on which grid, with which forcing."""
 
-    path: str = "runs/data/nature.zarr"
+    path: str | tuple[str, ...] = "runs/data/nature.zarr"  # or several stores (a continuation)
     train_years: tuple[int, ...] = (2000, 2001)  # nature run: 2000-01-01 on
     valid_years: tuple[int, ...] = (2002,)
     variables: tuple[str, ...] = VARIABLES
@@ -185,7 +185,8 @@ def train_emulator(
     dc, tc = cfg.data, cfg.train
     grid = Grid(dc.nlat, dc.nlon)
     if data is None:
-        data = load_coarse_states(dc.path, grid, dc.variables, dc.train_years,
+        path = dc.path if isinstance(dc.path, str) else list(dc.path)
+        data = load_coarse_states(path, grid, dc.variables, dc.train_years,
                                   progress=ctx.is_main and progress)
     if forcing_fn is None:
         forcing_fn = FORCINGS[dc.forcing]()
@@ -710,7 +711,8 @@ def add_fit_arguments(parser: argparse.ArgumentParser, weights: str, years: str,
                       out: str) -> None:
     """The arguments every command of :func:`load_for_fit` takes (with their help texts)."""
     parser.add_argument("weights", type=Path, help=weights)
-    parser.add_argument("--data", type=Path, required=True, help="canonical nature-run dataset")
+    parser.add_argument("--data", type=Path, nargs="+", required=True,
+                        help="canonical nature-run dataset(s), e.g. a run and its continuation")
     parser.add_argument("--years", type=int, nargs="+", default=None,
                         help=f"{years} (default: the card's train_years)")
     parser.add_argument("--out", type=Path, required=True, help=out)
@@ -744,6 +746,6 @@ def export_fitted(emulator: SFNOEmulator, card: dict[str, Any], args: argparse.N
             if k not in emulator.card() and k not in ("format", "scores")}
     emulator.export(args.out, **keep)
     update_card(args.out, **{section: {
-        **info, "fitted_on": {"path": str(args.data), "years": years},
+        **info, "fitted_on": {"path": [str(d) for d in args.data], "years": years},
         "base_weights": str(args.weights),
         "command": "cycler " + " ".join(shlex.quote(a) for a in sys.argv[1:])}})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -340,8 +341,15 @@ def test_held_out_years_from_several_stores_pool_one_year_runs(tmp_path):
     with pytest.raises(ValueError, match="overlap"):
         load_coarse_states([paths[0], paths[0]], Grid(16, 32))
 
-    emu, _ = train_emulator(_tiny_config(steps=1), tmp_path, data=data,
-                            forcing_fn=helpers.day_forcing, progress=False)
+    # a training config may name several stores; the card records them
+    cfg = _tiny_config(steps=1)
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(
+        cfg.data, path=tuple(str(q) for q in paths), train_years=(1, 2)))
+    emu, summary = train_emulator(cfg, tmp_path, forcing_fn=helpers.day_forcing,
+                                  progress=False)
+    card = json.loads((tmp_path / "emulator.json").read_text())
+    assert card["data"]["path"] == [str(q) for q in paths]
+    assert card["data"]["n_times"] == 48
     fr = evaluate_emulator(emu, data, lead_days=0.25, n_starts=2, free_run_days=2)["free_run"]
     assert fr["years"] == [1, 2] and set(fr["climate_by_year"]) == {"1", "2"}
     assert fr["climate_compared_days"] == 4.0
