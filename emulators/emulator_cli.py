@@ -398,8 +398,9 @@ def evaluate_emulator(
                                 noise=free_run_noise, progress=progress)
         noisy = free_run_noise and emulator.stochastic
         compared = [(r[:len(t)], t) for _, r, t in runs]
-        # (member x time, var, lat, lon) over all years
-        pooled = torch.cat([r.transpose(0, 1).reshape(-1, *r.shape[2:]) for r, _ in compared])
+        # each year's members pooled, (member x time, var, lat, lon), then all years
+        by_year = [r.transpose(0, 1).reshape(-1, *r.shape[2:]) for r, _ in compared]
+        pooled = torch.cat(by_year)
         truth = torch.cat([t for _, t in compared])
         n_cmp = len(truth)
         # reference years long enough to cover one compared year, cut to it
@@ -417,8 +418,8 @@ def evaluate_emulator(
         }
         if len(runs) > 1:
             out["free_run"]["climate_by_year"] = {
-                str(y): climate_errors(r[:len(t)].transpose(0, 1).reshape(-1, *r.shape[2:]),
-                                       t, data.grid, v) for y, r, t in runs}
+                str(y): climate_errors(x, t, data.grid, v)
+                for (y, _, t), x in zip(runs, by_year, strict=True)}
         if free_run_members > 1:
             out["free_run"]["climate_by_member"] = [
                 climate_errors(torch.cat([r[:, m] for r, _ in compared]), truth, data.grid, v)
