@@ -52,6 +52,7 @@ GROUPS: dict[str, tuple[str, dict[str, str]]] = {
         {
             "emulator": "diffda.emulators.emulator_cli",
             "emulator-noise": "diffda.emulators.stochastic",
+            "emulator-budget": "diffda.emulators.budget",
             "emulator-adjust": "diffda.emulators.adjustment",
             "prior": "diffda.emulators.prior_cli",
         },

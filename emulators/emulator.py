@@ -19,9 +19,12 @@
   unit variance and an untrained network (zero last layer) is persistence.
 - Optional additions to the step, fitted after training and saved with the weights: a
   zonal-mean tendency correction (:meth:`SFNOEmulator.set_tendency_correction`, a climate
-  adjustment from :mod:`diffda.emulators.adjustment`, applied at every step) and additive
+  adjustment from :mod:`diffda.emulators.adjustment`, applied at every step), additive
   noise (:meth:`SFNOEmulator.set_noise`, from :mod:`diffda.emulators.stochastic`, drawn
-  only when a step is given a generator).
+  only when a step is given a generator) and a global-mean budget
+  (:meth:`SFNOEmulator.set_global_budget`, from :mod:`diffda.emulators.budget`: the
+  area-weighted global mean of a variable after each step is set by a linear budget law
+  fitted on the data, applied last).
 
 The training data comes from the coarsened nature run (:func:`load_coarse_states`: the
 canonical dataset coarsened with :func:`diffda.emulators.grid.coarsen_to`, the same function
@@ -41,7 +44,7 @@ import cftime
 import numpy as np
 import torch
 import xarray as xr
-from diffda.emulators.grid import Grid, coarsen_to
+from diffda.emulators.grid import Grid, coarsen_to, lat_weighted_mean
 from diffda.emulators.sfno import SFNO, SFNOConfig
 from diffda.emulators.training import WeightsError, export_weights, load_weights
 from torch import Tensor, nn
@@ -124,8 +127,9 @@ class SFNOEmulator(nn.Module):
     Buffers (all saved with the weights): ``state_mean``, ``state_std``, ``tendency_std``,
     ``log_offset`` (``(var,)``; ``log_offset > 0`` marks a log-transformed variable),
     ``forcing_mean``, ``forcing_std`` (``(n_forcing,)``), ``static`` ``(4, nlat, nlon)``;
-    optionally ``tendency_correction`` ``(var, lat)``, ``noise_modes`` ``(K, var, lat, lon)``
-    and ``noise_bounds`` ``(2, var, lat)``.
+    optionally ``tendency_correction`` ``(var, lat)``, ``noise_modes`` ``(K, var, lat, lon)``,
+    ``noise_bounds`` ``(2, var, lat)``, and ``budget_coef`` ``(var, n_forcing + 2)`` with
+    ``budget_mask`` ``(var,)``.
     """
 
     def __init__(
@@ -147,6 +151,8 @@ class SFNOEmulator(nn.Module):
         noise_modes: Tensor | None = None,
         noise_bounds: Tensor | None = None,
         tendency_correction: Tensor | None = None,
+        budget_coef: Tensor | None = None,
+        budget_mask: Tensor | None = None,
     ):
         super().__init__()
         n_var, n_forcing = len(variables), len(forcing_mean)
@@ -180,6 +186,9 @@ class SFNOEmulator(nn.Module):
         self.set_noise(noise_modes, noise_bounds)
         self.tendency_correction: Tensor | None
         self.set_tendency_correction(tendency_correction)
+        self.budget_coef: Tensor | None
+        self.budget_mask: Tensor | None
+        self.set_global_budget(budget_coef, budget_mask)
 
     def set_noise(self, modes: Tensor | None, bounds: Tensor | None = None) -> None:
         """Make the emulator stochastic with additive noise ``sum_k xi_k modes[k]``,
@@ -222,6 +231,52 @@ class SFNOEmulator(nn.Module):
             correction = correction.to(device)
         self.register_buffer("tendency_correction", correction)
 
+    def set_global_budget(self, coef: Tensor | None, mask: Tensor | None = None) -> None:
+        """Constrain the area-weighted global mean ``<z_v>`` (normalised units) of the
+        variables where ``mask`` ``(var,)`` is 1 after every step to the linear budget law
+
+            <z_v>(t + dt) = <z_v>(t) + coef[v] . [<z_v>(t), <f_1>(t), ..., <f_F>(t), 1]
+
+        (``coef`` ``(var, n_forcing + 2)``, e.g. from
+        :func:`~diffda.emulators.budget.fit_global_budget`), by a uniform shift of that
+        variable's step; or no constraint (``None``). Applied last in a step, after the
+        correction and the noise, to deterministic and stochastic steps alike."""
+        if (coef is None) != (mask is None):
+            raise ValueError("global budget: give both coef and mask, or neither")
+        if coef is not None:
+            coef = torch.as_tensor(coef, dtype=torch.float32)
+            mask = torch.as_tensor(mask, dtype=torch.float32)
+            n_var = len(self.variables)
+            expected = (n_var, len(self.forcing_mean) + 2)
+            if tuple(coef.shape) != expected or tuple(mask.shape) != (n_var,):
+                raise ValueError(f"global budget: coef must be {expected} and mask ({n_var},), "
+                                 f"got {tuple(coef.shape)} and {tuple(mask.shape)}")
+            if not bool(torch.isfinite(coef).all()):
+                raise ValueError("global budget: coefficients must be finite")
+            if not bool(((mask == 0) | (mask == 1)).all()):
+                raise ValueError(f"global budget: mask must be 0 or 1, got {mask.tolist()}")
+            logged = [v for v, m, o in zip(self.variables, mask.tolist(),
+                                           self.log_offset.tolist(), strict=True) if m and o > 0]
+            if logged:
+                raise ValueError(f"global budget: {logged} are log-transformed; the global "
+                                 "mean of their logarithm has no budget")
+            coef, mask = coef.to(self.state_mean.device), mask.to(self.state_mean.device)
+        self.register_buffer("budget_coef", coef)
+        self.register_buffer("budget_mask", mask)
+
+    def budget_target(self, z: Tensor, f: Tensor) -> Tensor:
+        """``(B, var)``: the global means the budget law gives after a step from ``z``
+        ``(B, var, lat, lon)`` with normalised forcing ``f`` (rows of unconstrained
+        variables: their current global mean)."""
+        gz = lat_weighted_mean(z)
+        if self.budget_coef is None:
+            return gz
+        coef = self.budget_coef.to(z.dtype)
+        gf = lat_weighted_mean(f.to(z.dtype)) if f.shape[1] else z.new_zeros(z.shape[0], 0)
+        n_f = gf.shape[1]
+        tendency = coef[:, 0] * gz + gf @ coef[:, 1:1 + n_f].T + coef[:, -1]
+        return gz + self.budget_mask.to(z.dtype) * tendency
+
     @property
     def stochastic(self) -> bool:
         """Whether the emulator has noise modes (drawn when a step gets a generator)."""
@@ -260,7 +315,8 @@ class SFNOEmulator(nn.Module):
                   ) -> Tensor:
         """One normalised step: ``z + tendency_std * SFNO([z, f, static])``, plus the
         :meth:`set_tendency_correction` if any, plus the noise of :meth:`set_noise` when the
-        emulator has some and ``generator`` is given.
+        emulator has some and ``generator`` is given, then the global means of
+        :meth:`set_global_budget` if any.
 
         ``z``: ``(B, var, lat, lon)``; ``f``: ``(B, n_forcing, lat, lon)`` normalised forcing
         at the valid time of ``z``. Returns ``(B, var, lat, lon)``.
@@ -278,6 +334,9 @@ class SFNOEmulator(nn.Module):
             if self.noise_bounds is not None:
                 lo, hi = self.noise_bounds.to(out.dtype)[..., None]
                 out = torch.minimum(torch.maximum(out, lo), hi)
+        if self.budget_coef is not None:
+            shift = self.budget_target(z, f) - lat_weighted_mean(out)
+            out = out + (self.budget_mask.to(z.dtype) * shift)[..., None, None]
         return out
 
     def forward(self, z0: Tensor, forcings: Tensor) -> Tensor:
@@ -411,6 +470,7 @@ class SFNOEmulator(nn.Module):
             dt_hours=card["dt_hours"], noise_modes=state.get("noise_modes"),
             noise_bounds=state.get("noise_bounds"),
             tendency_correction=state.get("tendency_correction"),
+            budget_coef=state.get("budget_coef"), budget_mask=state.get("budget_mask"),
         )
         try:
             emu.load_state_dict(state)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 
+import numpy as np
 import pytest
 import torch
 from diffda.emulators.training import (
@@ -672,3 +673,106 @@ def test_cli_emulator_adjust_writes_the_correction(tmp_path, capsys):
     assert main(["train", "emulator-adjust", str(base), "--data", str(data_path),
                  "--out", str(base)]) == 2
     assert "overwrite" in capsys.readouterr().err
+
+
+def _sun_and_season(times, grid):
+    """``day_forcing`` plus a uniform part whose global mean varies over 3 days."""
+    days = np.array([(t.dayofyr - 1) + t.hour / 24 for t in times], dtype=float)
+    uniform = torch.as_tensor(1.0 + 0.5 * np.sin(2 * np.pi * days / 3.0), dtype=torch.float32)
+    return helpers.day_forcing(times, grid) + uniform[:, None, None, None]
+
+
+def _budget_world(n_times: int = 80, rate: float = 0.1):
+    """Coarse states whose global-mean height relaxes to ``100 <f>`` at ``rate`` per step
+    (``<f>``: the global mean of :func:`_sun_and_season`), an exact linear budget law."""
+    from diffda.emulators.emulator import load_coarse_states
+    from diffda.emulators.grid import Grid, lat_weighted_mean
+
+    data = load_coarse_states(helpers.wave_dataset(n_times=n_times), Grid(16, 32))
+    fbar = lat_weighted_mean(_sun_and_season(data.times, data.grid).double())[:, 0]
+    g = torch.zeros(n_times, dtype=torch.float64)
+    for n in range(n_times - 1):
+        g[n + 1] = g[n] + rate * (100 * fbar[n] - g[n])
+    data.states[:, 0] += g.float()[:, None, None]
+    return data
+
+
+def test_global_budget_fit_recovers_the_law_and_holds_a_free_run_to_it(tmp_path):
+    """The fit recovers an exact relaxation law of the global-mean height (rate 0.1 per
+    6-h step: 2.5 days); with it, every step's global-mean height is the law's value (the
+    other variables untouched), and a free run of a network that drifts (it relaxes to the
+    data's mean + 0.5 std) keeps the data's global-mean height instead of drifting; the law
+    survives export/load; the tracer (log-transformed) and bad shapes are refused."""
+    from diffda.emulators.budget import fit_global_budget
+    from diffda.emulators.emulator import SFNOEmulator
+    from diffda.emulators.emulator_cli import train_emulator
+    from diffda.emulators.grid import lat_weighted_mean
+
+    data = _budget_world()
+    emu, _ = train_emulator(_tiny_config(steps=2), tmp_path, data=data,
+                            forcing_fn=_sun_and_season, progress=False)
+    coef, mask, info = fit_global_budget(emu, data, ["height"])
+    assert mask.tolist() == [1.0, 0.0, 0.0, 0.0] and coef[1:].abs().max() == 0
+    h = info["height"]
+    assert h["r2"] > 0.999 and h["residual_rms"] < 0.01 * h["change_rms"]
+    assert h["relaxation_days"] == pytest.approx(2.5, rel=0.01)
+    with torch.no_grad():
+        mu = emu.normalise(data.states).mean((0, 3))
+    net = emu.net
+    emu.net = _Relax(mu + 0.5, 4.0, emu.tendency_std)
+    z = emu.normalise(data.states[:3])
+    f = emu.forcing_at(data.times[:3])
+    with torch.no_grad():
+        free = emu.step_from(z, f)
+        emu.set_global_budget(coef, mask)
+        held = emu.step_from(z, f)
+        target = emu.budget_target(z, f)
+    assert torch.allclose(lat_weighted_mean(held)[:, 0], target[:, 0], atol=1e-5)
+    assert torch.equal(held[:, 1:], free[:, 1:])
+    assert not torch.allclose(lat_weighted_mean(free)[:, 0], target[:, 0], atol=1e-2)
+    # free runs of 60 steps: the global-mean height error, with and without the law
+    gm_data = lat_weighted_mean(data.states[1:61, 0].double())
+    run, _ = emu.rollout(data.states[:1], data.times[0], 60)
+    err_held = (lat_weighted_mean(run[:, 0, 0].double()) - gm_data).abs().max()
+    emu.set_global_budget(None)
+    run, _ = emu.rollout(data.states[:1], data.times[0], 60)
+    err_free = (lat_weighted_mean(run[:, 0, 0].double()) - gm_data).abs().max()
+    assert err_free > 0.3 * float(emu.state_std[0]) and err_held < 0.5
+    emu.net = net
+    emu.set_global_budget(coef, mask)
+    emu.export(tmp_path / "b.safetensors")
+    back = SFNOEmulator.from_weights(tmp_path / "b.safetensors", forcing=_sun_and_season)
+    assert torch.equal(back.budget_coef, coef) and torch.equal(back.budget_mask, mask)
+    with pytest.raises(ValueError, match="log-transformed"):
+        fit_global_budget(emu, data, ["tracer"])
+    with pytest.raises(ValueError, match="log-transformed"):
+        emu.set_global_budget(coef, torch.tensor([0.0, 0.0, 0.0, 1.0]))
+    with pytest.raises(ValueError, match="must be some of"):
+        fit_global_budget(emu, data, ["pressure"])
+    with pytest.raises(ValueError, match="coef must be"):
+        emu.set_global_budget(coef[:, :2], mask)
+    with pytest.raises(ValueError, match="both coef and mask"):
+        emu.set_global_budget(coef)
+
+
+def test_cli_emulator_budget_writes_the_law(tmp_path, capsys):
+    """`cycler train emulator-budget` (an unforced emulator: the law has no forcing terms)
+    writes a copy whose card records the law; the copy loads with it."""
+    from diffda.cycler.cli import main
+    from diffda.emulators.emulator import SFNOEmulator
+
+    data_path, base = _cli_tiny_emulator(tmp_path)
+    out = tmp_path / "budget.safetensors"
+    assert main(["train", "emulator-budget", str(base), "--data", str(data_path),
+                 "--out", str(out)]) == 0
+    assert "global-mean budget" in capsys.readouterr().out
+    card = json.loads(out.with_suffix(".json").read_text())
+    law = card["global_budget"]
+    assert law["variables"] == ["height"] and len(law["height"]["coefficients"]) == 2
+    assert law["fitted_on"]["years"] == [1] and law["n_pairs"] == 47
+    back = SFNOEmulator.from_weights(out)
+    assert back.budget_coef.shape == (4, 2) and back.budget_mask.tolist() == [1, 0, 0, 0]
+    assert SFNOEmulator.from_weights(base).budget_coef is None
+    assert main(["train", "emulator-budget", str(base), "--data", str(data_path),
+                 "--variables", "tracer", "--out", str(out)]) == 2
+    assert "log-transformed" in capsys.readouterr().err
