@@ -174,6 +174,41 @@ def open_dataset(path: str | os.PathLike, chunks: Mapping[str, int] | str | None
     return to_canonical(_open_any(path, chunks), str(path))
 
 
+def open_datasets(paths: str | os.PathLike | Sequence[str | os.PathLike],
+                  chunks: Mapping[str, int] | str | None = "auto") -> xr.Dataset:
+    """Open one canonical store, or several as one time series (e.g. a nature run and its
+    continuation, ``cycler nature --continue-from``; or yearly files), lazily. Several
+    stores must share the grid and the statics (orography, land-sea mask) and must not
+    overlap in time; they are joined in time order, and the attributes (the climatology
+    of each variable included) are those of the first store given."""
+    if isinstance(paths, (str, os.PathLike)):
+        return open_dataset(paths, chunks)
+    paths = [Path(p) for p in paths]
+    if not paths:
+        raise ValueError("no datasets given")
+    parts = [(p, open_dataset(p, chunks)) for p in paths]
+    first_path, first = parts[0]
+    for p, ds in parts[1:]:
+        for c in ("lat", "lon"):
+            if ds.sizes[c] != first.sizes[c] or not np.allclose(ds[c].values, first[c].values):
+                raise ValueError(f"{p}: its {c} differs from that of {first_path}")
+        for k in ("orography", "land_sea_mask"):
+            if (k in ds) != (k in first) or (k in ds and not np.allclose(
+                    ds[k].values, first[k].values, atol=1e-3)):
+                raise ValueError(f"{p}: its {k} differs from that of {first_path}: not one world")
+    parts.sort(key=lambda pd: pd[1]["time"].values[0])
+    for (pa, a), (pb, b) in zip(parts, parts[1:], strict=False):
+        if b["time"].values[0] <= a["time"].values[-1]:
+            raise ValueError(f"{pa} and {pb} overlap in time ({b['time'].values[0]} <= "
+                             f"{a['time'].values[-1]})")
+    joined = xr.concat([d for _, d in parts], "time", data_vars="minimal", coords="minimal",
+                       compat="override", combine_attrs="override")
+    joined.attrs = dict(first.attrs)
+    for v in joined.data_vars:
+        joined[v].attrs = dict(first[v].attrs)
+    return joined
+
+
 # --------------------------------------------------------------------------- reanalyses
 
 

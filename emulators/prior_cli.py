@@ -34,7 +34,7 @@ from diffda.cycler.config import load_config, require, to_mapping
 from diffda.cycler.metrics import zonal_power_spectrum
 from diffda.cycler.rng import member_generators, torch_generator
 from diffda.cycler.sampler import SamplerConfig, sample_posterior
-from diffda.emulators.dataio import Climatology, StateBatches, open_dataset
+from diffda.emulators.dataio import Climatology, StateBatches, open_datasets
 from diffda.emulators.edm import EDMTrainer
 from diffda.emulators.emulator import VARIABLES, CoarseStates, load_coarse_states
 from diffda.emulators.grid import Grid
@@ -61,7 +61,7 @@ from tqdm.auto import tqdm
 class PriorDataConfig:
     """Which states train the prior, on which grid (the store's own grid by default)."""
 
-    path: str = "runs/data/nature.zarr"
+    path: str | tuple[str, ...] = "runs/data/nature.zarr"  # or several stores (a continuation)
     train_years: tuple[int, ...] = (2000, 2001)  # nature run: from 2000-01-01
     valid_years: tuple[int, ...] = (2002,)
     variables: tuple[str, ...] = VARIABLES
@@ -145,15 +145,14 @@ def load_states(path: str | Path | xr.Dataset, grid: Grid, variables: tuple[str,
     return load_coarse_states(path, grid, variables, years, progress=progress)
 
 
-def year_index_range(ds: xr.Dataset, years: tuple[int, ...], name: str) -> tuple[int, int]:
-    """``(start, stop)`` time indices of ``years``, which must be contiguous in ``ds``."""
+def year_indices(ds: xr.Dataset, years: tuple[int, ...], name: str) -> np.ndarray:
+    """Time indices of ``years`` in ``ds`` (they need not be contiguous: the prior's
+    samples are single states)."""
     keep = np.flatnonzero(np.isin(ds["time"].dt.year.values, np.asarray(years)))
     if keep.size == 0:
         have = sorted(set(ds["time"].dt.year.values.tolist()))
         raise ValueError(f"{name}: no times in years {list(years)}; years present: {have}")
-    if keep[-1] - keep[0] + 1 != keep.size:
-        raise ValueError(f"{name}: the times of years {list(years)} are not contiguous")
-    return int(keep[0]), int(keep[-1]) + 1
+    return keep
 
 
 def step_batches(
@@ -206,18 +205,18 @@ def train_prior(
     """
     ctx = ctx or DistContext()
     dc, tc, ec = cfg.data, cfg.train, cfg.edm
-    name = dc.path if data is None else "dataset"
-    ds = open_dataset(dc.path) if data is None else data
+    name = str(dc.path) if data is None else "dataset"
+    ds = open_datasets(dc.path) if data is None else data
     if (ds.sizes["lat"], ds.sizes["lon"]) != (dc.nlat, dc.nlon):
         raise ValueError(f"{name}: grid {ds.sizes['lat']}x{ds.sizes['lon']} differs from the "
                          f"config's data.nlat x data.nlon = {dc.nlat}x{dc.nlon}")
     grid = Grid(dc.nlat, dc.nlon)
     clim = climatology or Climatology.from_dataset(ds, list(dc.variables))
-    time_range = year_index_range(ds, dc.train_years, name)
-    n_times = time_range[1] - time_range[0]
+    ds = ds[list(dc.variables)].isel(time=year_indices(ds, dc.train_years, name))
+    n_times = ds.sizes["time"]
     if dc.in_memory:
-        ds = ds[list(dc.variables)].isel(time=slice(*time_range)).load()
-        time_range = (0, n_times)
+        ds = ds.load()
+    time_range = (0, n_times)
     source = StateBatches(ds, dc.variables, clim, batch_size=tc.batch_size, seed=cfg.seed,
                           rank=ctx.rank, world_size=ctx.world_size, time_range=time_range)
     mean = torch.tensor([clim.mean[v] for v in dc.variables])
@@ -264,7 +263,8 @@ def train_prior(
     if ctx.is_main:
         ema.export(out / "prior.safetensors", {
             "command": command,
-            "data": {"path": dc.path, "train_years": list(dc.train_years),
+            "data": {"path": dc.path if isinstance(dc.path, str) else list(dc.path),
+                     "train_years": list(dc.train_years),
                      "valid_years": list(dc.valid_years),
                      "n_times": n_times,
                      "normalisation": "the store's climatology (dataio.Climatology)"},

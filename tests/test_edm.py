@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import json
 import math
 
 import cftime
@@ -303,3 +304,40 @@ def test_init_from_continues_from_given_weights_and_refuses_a_mismatch(tmp_path)
                           seed_generator=torch_generator(5, "other"))
     with pytest.raises(ValueError, match="init_from.*normalised"):
         init_from_weights(shifted, weights)
+
+
+def test_prior_trains_from_several_stores_as_from_one(tmp_path):
+    """``data.path`` as a list (a run and its continuation, given in any order) trains the
+    same prior as the joined dataset, also on years that are not contiguous; stores that
+    overlap in time or differ in orography are refused, naming the files."""
+    from diffda.emulators.dataio import open_datasets
+
+    grid = Grid(8, 16)
+    ds = _tiny_dataset(grid, years=(1, 2, 3), days=3)
+    paths = []
+    for k, years in enumerate(((1,), (2, 3))):
+        part = ds.isel(time=np.isin(ds["time"].dt.year.values, years))
+        paths.append(str(tmp_path / f"part{k}.nc"))
+        part.to_netcdf(paths[-1])
+    joined = open_datasets(paths[::-1])
+    assert joined.sizes["time"] == ds.sizes["time"] and "time" not in joined["orography"].dims
+    np.testing.assert_allclose(joined["u"].values, ds["u"].values)
+    base = _tiny_config(steps=4)
+    cfg = dataclasses.replace(base, data=dataclasses.replace(
+        base.data, path=tuple(paths[::-1]), train_years=(1, 3)))
+    from_files, _ = train_prior(cfg, tmp_path / "a", progress=False)
+    ref = ds.isel(time=np.isin(ds["time"].dt.year.values, (1, 3)))
+    from_memory, _ = train_prior(cfg, tmp_path / "b", data=ds, progress=False)
+    card = json.loads((tmp_path / "a" / "prior.json").read_text())["data"]
+    assert card["path"] == paths[::-1] and card["n_times"] == ref.sizes["time"]
+    x = torch.randn(2, *from_files.state_shape, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(from_files(x, torch.tensor(0.7)), from_memory(x, torch.tensor(0.7)))
+    ds.isel(time=slice(0, 20)).to_netcdf(tmp_path / "overlap.nc")
+    with pytest.raises(ValueError, match="overlap in time"):
+        open_datasets([paths[0], str(tmp_path / "overlap.nc")])
+    other = ds.isel(time=slice(0, 4)).assign(orography=ds["orography"] + 100.0)
+    other = other.assign_coords(time=[cftime.DatetimeNoLeap(9, 1, 1) + k * datetime.timedelta(
+        hours=6) for k in range(4)])
+    other.to_netcdf(tmp_path / "other.nc")
+    with pytest.raises(ValueError, match="other.nc: its orography differs"):
+        open_datasets([paths[0], str(tmp_path / "other.nc")])
