@@ -66,11 +66,13 @@ from tqdm.auto import tqdm
 @torch.no_grad()
 def free_run_bias(
     emulator: SFNOEmulator, data: CoarseStates, members: int = 4, seed: int = 0,
-    progress: bool = False,
+    progress: bool = False, statistic: str = "mean",
 ) -> tuple[Tensor, Tensor, dict[int, dict[str, dict[str, float]]]]:
     """The emulator's climate bias on the years of ``data``: ``(var, lat)``, the zonal-time
     mean of normalised free runs minus that of the data, averaged over the years (each run
-    from its year's first state to its last, ``members`` runs pooled); the log ratio of
+    from its year's first state to its last, ``members`` runs pooled; ``statistic =
+    "median"``: the median over the runs of each run's zonal-time mean, so that one run in
+    a regime of its own does not set the bias); the log ratio of
     their std (over time and longitude) to the data's, ``(var, lat)``, averaged over the
     years; and each year's :func:`~diffda.emulators.emulator.climate_errors` of the pooled
     runs.
@@ -79,6 +81,8 @@ def free_run_bias(
     a stochastic emulator's noise from ``torch_generator(seed, "adjust-noise", year)``
     (the same at every call, so successive iterations differ only by the correction).
     """
+    if statistic not in ("mean", "median"):
+        raise ValueError(f"bias statistic {statistic!r}: expected 'mean' or 'median'")
     runs = yearly_free_runs(emulator, data, members, seed=seed,
                             names=("adjust-members", "adjust-noise"), progress=progress)
     bias = torch.zeros(len(emulator.variables), emulator.grid.nlat, dtype=torch.float64)
@@ -87,6 +91,9 @@ def free_run_bias(
     for y, run, truth in runs:
         pooled = run.transpose(0, 1).reshape(-1, *run.shape[2:])
         m_run, s_run = climatology_by_latitude(emulator.normalise(pooled))
+        if statistic == "median":
+            m_run = torch.stack([climatology_by_latitude(emulator.normalise(run[:, k]))[0]
+                                 for k in range(run.shape[1])]).median(0).values
         m_data, s_data = climatology_by_latitude(emulator.normalise(truth))
         bias += (m_run - m_data) / len(runs)
         log_ratio += torch.log(s_run.clamp_min(1e-12) / s_data.clamp_min(1e-12)) / len(runs)
@@ -98,7 +105,7 @@ def fit_tendency_correction(
     emulator: SFNOEmulator, data: CoarseStates, iterations: int = 4, tau: float = 80.0,
     members: int = 8, variables: Sequence[str] | None = None, seed: int = 0,
     progress: bool = False, noise_variables: Sequence[str] = (), noise_gain: float = 1.0,
-    noise_scale_range: tuple[float, float] = (0.2, 1.5),
+    noise_scale_range: tuple[float, float] = (0.2, 1.5), statistic: str = "mean",
 ) -> tuple[Tensor, dict[str, Any]]:
     """The correction ``c`` ``(var, lat)`` of the module docstring after ``iterations``
     updates, starting from the emulator's own (zero if it has none), and a summary with
@@ -132,7 +139,8 @@ def fit_tendency_correction(
         emulator.set_tendency_correction(c)
         if base is not None:
             emulator.set_noise(base * log_s.exp()[None, :, :, None], bounds)
-        bias, log_ratio, errors = free_run_bias(emulator, data, members, seed)
+        bias, log_ratio, errors = free_run_bias(emulator, data, members, seed,
+                                                statistic=statistic)
         history.append({"iteration": k, "max_abs_correction": float(c.abs().max()),
                         "max_abs_bias": float(bias.abs().max()),
                         "climate_errors": {str(y): e for y, e in errors.items()}})
@@ -145,7 +153,7 @@ def fit_tendency_correction(
     emulator.set_tendency_correction(c)
     info = {
         "iterations": iterations, "tau_steps": tau, "members": members,
-        "variables": chosen, "seed": seed,
+        "variables": chosen, "seed": seed, "bias_statistic": statistic,
         "max_abs_correction": {v: float(c[i].abs().max()) for i, v in enumerate(names)},
         "history": history,
         "units": "normalised (the emulator's state_mean / state_std) per step",
@@ -180,6 +188,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                              "(e.g. tracer; default: none)")
     parser.add_argument("--noise-gain", type=float, default=1.0,
                         help="gain of the noise-amplitude update (1)")
+    parser.add_argument("--bias-statistic", choices=("mean", "median"), default="mean",
+                        help="of the runs' zonal-time means: the mean, or the median (robust "
+                             "to a run in a regime of its own)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-progress", action="store_true")
 
@@ -190,7 +201,8 @@ def train(args: argparse.Namespace) -> int:
     _, info = fit_tendency_correction(emulator, data, args.iterations, args.tau, args.members,
                                       args.variables, args.seed, progress=not args.no_progress,
                                       noise_variables=args.noise_variables,
-                                      noise_gain=args.noise_gain)
+                                      noise_gain=args.noise_gain,
+                                      statistic=args.bias_statistic)
     export_fitted(emulator, card, args, years, "adjustment", info)
     last = info["history"][-1]["climate_errors"]
     print(f"tendency correction after {args.iterations} iterations (tau {args.tau:g} steps, "

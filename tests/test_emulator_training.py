@@ -776,3 +776,26 @@ def test_cli_emulator_budget_writes_the_law(tmp_path, capsys):
     assert main(["train", "emulator-budget", str(base), "--data", str(data_path),
                  "--variables", "tracer", "--out", str(out)]) == 2
     assert "log-transformed" in capsys.readouterr().err
+
+
+def test_median_bias_is_not_steered_by_one_run_in_a_regime(tmp_path, monkeypatch):
+    """Of three runs equal to the data, one shifted by 3 normalised units: the mean bias is
+    1, the median bias 0 (``--bias-statistic median``); unknown statistics are refused."""
+    import diffda.emulators.adjustment as adjustment
+    from diffda.emulators.emulator_cli import train_emulator
+
+    data = _budget_world(n_times=12)
+    emu, _ = train_emulator(_tiny_config(steps=1), tmp_path, data=data,
+                            forcing_fn=_sun_and_season, progress=False)
+    truth = data.states[1:]
+    runs = truth[:, None].repeat(1, 3, 1, 1, 1)
+    with torch.no_grad():
+        std = emu.state_std[:3]
+        runs[:, 2, :3] += 3 * std[:, None, None]  # height, u, v: identity transforms
+    monkeypatch.setattr(adjustment, "yearly_free_runs", lambda *a, **k: [(1, runs, truth)])
+    mean, _, _ = adjustment.free_run_bias(emu, data, members=3)
+    median, _, _ = adjustment.free_run_bias(emu, data, members=3, statistic="median")
+    assert torch.allclose(mean[:3], torch.ones(3, 16), atol=1e-4)
+    assert median.abs().max() < 1e-4
+    with pytest.raises(ValueError, match="bias statistic"):
+        adjustment.free_run_bias(emu, data, statistic="mode")
