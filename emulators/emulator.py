@@ -914,6 +914,17 @@ def climate_errors(
     """
     m_r, s_r = climatology_by_latitude(run)
     m_t, s_t = climatology_by_latitude(truth)
+    out = climate_errors_from_moments(m_r, s_r, m_t, s_t, grid, variables)
+    for i, v in enumerate(variables):
+        out[v]["finite"] = bool(torch.isfinite(run[:, i]).all())
+    return out
+
+
+def climate_errors_from_moments(
+    m_r: Tensor, s_r: Tensor, m_t: Tensor, s_t: Tensor, grid: Grid, variables: Sequence[str]
+) -> dict[str, dict[str, float]]:
+    """:func:`climate_errors` (without ``finite``) from the zonal-time means and stds by
+    latitude ``(var, lat)`` of the run (``m_r, s_r``) and the truth (``m_t, s_t``)."""
     w = torch.as_tensor(grid.area_weights(), dtype=torch.float64)
     out = {}
     for i, v in enumerate(variables):
@@ -926,9 +937,47 @@ def climate_errors(
             "std_error": float((w * (s_r[i] / s_t[i] - 1).abs()).mean()),
             "mean_error_global": float((w * (m_r[i] - m_t[i]).abs()).mean() / w.mean()
                                        / global_std),
-            "finite": bool(torch.isfinite(run[:, i]).all()),
         }
     return out
+
+
+def bootstrap_climate_errors(
+    runs: Sequence[Tensor], truth: Tensor, grid: Grid, variables: Sequence[str],
+    resamples: int = 500, level: float = 0.9, generator: np.random.Generator | None = None,
+) -> dict[str, Any]:
+    """The sampling interval of the pooled :func:`climate_errors` of free runs: ``runs``
+    holds one ``(time, member, var, lat, lon)`` tensor per year; the members of each year
+    are resampled with replacement (``resamples`` times, stratified by year), the pooled
+    zonal-time mean and std recomputed from each run's moments, and the central ``level``
+    interval of each score returned, ``{var: {"mean_error": [lo, hi], "std_error": [lo,
+    hi]}}``. It measures the realisation noise of the runs, not that of ``truth`` (a few
+    years of a chaotic run are a sample of its climate too)."""
+    if not runs:
+        raise ValueError("no runs to resample")
+    rng = generator or np.random.default_rng(0)
+    m_t, s_t = climatology_by_latitude(truth)
+    # per run: counts, sums and sums of squares over time and longitude, (var, lat)
+    s1 = [r.double().sum((0, 4)) for r in runs]            # (member, var, lat)
+    s2 = [r.double().pow(2).sum((0, 4)) for r in runs]
+    n = [r.shape[0] * r.shape[4] for r in runs]
+    draws: dict[str, dict[str, list[float]]] = {v: {"mean_error": [], "std_error": []}
+                                                for v in variables}
+    for _ in range(resamples):
+        a = b = 0.0
+        count = 0
+        for y, r in enumerate(runs):
+            pick = torch.as_tensor(rng.integers(0, r.shape[1], r.shape[1]))
+            a = a + s1[y][pick].sum(0)
+            b = b + s2[y][pick].sum(0)
+            count += n[y] * r.shape[1]
+        mean = a / count
+        std = (b / count - mean**2).clamp_min(0).sqrt()
+        for v, e in climate_errors_from_moments(mean, std, m_t, s_t, grid, variables).items():
+            draws[v]["mean_error"].append(e["mean_error"])
+            draws[v]["std_error"].append(e["std_error"])
+    q = [(1 - level) / 2, (1 + level) / 2]
+    return {v: {k: [float(x) for x in np.quantile(d[k], q)] for k in d}
+            for v, d in draws.items()}
 
 
 @torch.no_grad()

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 from diffda.cycler.config import load_config, require, to_mapping
-from diffda.cycler.rng import torch_generator
+from diffda.cycler.rng import numpy_generator, torch_generator
 from diffda.emulators.emulator import (
     DEFAULT_WEIGHTS,
     FORCINGS,
@@ -35,6 +35,7 @@ from diffda.emulators.emulator import (
     CoarseStates,
     SFNOEmulator,
     as_forcing_tensor,
+    bootstrap_climate_errors,
     build_emulator,
     climate_errors,
     climatology_by_latitude,
@@ -416,6 +417,14 @@ def evaluate_emulator(
             "climate_compared_days": n_cmp / steps_per_day,
             "climate": climate_errors(pooled, truth, data.grid, v),
         }
+        if free_run_members > 1:
+            interval = bootstrap_climate_errors(
+                [r for r, _ in compared], truth, data.grid, v,
+                generator=numpy_generator(seed, "climate-bootstrap"))
+            out["free_run"]["climate_interval"] = {
+                "level": 0.9, "resamples": 500,
+                "note": "the runs' members resampled within each year; the truth's own "
+                        "sampling noise is not included", **interval}
         if len(runs) > 1:
             out["free_run"]["climate_by_year"] = {
                 str(y): climate_errors(x, t, data.grid, v)

@@ -383,6 +383,10 @@ def test_free_run_members_pool_their_climate(tiny_data, tmp_path):
     assert close(other["climate_by_member"][0], one["climate"])
     assert not close(other["climate_by_member"][1], three["climate_by_member"][1])
     assert not close(three["climate"], one["climate"])
+    ci = three["climate_interval"]
+    assert "climate_interval" not in one and ci["level"] == 0.9
+    assert all(ci[v][k][0] <= ci[v][k][1] for v in tiny_data.variables
+               for k in ("mean_error", "std_error"))
     runs, _ = emu.rollout(tiny_data.states[:1], tiny_data.times[0], 8)
     assert close(climate_errors(runs[:, 0], tiny_data.states[1:9], tiny_data.grid,
                                 tiny_data.variables), one["climate"])
@@ -799,3 +803,40 @@ def test_median_bias_is_not_steered_by_one_run_in_a_regime(tmp_path, monkeypatch
     assert median.abs().max() < 1e-4
     with pytest.raises(ValueError, match="bias statistic"):
         adjustment.free_run_bias(emu, data, statistic="mode")
+
+
+def test_bootstrap_interval_of_pooled_climate_scores():
+    """Resampling members: with all members equal the interval is the pooled score itself;
+    with members that differ it has a width and holds the pooled score; the moments'
+    formula gives climate_errors."""
+    from diffda.emulators.emulator import (
+        bootstrap_climate_errors,
+        climate_errors,
+        climate_errors_from_moments,
+        climatology_by_latitude,
+    )
+    from diffda.emulators.grid import Grid
+
+    g = torch.Generator().manual_seed(0)
+    grid, names = Grid(4, 8), ("a", "b")
+    truth = torch.randn(30, 2, 4, 8, generator=g)
+    one = torch.randn(30, 1, 2, 4, 8, generator=g) * 1.3 + 0.2
+    same = [one.repeat(1, 4, 1, 1, 1), one[:20].repeat(1, 4, 1, 1, 1)]
+    pooled = torch.cat([r.transpose(0, 1).reshape(-1, 2, 4, 8) for r in same])
+    ref = climate_errors(pooled, truth, grid, names)
+    m_r, s_r = climatology_by_latitude(pooled)
+    m_t, s_t = climatology_by_latitude(truth)
+    moments = climate_errors_from_moments(m_r, s_r, m_t, s_t, grid, names)
+    assert all(moments[v][k] == pytest.approx(ref[v][k]) for v in names for k in moments[v])
+    ci = bootstrap_climate_errors(same, truth, grid, names, resamples=20)
+    for v in names:
+        for k in ("mean_error", "std_error"):
+            assert ci[v][k] == pytest.approx([ref[v][k]] * 2, rel=1e-6)
+    differ = [torch.randn(30, 6, 2, 4, 8, generator=g) * torch.linspace(0.5, 2, 6)[:, None,
+              None, None]]
+    ref = climate_errors(differ[0].transpose(0, 1).reshape(-1, 2, 4, 8), truth, grid, names)
+    ci = bootstrap_climate_errors(differ, truth, grid, names, resamples=200)
+    lo, hi = ci["a"]["std_error"]
+    assert hi - lo > 0.05 and lo <= ref["a"]["std_error"] <= hi
+    with pytest.raises(ValueError, match="no runs"):
+        bootstrap_climate_errors([], truth, grid, names)
