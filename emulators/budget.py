@@ -74,10 +74,12 @@ def fit_global_budget(
     # the network's own global-mean error, without any budget
     saved = (emulator.budget_coef, emulator.budget_mask)
     emulator.set_global_budget(None)
-    net_err = torch.cat([
-        lat_weighted_mean(emulator.step_from(z[b], f[b]).double()) - gz[b + 1]
-        for b in (s[i:i + batch] for i in range(0, len(s), batch))])
-    emulator.set_global_budget(*saved)
+    try:
+        net_err = torch.cat([
+            lat_weighted_mean(emulator.step_from(z[b], f[b]).double()) - gz[b + 1]
+            for b in (s[i:i + batch] for i in range(0, len(s), batch))])
+    finally:
+        emulator.set_global_budget(*saved)
     n_var, n_f = len(names), gf.shape[1]
     coef = torch.zeros(n_var, n_f + 2, dtype=torch.float64)
     mask = torch.zeros(n_var)
