@@ -350,8 +350,9 @@ def evaluate_emulator(
     ``torch_generator(seed, "free-run", year)``). One year of a chaotic run is one
     realisation of its climate; the climate errors are those of all members and years
     pooled against the data of all held-out years (``free_run.climate``); each member's own
-    (its years pooled, ``climate_by_member``) and each year's (``climate_by_year``) are
-    listed: their scatter is the realisation noise of a one-year score.
+    (its years pooled, ``climate_by_member``), each year's (``climate_by_year``) and each
+    single run's (``climate_by_run``, by year) are listed: their scatter is the realisation
+    noise of a one-year score, and a run in a regime of its own stands out.
 
     A :attr:`~SFNOEmulator.stochastic` emulator makes its free runs with noise (one
     generator ``torch_generator(seed, "free-run-noise", year)`` for a year's batch) unless
@@ -430,6 +431,11 @@ def evaluate_emulator(
                 str(y): climate_errors(x, t, data.grid, v)
                 for (y, _, t), x in zip(runs, by_year, strict=True)}
         if free_run_members > 1:
+            # each one-year run on its own: where a run fell into a regime of its own
+            out["free_run"]["climate_by_run"] = {
+                str(y): [climate_errors(r[:, m], t, data.grid, v)
+                         for m in range(free_run_members)]
+                for (y, _, _), (r, t) in zip(runs, compared, strict=True)}
             out["free_run"]["climate_by_member"] = [
                 climate_errors(torch.cat([r[:, m] for r, _ in compared]), truth, data.grid, v)
                 for m in range(free_run_members)]

@@ -379,6 +379,9 @@ def test_free_run_members_pool_their_climate(tiny_data, tmp_path):
                    for v in a for k in ("mean_error", "std_error"))
 
     assert three["members"] == 3 and len(three["climate_by_member"]) == 3
+    (year,) = three["climate_by_run"]
+    assert len(three["climate_by_run"][year]) == 3 and "climate_by_run" not in one
+    assert close(three["climate_by_run"][year][1], three["climate_by_member"][1])
     assert close(three["climate_by_member"][0], one["climate"])
     assert close(other["climate_by_member"][0], one["climate"])
     assert not close(other["climate_by_member"][1], three["climate_by_member"][1])
