@@ -40,6 +40,7 @@ import torch
 from diffda.emulators.emulator import CoarseStates, SFNOEmulator, window_starts
 from diffda.emulators.emulator_cli import add_fit_arguments, export_fitted, load_for_fit
 from diffda.emulators.grid import lat_weighted_mean
+from diffda.emulators.stochastic import one_step_residuals
 from torch import Tensor
 
 
@@ -74,10 +75,8 @@ def fit_global_budget(
     # the network's own global-mean error, without any budget
     saved = (emulator.budget_coef, emulator.budget_mask)
     emulator.set_global_budget(None)
-    try:
-        net_err = torch.cat([
-            lat_weighted_mean(emulator.step_from(z[b], f[b]).double()) - gz[b + 1]
-            for b in (s[i:i + batch] for i in range(0, len(s), batch))])
+    try:  # residual = truth - forecast, so the forecast's error is its negative
+        net_err = -lat_weighted_mean(one_step_residuals(emulator, data, batch).double())
     finally:
         emulator.set_global_budget(*saved)
     n_var, n_f = len(names), gf.shape[1]

@@ -548,11 +548,16 @@ def load_coarse_states(
 
     ``data`` may also be a list of paths, e.g. a nature run and its continuation
     (``cycler nature --continue-from``): the times of ``years`` in each are read and
-    joined in time order; the stores must share their statics and not overlap in time."""
-    if isinstance(data, (list, tuple)):
-        return _load_many([Path(d) for d in data], grid, variables, years, chunk, progress)
-    ds = open_nature(data) if not isinstance(data, xr.Dataset) else data
-    name = data if not isinstance(data, xr.Dataset) else "dataset"
+    joined in time order (:func:`~diffda.emulators.dataio.open_datasets`); the stores must
+    share their grid and statics and not overlap in time."""
+    if isinstance(data, xr.Dataset):
+        ds, name = data, "dataset"
+    elif isinstance(data, (list, tuple)):
+        from diffda.emulators.dataio import open_datasets
+
+        ds, name = open_datasets(list(data)), ", ".join(map(str, data))
+    else:
+        ds, name = open_nature(data), data
     missing = [v for v in (*variables, "orography", "land_sea_mask") if v not in ds]
     if missing:
         raise KeyError(f"{name}: missing variables {missing}; has {sorted(ds.data_vars)}")
@@ -578,35 +583,6 @@ def load_coarse_states(
         states=out, times=list(ds["time"].values), variables=tuple(variables), grid=grid,
         orography=static[0], land_sea_mask=static[1],
     )
-
-
-def _load_many(paths: list[Path], grid: Grid, variables: Sequence[str],
-               years: Sequence[int] | None, chunk: int, progress: bool) -> CoarseStates:
-    if not paths:
-        raise ValueError("no datasets given")
-    parts: list[CoarseStates] = []
-    present: dict[str, list[int]] = {}
-    for path in paths:
-        have = sorted(set(open_nature(path)["time"].dt.year.values.tolist()))
-        present[str(path)] = have
-        chosen = have if years is None else [y for y in have if y in set(years)]
-        if chosen:
-            parts.append(load_coarse_states(path, grid, variables, chosen, chunk, progress))
-    if not parts:
-        raise ValueError(f"no times in years {list(years or [])} in any of {present}")
-    parts.sort(key=lambda c: c.times[0])
-    for a, b in zip(parts, parts[1:], strict=False):
-        if b.times[0] <= a.times[-1]:
-            raise ValueError(f"the datasets {[str(p) for p in paths]} overlap in time "
-                             f"({b.times[0]} <= {a.times[-1]})")
-        if not (torch.allclose(a.orography, b.orography, atol=1e-3)
-                and torch.equal(a.land_sea_mask, b.land_sea_mask)):
-            raise ValueError(f"the datasets {[str(p) for p in paths]} have different "
-                             "orography or land-sea masks: not one world")
-    first = parts[0]
-    return dataclasses.replace(
-        first, states=torch.cat([c.states for c in parts]),
-        times=[t for c in parts for t in c.times])
 
 
 def year_segments(data: CoarseStates) -> dict[int, slice]:
