@@ -53,6 +53,7 @@ GROUPS: dict[str, tuple[str, dict[str, str]]] = {
             "emulator": "diffda.emulators.emulator_cli",
             "emulator-noise": "diffda.emulators.stochastic",
             "emulator-budget": "diffda.emulators.budget",
+            "emulator-combine": "diffda.emulators.combine",
             "emulator-adjust": "diffda.emulators.adjustment",
             "prior": "diffda.emulators.prior_cli",
         },

@@ -45,7 +45,7 @@ import numpy as np
 import torch
 import xarray as xr
 from diffda.emulators.grid import Grid, coarsen_to, lat_weighted_mean
-from diffda.emulators.sfno import SFNO, SFNOConfig
+from diffda.emulators.sfno import SFNO, SFNOConfig, SFNOEnsemble, build_sfno
 from diffda.emulators.training import WeightsError, export_weights, load_weights
 from torch import Tensor, nn
 from tqdm.auto import tqdm
@@ -134,7 +134,7 @@ class SFNOEmulator(nn.Module):
 
     def __init__(
         self,
-        net: SFNO,
+        net: SFNO | SFNOEnsemble,
         *,
         variables: Sequence[str],
         grid: Grid,
@@ -425,6 +425,7 @@ class SFNOEmulator(nn.Module):
             "n_forcing": len(self.forcing_mean),
             "static_channels": list(STATIC_CHANNELS),
             "model": dataclasses.asdict(self.net.config),
+            "n_networks": len(getattr(self.net, "members", [self.net])),
             "n_parameters": sum(p.numel() for p in self.net.parameters()),
             "n_parameters_note": "trainable tensor elements; complex spectral weights count once",
             "normalisation": {
@@ -458,7 +459,7 @@ class SFNOEmulator(nn.Module):
             if name not in FORCINGS:
                 raise WeightsError(f"{path}: unknown forcing {name!r}; known: {sorted(FORCINGS)}")
             forcing = FORCINGS[name]()
-        net = SFNO(SFNOConfig(**card["model"]))
+        net = build_sfno(SFNOConfig(**card["model"]), int(card.get("n_networks", 1)))
         emu = cls(
             net,
             variables=card["variables"],

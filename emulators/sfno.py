@@ -27,6 +27,7 @@ band-limited to degree ``< lmax``, which a test checks in float64. Latitude stay
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -275,3 +276,38 @@ class SFNO(nn.Module):
         for block in self.blocks:
             h = block(h)
         return self.decoder(h)
+
+
+class SFNOEnsemble(nn.Module):
+    """The mean output of several :class:`SFNO` of one shape (independently trained
+    networks, e.g. from different seeds): ``(B, in, nlat, nlon) -> (B, out, nlat, nlon)``.
+
+    Averaging the tendencies of independently trained networks cancels part of each
+    network's own error (the "deep ensemble" of Lakshminarayanan et al. 2017, used as a
+    single deterministic model). ``config`` is the members' common :class:`SFNOConfig`, so
+    the ensemble stands wherever one network does.
+    """
+
+    def __init__(self, members: Sequence[SFNO]):
+        super().__init__()
+        require(len(members) >= 1, "members", len(members), "at least one network")
+        configs = {m.config for m in members}
+        require(len(configs) == 1, "members", sorted(map(str, configs)),
+                "networks of one SFNOConfig")
+        self.members = nn.ModuleList(members)
+        self.config = members[0].config
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.members[0](x)
+        for member in self.members[1:]:
+            out = out + member(x)
+        return out / len(self.members)
+
+
+def build_sfno(config: SFNOConfig, n_networks: int = 1) -> SFNO | SFNOEnsemble:
+    """One network (``n_networks == 1``) or an :class:`SFNOEnsemble` of ``n_networks``,
+    freshly initialised (weights to be loaded)."""
+    require(n_networks >= 1, "n_networks", n_networks, "must be >= 1")
+    if n_networks == 1:
+        return SFNO(config)
+    return SFNOEnsemble([SFNO(config) for _ in range(n_networks)])

@@ -843,3 +843,61 @@ def test_bootstrap_interval_of_pooled_climate_scores():
     assert hi - lo > 0.05 and lo <= ref["a"]["std_error"] <= hi
     with pytest.raises(ValueError, match="no runs"):
         bootstrap_climate_errors([], truth, grid, names)
+
+
+def test_combined_networks_step_with_the_mean_tendency_and_round_trip(tiny_data, tmp_path):
+    """Two networks (seeds 1 and 2) combined: each step's tendency is the mean of theirs; the
+    combination survives export/load (and a noise fit's loader); mismatches are refused."""
+    from diffda.emulators.combine import combine_emulators
+    from diffda.emulators.emulator import SFNOEmulator
+    from diffda.emulators.emulator_cli import train_emulator
+
+    cfg = _tiny_config(steps=2)
+    a, _ = train_emulator(cfg, tmp_path / "a", data=tiny_data, progress=False)
+    b, _ = train_emulator(dataclasses.replace(cfg, seed=2), tmp_path / "b", data=tiny_data,
+                          progress=False)
+    both = combine_emulators([a, b], ["a", "b"])
+    x = tiny_data.states[:3]
+    with torch.no_grad():
+        step_a, step_b, step_ab = a.step(x), b.step(x), both.step(x)
+        za, zb, zab = (e.normalise(s) for e, s in ((a, step_a), (b, step_b), (both, step_ab)))
+    assert not torch.allclose(step_a, step_b)
+    assert torch.allclose(zab, (za + zb) / 2, atol=1e-5)
+    path = tmp_path / "both.safetensors"
+    both.export(path)
+    back = SFNOEmulator.from_weights(path)
+    assert json.loads(path.with_suffix(".json").read_text())["n_networks"] == 2
+    assert torch.equal(back.step(x), step_ab)
+    with pytest.raises(ValueError, match="at least two"):
+        combine_emulators([a])
+    with pytest.raises(ValueError, match="b: already a combination"):
+        combine_emulators([a, both], ["a", "b"])
+    other_data = dataclasses.replace(tiny_data, states=tiny_data.states * 1.5)
+    c, _ = train_emulator(cfg, tmp_path / "c", data=other_data, progress=False)
+    with pytest.raises(ValueError, match="c: normalisation buffer state_mean differs"):
+        combine_emulators([a, c], ["a", "c"])
+
+
+def test_cli_emulator_combine_writes_the_members(tmp_path, capsys):
+    """`cycler train emulator-combine` records its members in the card; a noise fit then
+    runs on the combination; an --out among the inputs is refused."""
+    from diffda.cycler.cli import main
+    from diffda.emulators.emulator import SFNOEmulator
+
+    data_path, base = _cli_tiny_emulator(tmp_path)
+    cfg = tmp_path / "tiny.toml"
+    cfg.write_text(cfg.read_text().replace("seed = 0", "seed = 5"))
+    assert main(["train", "emulator", str(cfg), "--out", str(tmp_path / "run5")]) == 0
+    other = tmp_path / "run5" / "emulator.safetensors"
+    out = tmp_path / "both.safetensors"
+    assert main(["train", "emulator-combine", str(base), str(other), "--out", str(out)]) == 0
+    assert "combined 2 networks" in capsys.readouterr().out
+    card = json.loads(out.with_suffix(".json").read_text())
+    assert [m["seed"] for m in card["combination"]["members"]] == [0, 5]
+    assert card["n_networks"] == 2 and card["data"]["train_years"] == [1]
+    noise = tmp_path / "noise.safetensors"
+    assert main(["train", "emulator-noise", str(out), "--data", str(data_path), "--modes", "4",
+                 "--out", str(noise)]) == 0
+    assert SFNOEmulator.from_weights(noise).stochastic
+    assert main(["train", "emulator-combine", str(base), str(other), "--out", str(base)]) == 2
+    assert "would overwrite" in capsys.readouterr().err
