@@ -423,6 +423,16 @@ def unresolved_rmse(truth: Tensor, lr_grid: Grid) -> Tensor:
     return rmse(resolved[None], truth.double())
 
 
+def lr_misfit_rmse(ensemble: Tensor, lr: Tensor, lr_grid: Grid) -> Tensor:
+    """``(var,)``: latitude-weighted RMS on ``lr_grid`` of the ensemble mean's coarsened
+    field minus the low-resolution field ``lr`` ``(var, lr_lat, lr_lon)`` (physical units):
+    how closely the estimate fits the observation it was conditioned on, to set against
+    ``sqrt(Sigma_y)``. An error that the misfit does not explain lies in the scales the
+    observation cannot see."""
+    coarse = coarsen_to(ensemble.mean(0).to(lr.dtype), lr_grid)
+    return rmse(coarse[None], lr)
+
+
 def zonal_spectra(fields: Tensor, grid: Grid) -> np.ndarray:
     """Zonal power spectra ``(var, nlon // 2 + 1)`` of ``(sample, var, lat, lon)`` fields,
     averaged over samples and (area-weighted) latitude (:func:`zonal_power_spectrum`); the
@@ -516,7 +526,8 @@ class ExperimentResult:
 
 
 #: Scores pooled as root-mean-squares over analysis times (the others are averaged).
-_RMS_KEYS = ("rmse", "spread", "rmse_bicubic", "rmse_unresolved", "rmse_unconditional",
+_RMS_KEYS = ("rmse", "spread", "rmse_bicubic", "rmse_unresolved", "rmse_lr_misfit",
+             "sigma_y_lr", "rmse_unconditional",
              "spread_unconditional", "rmse_member_mean", "rmse_station", "rmse_nonstation")
 _MEAN_KEYS = ("crps", "crps_bicubic", "crps_unconditional")
 
@@ -627,9 +638,13 @@ def run_experiment(
         bicubic[idx] = bicubic_upsample(lr, truth.grid, observed)
         b = score(bicubic[idx][None], truth.state[idx], observed, station_mask)
         unresolved = unresolved_rmse(truth.state, config.lr_grid)
-        for v in observed:
+        misfit = lr_misfit_rmse(post.ensemble[:, idx], lr, config.lr_grid)
+        sigma = math.sqrt(config.low_resolution.sigma_y) * prior.std.double()
+        for j, v in enumerate(observed):
             scores[v]["rmse_bicubic"] = b[v]["rmse"]
             scores[v]["rmse_unresolved"] = float(unresolved[prior.variables.index(v)])
+            scores[v]["rmse_lr_misfit"] = float(misfit[j])
+            scores[v]["sigma_y_lr"] = float(sigma[prior.variables.index(v)])
             scores[v]["crps_bicubic"] = b[v]["crps"]
         fields["bicubic"] = bicubic.numpy()
         spectra["bicubic"] = zonal_spectra(bicubic[None], truth.grid)

@@ -356,8 +356,8 @@ def print_summary(summary: dict[str, Any]) -> None:
     print(f"{summary['experiment']} at {summary['time']}: {summary['members']} members, "
           f"{summary['seconds_per_analysis']:.1f} s per analysis (NFE {summary['nfe']}), "
           f"max guidance/prior ratio {summary['guidance_ratio_max']:.2f}")
-    extra = [k for k in ("rmse_unresolved", "rmse_station", "rmse_nonstation", "rmse_at_stations",
-                         "rmse_at_stations_unconditional")
+    extra = [k for k in ("rmse_unresolved", "rmse_lr_misfit", "sigma_y_lr", "rmse_station",
+                         "rmse_nonstation", "rmse_at_stations", "rmse_at_stations_unconditional")
              if any(k in s for s in summary["scores"].values())]
     print(f"{'variable':>8} {'rmse':>10} {'rmse_' + base:>18} {'spread':>10} "
           f"{'spread/skill':>12} {'crps':>10}" + "".join(f" {k:>{max(10, len(k))}}"

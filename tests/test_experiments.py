@@ -250,6 +250,11 @@ def test_sample_lr_fits_the_observations_and_is_deterministic(loaded):
         assert {"rmse", "spread", "spread_skill", "crps", "rmse_bicubic"} <= set(s)
         assert all(math.isfinite(s[k]) for k in ("rmse", "spread", "crps", "rmse_bicubic"))
         assert 0 < s["rmse_unresolved"] < s["rmse_bicubic"]
+        k = VARIABLES.index(v)
+        lr_std = float(np.std(r.fields["lr"][k]))
+        assert 0 < s["rmse_lr_misfit"] < 0.25 * lr_std, (v, s["rmse_lr_misfit"], lr_std)
+        assert s["sigma_y_lr"] == pytest.approx(math.sqrt(cfg.low_resolution.sigma_y)
+                                                * float(prior.std[k]))
     fast = dataclasses.replace(cfg, sampler=FAST, members=2)
     once = run_experiment("sample-lr", prior, ds, 2, fast)
     again = run_experiment("sample-lr", prior, ds, 2, fast)
@@ -444,3 +449,18 @@ def test_cli_ablation_and_station_task(world, tmp_path, capsys):
 def test_cli_errors_name_the_problem(world, tmp_path, capsys, extra, message):
     assert cli_main(_cli(world, tmp_path, *extra)) == 2
     assert message in capsys.readouterr().err
+
+
+def test_lr_misfit_is_the_coarsened_ensemble_mean_minus_the_observation():
+    """Members whose mean coarsens to the LR field have no misfit (their own small scales
+    and spread do not count); a constant offset c in one variable gives c there."""
+    from diffda.cycler.experiments import lr_misfit_rmse
+
+    g = torch.Generator().manual_seed(0)
+    field = torch.randn(2, 16, 32, generator=g, dtype=torch.float64)
+    lr = coarsen_to(field, LR4)
+    noise = torch.randn(3, 2, 16, 32, generator=g, dtype=torch.float64)
+    members = field + noise - noise.mean(0)
+    assert lr_misfit_rmse(members, lr, LR4).tolist() == pytest.approx([0, 0], abs=1e-6)
+    members[:, 1] += 0.7
+    assert lr_misfit_rmse(members, lr, LR4).tolist() == pytest.approx([0, 0.7], abs=1e-6)
