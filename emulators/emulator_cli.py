@@ -757,11 +757,14 @@ def export_fitted(emulator: SFNOEmulator, card: dict[str, Any], args: argparse.N
                   years: list[int], section: str, info: dict[str, Any]) -> None:
     """Write the emulator with its fitted addition to ``args.out``: the base card's training
     record is kept, its scores (of the base model) dropped, and ``info`` recorded under
-    ``section`` with the data, the base weights and the command line."""
+    ``section`` with the data, the base weights and the command line. A fit that continues
+    an earlier one of the same section (e.g. more adjustment iterations from an adjusted
+    file) keeps the earlier record under ``previous``, so the card holds the whole chain."""
     keep = {k: v for k, v in card.items()
             if k not in emulator.card() and k not in ("format", "scores")}
     emulator.export(args.out, **keep)
+    earlier = {"previous": card[section]} if section in card else {}
     update_card(args.out, **{section: {
         **info, "fitted_on": {"path": [str(d) for d in args.data], "years": years},
         "base_weights": str(args.weights),
-        "command": "cycler " + " ".join(shlex.quote(a) for a in sys.argv[1:])}})
+        "command": "cycler " + " ".join(shlex.quote(a) for a in sys.argv[1:]), **earlier}})

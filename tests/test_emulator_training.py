@@ -676,6 +676,13 @@ def test_cli_emulator_adjust_writes_the_correction(tmp_path, capsys):
     assert back.tendency_correction is not None
     assert back.tendency_correction.abs().max() > 0
     assert SFNOEmulator.from_weights(base).tendency_correction is None
+    assert "previous" not in adj
+    more = tmp_path / "adjusted_more.safetensors"
+    assert main(["train", "emulator-adjust", str(out), "--data", str(data_path),
+                 "--iterations", "1", "--members", "2", "--no-progress",
+                 "--out", str(more)]) == 0
+    chain = json.loads(more.with_suffix(".json").read_text())["adjustment"]
+    assert chain["base_weights"] == str(out) and chain["previous"] == adj
     capsys.readouterr()
     assert main(["train", "emulator-adjust", str(base), "--data", str(data_path),
                  "--out", str(base)]) == 2
