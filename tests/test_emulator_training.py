@@ -397,8 +397,8 @@ def test_free_run_members_pool_their_climate(tiny_data, tmp_path):
         evaluate_emulator(emu, tiny_data, free_run_members=0, **kw)
 
 
-@pytest.mark.parametrize("name", ["emulator", "emulator_rollout", "emulator_noise01",
-                                  "emulator_long"])
+@pytest.mark.parametrize("name", ["emulator", "emulator_seed0", "emulator_seed1",
+                                  "emulator_rollout", "emulator_noise01", "emulator_long"])
 def test_shipped_emulator_configs_load(name):
     """Every emulator config in runs/ parses; the second stages name their first stage."""
     from pathlib import Path
@@ -408,7 +408,10 @@ def test_shipped_emulator_configs_load(name):
 
     cfg = load_config(EmulatorTrainConfig, Path(__file__).parents[1] / "runs" / f"{name}.toml")
     assert cfg.model.width == 48 and cfg.data.nlat == 16
-    assert (cfg.train.init_from is None) == (name == "emulator")
+    first_stage = name in ("emulator", "emulator_seed0", "emulator_seed1")
+    assert (cfg.train.init_from is None) == first_stage
+    if name == "emulator":
+        assert cfg.seed == 2  # the shipped draw (README, "The emulator")
 
 
 # ---------------------------------------------------------------------- stochastic emulator
