@@ -26,10 +26,10 @@ import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import torch
 from diffda.emulators.emulator import SFNOEmulator
+from diffda.emulators.emulator_cli import FITTED_SECTIONS, base_record
 from diffda.emulators.sfno import SFNOEnsemble
 from diffda.emulators.training import update_card
 
@@ -91,11 +91,9 @@ def train(args: argparse.Namespace) -> int:
     emulators = [SFNOEmulator.from_weights(w) for w in args.weights]
     combined = combine_emulators(emulators, [str(w) for w in args.weights])
     cards = [json.loads(Path(w).with_suffix(".json").read_text()) for w in args.weights]
-    dropped = {str(w): [k for k in ("stochastic", "climate_adjustment", "global_budget")
-                        if k in c] for w, c in zip(args.weights, cards, strict=True)}
-    keep: dict[str, Any] = {k: v for k, v in cards[0].items()
-                            if k not in combined.card() and k not in ("format", "scores")}
-    combined.export(args.out, **keep)
+    dropped = {str(w): [k for k in FITTED_SECTIONS if k in c]
+               for w, c in zip(args.weights, cards, strict=True)}
+    combined.export(args.out, **base_record(cards[0], combined, drop=FITTED_SECTIONS))
     update_card(args.out, combination={
         "members": [{"weights": str(w), "seed": c.get("training", {}).get("seed"),
                      "training": c.get("training")} for w, c in zip(args.weights, cards,

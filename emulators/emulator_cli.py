@@ -753,6 +753,19 @@ def load_for_fit(args: argparse.Namespace) -> tuple[SFNOEmulator, dict[str, Any]
     return emulator, card, list(years), data
 
 
+FITTED_SECTIONS = ("stochastic", "adjustment", "global_budget")
+"""Card sections of the additions fitted to trained weights (:func:`export_fitted`)."""
+
+
+def base_record(card: dict[str, Any], emulator: SFNOEmulator,
+                drop: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The part of a weights ``card`` that a derived file carries over: everything but the
+    model description (:meth:`SFNOEmulator.card`), the format, the scores (of the base
+    model) and the sections in ``drop``."""
+    skip = {*emulator.card(), "format", "scores", *drop}
+    return {k: v for k, v in card.items() if k not in skip}
+
+
 def export_fitted(emulator: SFNOEmulator, card: dict[str, Any], args: argparse.Namespace,
                   years: list[int], section: str, info: dict[str, Any]) -> None:
     """Write the emulator with its fitted addition to ``args.out``: the base card's training
@@ -760,9 +773,7 @@ def export_fitted(emulator: SFNOEmulator, card: dict[str, Any], args: argparse.N
     ``section`` with the data, the base weights and the command line. A fit that continues
     an earlier one of the same section (e.g. more adjustment iterations from an adjusted
     file) keeps the earlier record under ``previous``, so the card holds the whole chain."""
-    keep = {k: v for k, v in card.items()
-            if k not in emulator.card() and k not in ("format", "scores")}
-    emulator.export(args.out, **keep)
+    emulator.export(args.out, **base_record(card, emulator))
     earlier = {"previous": card[section]} if section in card else {}
     update_card(args.out, **{section: {
         **info, "fitted_on": {"path": [str(d) for d in args.data], "years": years},

@@ -909,5 +909,14 @@ def test_cli_emulator_combine_writes_the_members(tmp_path, capsys):
     assert main(["train", "emulator-noise", str(out), "--data", str(data_path), "--modes", "4",
                  "--out", str(noise)]) == 0
     assert SFNOEmulator.from_weights(noise).stochastic
+    noisy_base = tmp_path / "noisy_base.safetensors"
+    assert main(["train", "emulator-noise", str(base), "--data", str(data_path), "--modes", "4",
+                 "--out", str(noisy_base)]) == 0
+    again = tmp_path / "again.safetensors"
+    assert main(["train", "emulator-combine", str(noisy_base), str(other),
+                 "--out", str(again)]) == 0
+    card = json.loads(again.with_suffix(".json").read_text())
+    assert "stochastic" not in card and not SFNOEmulator.from_weights(again).stochastic
+    assert card["combination"]["fitted_additions_dropped"] == {str(noisy_base): ["stochastic"]}
     assert main(["train", "emulator-combine", str(base), str(other), "--out", str(base)]) == 2
     assert "would overwrite" in capsys.readouterr().err
