@@ -303,15 +303,22 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-minutes", type=float, default=None,
                         help="stop (with a checkpoint and partial weights) after this much wall "
                              "time; overrides train.max_minutes of the config")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads; overrides train.threads of the config (the "
+                             "machine's choice, not the recipe's: the numbers do not change)")
+    parser.add_argument("--init-from", type=Path, default=None,
+                        help="start from these prior weights; overrides train.init_from of "
+                             "the config (chaining the stages of a recipe in another folder)")
 
 
 def train(args: argparse.Namespace) -> int:
     """``cycler train prior CONFIG.toml [--out DIR] [--resume]``."""
     cfg = load_config(PriorTrainConfig, args.config)
-    if args.max_minutes is not None:
-        cfg = dataclasses.replace(
-            cfg, train=dataclasses.replace(cfg.train, max_minutes=args.max_minutes)
-        )
+    overrides = {"max_minutes": args.max_minutes, "threads": args.threads,
+                 "init_from": None if args.init_from is None else str(args.init_from)}
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    if overrides:
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, **overrides))
     out = args.out or Path("runs") / Path(args.config).stem
     torch.set_num_threads(cfg.train.threads)
     ctx = init_distributed(cfg.train.device)

@@ -341,3 +341,53 @@ def test_prior_trains_from_several_stores_as_from_one(tmp_path):
     other.to_netcdf(tmp_path / "other.nc")
     with pytest.raises(ValueError, match="other.nc: its orography differs"):
         open_datasets([paths[0], str(tmp_path / "other.nc")])
+
+
+def test_train_command_overrides_threads_and_init_from(tmp_path):
+    """``cycler train prior CONFIG --threads N --init-from W`` runs the config with the
+    machine's thread count and another stage's weights, and the card records both."""
+    import argparse
+
+    from diffda.cycler.config import ConfigError
+    from diffda.emulators import prior_cli
+
+    ds = _tiny_dataset(Grid(8, 16), days=3)
+    ds.to_netcdf(tmp_path / "nature.nc")
+    config = tmp_path / "p.toml"
+    config.write_text(f"""seed = 1
+[data]
+path = "{tmp_path / 'nature.nc'}"
+train_years = [1]
+valid_years = [2]
+nlat = 8
+nlon = 16
+[model]
+model_channels = 8
+channel_mult = [1, 2]
+attn_levels = [1]
+num_heads = 2
+dropout = 0.0
+[train]
+steps = 3
+batch_size = 4
+warmup_steps = 1
+device = "cpu"
+threads = 1
+""")
+    parser = argparse.ArgumentParser()
+    prior_cli.add_train_arguments(parser)
+    threads = torch.get_num_threads()
+    try:
+        assert prior_cli.train(parser.parse_args(
+            [str(config), "--out", str(tmp_path / "a"), "--threads", "2"])) == 0
+        card = DiffusionPrior.load(tmp_path / "a" / "prior.safetensors").card
+        assert card["training"]["threads"] == 2 and card["training"]["init_from"] is None
+        first = tmp_path / "a" / "prior.safetensors"
+        assert prior_cli.train(parser.parse_args(
+            [str(config), "--out", str(tmp_path / "b"), "--init-from", str(first)])) == 0
+        card = DiffusionPrior.load(tmp_path / "b" / "prior.safetensors").card
+        assert card["training"]["threads"] == 1 and card["training"]["init_from"] == str(first)
+        with pytest.raises(ConfigError, match="train.threads = 0"):
+            prior_cli.train(parser.parse_args([str(config), "--threads", "0"]))
+    finally:
+        torch.set_num_threads(threads)
