@@ -50,12 +50,14 @@ from diffda.emulators.emulator import (
 from diffda.emulators.grid import Grid
 from diffda.emulators.training import (
     DistContext,
+    add_run_arguments,
     atomic_write_bytes,
     atomic_write_text,
     cleanup_distributed,
     cosine_warmup_lambda,
     count_parameters,
     init_distributed,
+    override_train,
     train_loop,
     unwrap,
     update_card,
@@ -150,9 +152,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                         help="output directory (default: runs/<config name>)")
     parser.add_argument("--resume", action="store_true",
                         help="continue from OUT/checkpoint.pt if it exists")
-    parser.add_argument("--max-minutes", type=float, default=None,
-                        help="override train.max_minutes: stop (checkpoint + export) after "
-                             "this wall time; resume later with --resume")
+    add_run_arguments(parser)
 
 
 def rollout_at(cfg: OptimConfig, step: int) -> int:
@@ -275,11 +275,8 @@ def init_from_weights(emulator: SFNOEmulator, path: str | Path) -> None:
 
 
 def train(args: argparse.Namespace) -> int:
-    """``cycler train emulator CONFIG.toml [--out DIR] [--resume]``."""
-    cfg = load_config(EmulatorTrainConfig, args.config)
-    if args.max_minutes is not None:
-        cfg = dataclasses.replace(
-            cfg, train=dataclasses.replace(cfg.train, max_minutes=args.max_minutes))
+    """``cycler train emulator CONFIG.toml [--out DIR] [--resume] [--threads N] ...``."""
+    cfg = override_train(load_config(EmulatorTrainConfig, args.config), args)
     out = args.out or Path("runs") / Path(args.config).stem
     torch.set_num_threads(cfg.train.threads)
     ctx = init_distributed(cfg.train.device)

@@ -41,11 +41,13 @@ from diffda.emulators.grid import Grid
 from diffda.emulators.prior import DiffusionPrior, build_prior, negative_fraction
 from diffda.emulators.training import (
     DistContext,
+    add_run_arguments,
     atomic_write_text,
     cleanup_distributed,
     cosine_warmup_lambda,
     count_parameters,
     init_distributed,
+    override_train,
     train_loop,
     update_card,
     wrap_ddp,
@@ -300,25 +302,12 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                         help="output folder (default runs/<config name>)")
     parser.add_argument("--resume", action="store_true",
                         help="continue from OUT/checkpoint.pt if it exists")
-    parser.add_argument("--max-minutes", type=float, default=None,
-                        help="stop (with a checkpoint and partial weights) after this much wall "
-                             "time; overrides train.max_minutes of the config")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch CPU threads; overrides train.threads of the config (the "
-                             "machine's choice, not the recipe's: the numbers do not change)")
-    parser.add_argument("--init-from", type=Path, default=None,
-                        help="start from these prior weights; overrides train.init_from of "
-                             "the config (chaining the stages of a recipe in another folder)")
+    add_run_arguments(parser)
 
 
 def train(args: argparse.Namespace) -> int:
-    """``cycler train prior CONFIG.toml [--out DIR] [--resume]``."""
-    cfg = load_config(PriorTrainConfig, args.config)
-    overrides = {"max_minutes": args.max_minutes, "threads": args.threads,
-                 "init_from": None if args.init_from is None else str(args.init_from)}
-    overrides = {k: v for k, v in overrides.items() if v is not None}
-    if overrides:
-        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, **overrides))
+    """``cycler train prior CONFIG.toml [--out DIR] [--resume] [--threads N] ...``."""
+    cfg = override_train(load_config(PriorTrainConfig, args.config), args)
     out = args.out or Path("runs") / Path(args.config).stem
     torch.set_num_threads(cfg.train.threads)
     ctx = init_distributed(cfg.train.device)

@@ -29,6 +29,8 @@ a diffusion loss, say) is passed in ``generators`` and its state is checkpointed
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import json
 import math
 import os
@@ -350,6 +352,35 @@ def step_seeded_batches(
             step += 1
 
     return batches
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``cycler train emulator|prior`` that override a config's ``[train]``
+    table for this run: the wall-time limit, the machine's thread count (neither changes
+    the numbers) and the weights to start from (chaining the stages of a recipe in another
+    folder). Applied by :func:`override_train`."""
+    parser.add_argument("--max-minutes", type=float, default=None,
+                        help="stop (with a checkpoint and partial weights) after this much wall "
+                             "time; overrides train.max_minutes; continue with --resume")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads; overrides train.threads (the machine's "
+                             "choice, not the recipe's)")
+    parser.add_argument("--init-from", type=Path, default=None,
+                        help="start from these weights; overrides train.init_from")
+
+
+C = TypeVar("C")
+
+
+def override_train(cfg: C, args: argparse.Namespace) -> C:
+    """``cfg`` with the ``[train]`` fields that :func:`add_run_arguments` set replaced (the
+    table's own checks run again, so a bad value names its key)."""
+    overrides = {"max_minutes": args.max_minutes, "threads": args.threads,
+                 "init_from": None if args.init_from is None else str(args.init_from)}
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    if not overrides:
+        return cfg
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, **overrides))
 
 
 def cosine_warmup_lambda(total_steps: int, warmup_steps: int = 0, floor: float = 0.0):

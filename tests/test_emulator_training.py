@@ -920,3 +920,27 @@ def test_cli_emulator_combine_writes_the_members(tmp_path, capsys):
     assert card["combination"]["fitted_additions_dropped"] == {str(noisy_base): ["stochastic"]}
     assert main(["train", "emulator-combine", str(base), str(other), "--out", str(base)]) == 2
     assert "would overwrite" in capsys.readouterr().err
+
+
+def test_train_command_options_override_the_config():
+    """``cycler train emulator CONFIG --threads N --init-from W --max-minutes M`` replace
+    those ``[train]`` fields and nothing else; a bad value names its key."""
+    import argparse
+    from pathlib import Path
+
+    from diffda.cycler.config import ConfigError, load_config
+    from diffda.emulators import emulator_cli
+    from diffda.emulators.training import override_train
+
+    path = str(Path(__file__).parents[1] / "runs" / "emulator.toml")
+    parser = argparse.ArgumentParser()
+    emulator_cli.add_train_arguments(parser)
+    cfg = load_config(emulator_cli.EmulatorTrainConfig, path)
+    new = override_train(cfg, parser.parse_args(
+        [path, "--threads", "4", "--init-from", "w.safetensors", "--max-minutes", "5"]))
+    assert (new.train.threads, new.train.init_from, new.train.max_minutes) == (
+        4, "w.safetensors", 5.0)
+    assert dataclasses.replace(new, train=cfg.train) == cfg
+    assert override_train(cfg, parser.parse_args([path])) == cfg
+    with pytest.raises(ConfigError, match="train.threads = 0"):
+        override_train(cfg, parser.parse_args([path, "--threads", "0"]))
