@@ -356,9 +356,10 @@ def step_seeded_batches(
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``cycler train emulator|prior`` that override a config's ``[train]``
-    table for this run: the wall-time limit, the machine's thread count (neither changes
-    the numbers) and the weights to start from (chaining the stages of a recipe in another
-    folder). Applied by :func:`override_train`."""
+    table for this run: the wall-time limit, the machine's thread count (neither is part of
+    the recipe; threads change the weights only through rounding) and the weights to start
+    from (chaining the stages of a recipe in another folder). Applied by
+    :func:`override_train`."""
     parser.add_argument("--max-minutes", type=float, default=None,
                         help="stop (with a checkpoint and partial weights) after this much wall "
                              "time; overrides train.max_minutes; continue with --resume")
