@@ -64,6 +64,7 @@ def main(paths: list[str]) -> None:
         }
         for b in BLENDS:
             estimates[f"blend, b = {b}"] = v_mean + b * high_pass(v_g - v_mean)
+        estimates["zero (the truth's own RMS)"] = np.zeros_like(truth)
         for name, est in estimates.items():
             for scales, filt in (("all k", lambda x: x), ("k >= 8", high_pass)):
                 err = filt(est - truth)[rows]
