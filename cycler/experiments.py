@@ -417,10 +417,15 @@ def unresolved_rmse(truth: Tensor, lr_grid: Grid) -> Tensor:
     if k_cut > truth.shape[-1] // 2:
         raise ValueError(f"low-resolution grid {lr_grid} is not coarser in longitude than "
                          f"the truth's {truth.shape[-1]} points")
-    spec = torch.fft.rfft(truth.double(), dim=-1)
-    spec[..., k_cut:] = 0
-    resolved = torch.fft.irfft(spec, n=truth.shape[-1], dim=-1)
-    return rmse(resolved[None], truth.double())
+    truth = truth.double()
+    return rmse((truth - zonal_high_pass(truth, k_cut))[None], truth)
+
+
+def zonal_high_pass(x: Tensor, k_min: int) -> Tensor:
+    """The part of ``x`` ``(..., lon)`` at zonal wavenumbers ``k >= k_min``."""
+    spec = torch.fft.rfft(x, dim=-1)
+    spec[..., :k_min] = 0
+    return torch.fft.irfft(spec, n=x.shape[-1], dim=-1)
 
 
 def lr_misfit_rmse(ensemble: Tensor, lr: Tensor, lr_grid: Grid) -> Tensor:

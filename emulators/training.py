@@ -48,6 +48,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 Batch = TypeVar("Batch")
+C = TypeVar("C")  # a config with a ``train`` table
 
 WEIGHTS_FORMAT = "diffda-weights-v1"
 CHECKPOINT_FORMAT = "diffda-checkpoint-v1"
@@ -369,8 +370,6 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--init-from", type=Path, default=None,
                         help="start from these weights; overrides train.init_from")
 
-
-C = TypeVar("C")
 
 
 def override_train(cfg: C, args: argparse.Namespace) -> C:

@@ -17,7 +17,9 @@ from __future__ import annotations
 import sys
 
 import numpy as np
+import torch
 import xarray as xr
+from diffda.cycler.experiments import zonal_high_pass
 from diffda.emulators.shallow_water import GRAVITY, OMEGA, RADIUS
 
 BLENDS = (0.1, 0.2, 0.3, 0.5)
@@ -29,10 +31,8 @@ def zonal_derivative(x: np.ndarray) -> np.ndarray:
     return np.fft.irfft(1j * k * np.fft.rfft(x, axis=-1), n=n, axis=-1)
 
 
-def high_pass(x: np.ndarray, kmin: int = 8) -> np.ndarray:
-    spec = np.fft.rfft(x, axis=-1)
-    spec[..., :kmin] = 0
-    return np.fft.irfft(spec, n=x.shape[-1], axis=-1)
+def high_pass(x: np.ndarray, k_min: int = 8) -> np.ndarray:
+    return zonal_high_pass(torch.from_numpy(x), k_min).numpy()
 
 
 def v_geostrophic(height: np.ndarray, lat_deg: np.ndarray) -> np.ndarray:
