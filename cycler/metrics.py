@@ -2,7 +2,7 @@
 
 Shapes: an ensemble is ``(member, var, lat, lon)``, the truth ``(var, lat, lon)``, on a
 WeatherBench cell-centre grid (latitude ascending). Spatial means are area-weighted with
-:meth:`diffda.emulators.grid.Grid.area_weights` (exact band areas, proportional to cos(lat)
+:meth:`diffda.core.grid.Grid.area_weights` (exact band areas, proportional to cos(lat)
 as the grid is refined; WeatherBench2's latitude weighting). Every score is returned per
 variable, ``(var,)``, in the physical units of the inputs.
 
@@ -24,7 +24,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from diffda.emulators.grid import Grid
+from diffda.core.grid import Grid
 from torch import Tensor
 
 SCORES: tuple[str, ...] = ("rmse", "spread", "crps", "rmse_station", "rmse_nonstation")

@@ -12,7 +12,7 @@ default world: ``height`` (m), ``u``, ``v`` (m s-1), ``tracer`` (kg kg-1); stati
   store or one file per variable, latitude either order, longitude -180..180 or 0..360,
   pressure levels as a ``level`` dim or in names like ``z500``), converts units, brings it
   to the canonical form and optionally regrids it (:func:`regrid`) to a target
-  :class:`~diffda.emulators.grid.Grid`, bilinear (periodic in longitude) or conservative.
+  :class:`~diffda.core.grid.Grid`, bilinear (periodic in longitude) or conservative.
 - :class:`Climatology` holds per-variable mean/std for normalisation.
 - :class:`StateBatches` streams seeded random batches of normalised windows
   ``(batch, window, var, lat, lon)`` from a store without loading it whole, sharded by
@@ -35,8 +35,8 @@ import cftime
 import numpy as np
 import torch
 import xarray as xr
-from diffda.cycler.rng import numpy_generator
-from diffda.emulators.grid import Grid
+from diffda.core.grid import Grid
+from diffda.core.rng import numpy_generator
 from torch import Tensor
 
 GRAVITY = 9.80665  # m s-2, WMO standard gravity for geopotential -> geopotential height

@@ -48,7 +48,7 @@ def advance(x, dt: float, steps: int, noise):
 
 
 class OrnsteinUhlenbeck:
-    """The discrete OU model as an :class:`~diffda.cycler.protocols.Emulator`.
+    """The discrete OU model as an :class:`~diffda.core.protocols.Emulator`.
 
     ``step``: ``(member, n) -> (member, n)``, ``x' = (1 - dt) x + sqrt(2 dt) eta``.
     The model's time is nondimensional; ``dt_hours`` holds ``dt`` in that unit so the model

@@ -30,8 +30,8 @@ import cftime
 import numpy as np
 import torch
 import xarray as xr
-from diffda.cycler.protocols import ObservationOperator
-from diffda.emulators.grid import Grid
+from diffda.core.grid import Grid
+from diffda.core.protocols import ObservationOperator
 from torch import Tensor, nn
 
 
@@ -111,7 +111,7 @@ def normalise_observations(
 
 
 class ObservationTerm(nn.Module):
-    """One likelihood term (Eq. 13); implements :class:`diffda.cycler.protocols.LikelihoodTerm`.
+    """One likelihood term (Eq. 13); implements :class:`diffda.core.protocols.LikelihoodTerm`.
 
     ``operator``: ``(member, *state) -> (member, n_obs)``; ``y``: ``(n_obs,)`` normalised;
     ``sigma_y``: scalar or ``(n_obs,)`` variance; ``gamma``: scalar; ``weight`` is

@@ -16,7 +16,7 @@ autodiff, ``torch.func.jvp`` and ``vmap`` work), members independent:
   across the pole, because the local east and north unit vectors reverse there. This
   needs an even ``nlon``. (Clamping rows would make the stencil one-sided and first-order
   inside the polar cap and would not know about the vector sign.)
-- :class:`CoarseGridOperator`: the area-weighted block mean :func:`diffda.emulators.grid.
+- :class:`CoarseGridOperator`: the area-weighted block mean :func:`diffda.core.grid.
   coarsen_to`, the very function that makes the emulator's training data, so the
   low-resolution (default 8x16) and forecast-grid (default 16x32) observations are
   identical by construction to the coarsened truth.
@@ -31,7 +31,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from diffda.emulators.grid import Grid, coarsen_to
+from diffda.core.grid import Grid, coarsen_to
 from diffda.observations.stations import StationNetwork, check_coordinates
 from torch import Tensor, nn
 
@@ -210,7 +210,7 @@ class CoarseGridOperator(nn.Module):
     """Area-weighted coarsening of chosen variables: ``(M, V, H, W) -> (M, n_obs)``.
 
     ``n_obs = len(observed) * coarse.nlat * coarse.nlon``, ordered ``(var, lat, lon)``;
-    exactly :func:`diffda.emulators.grid.coarsen_to` followed by a flatten.
+    exactly :func:`diffda.core.grid.coarsen_to` followed by a flatten.
     """
 
     obs_variable_index: Tensor

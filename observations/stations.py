@@ -11,7 +11,7 @@ the system's convention). Two sources:
 - :func:`default_network` draws ``n`` stations on the world's land with an IGRA-like
   latitude density (:func:`igra_like_density`: dense in the northern mid-latitudes, sparse
   in the tropics and the south, none over the ocean), from a generator derived with
-  :func:`diffda.cycler.rng.numpy_generator`.
+  :func:`diffda.core.rng.numpy_generator`.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import xarray as xr
-from diffda.cycler.rng import numpy_generator
+from diffda.core.rng import numpy_generator
 from diffda.emulators.dataio import VARIABLE_ATTRS as CANONICAL_ATTRS
 
 #: Columns (1-based, inclusive, as in ``igra2-list-format.txt``) of the station list.

@@ -9,7 +9,7 @@ ascending on a WeatherBench cell-centre grid, longitude 0..360, cftime times, va
     y_{t,s,v} = M_{s,v}(x_t) + e_v * n_{t,s,v},   n ~ N(0, 1),
 
 with one generator per observation time derived from ``(seed, "synthetic-observations",
-hours since 0001-01-01)`` (:mod:`diffda.cycler.rng`), so an observation does not change when
+hours since 0001-01-01)`` (:mod:`diffda.core.rng`), so an observation does not change when
 the time range, the chunking or the order of the calls changes. Output is the CF station
 form of :func:`diffda.observations.stations.station_observations_dataset` and, optionally,
 IGRA v2 files (:func:`diffda.observations.igra.write_igra_directory`) that the IGRA reader
@@ -27,8 +27,8 @@ import cftime
 import numpy as np
 import torch
 import xarray as xr
-from diffda.cycler.rng import numpy_generator
-from diffda.emulators.grid import Grid
+from diffda.core.grid import Grid
+from diffda.core.rng import numpy_generator
 from diffda.observations.operators import PointOperator
 from diffda.observations.stations import (
     StationNetwork,

@@ -19,8 +19,8 @@ import sys
 import numpy as np
 import torch
 import xarray as xr
-from diffda.cycler.experiments import zonal_high_pass
-from diffda.emulators.shallow_water import GRAVITY, OMEGA, RADIUS
+from diffda.cycler.single.experiments import zonal_high_pass
+from diffda.emulators.nature.shallow_water import GRAVITY, OMEGA, RADIUS
 
 BLENDS = (0.1, 0.2, 0.3, 0.5)
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 import xarray as xr
+from diffda.core.grid import Grid, lat_weighted_mean
 from diffda.emulators import dataio
-from diffda.emulators.grid import Grid, lat_weighted_mean
 from scipy.interpolate import RegularGridInterpolator
 
 ERA5 = Path(__file__).parents[2] / "shared/data/era5"

@@ -17,31 +17,32 @@ import numpy as np
 import pytest
 import torch
 import xarray as xr
-from diffda.cycler.checkpoint import cycle_path, file_sha256, load_cycle
-from diffda.cycler.cli import main as cli_main
-from diffda.cycler.config import ConfigError
-from diffda.cycler.driver import (
-    MODE_STEPS,
-    ForecastTerm,
-    bilinear_upsample,
-    read_metrics,
-    run_experiment,
-)
-from diffda.cycler.metrics import SCORES
-from diffda.cycler.rng import torch_generator
-from diffda.cycler.run_cli import parse_value, sweep_configs
-from diffda.cycler.run_config import (
+from diffda.core.config import ConfigError
+from diffda.core.grid import Grid, coarsen_to
+from diffda.core.io import file_sha256
+from diffda.core.rng import torch_generator
+from diffda.cycler.cli.main import main as cli_main
+from diffda.cycler.cli.run import parse_value, sweep_configs
+from diffda.cycler.cycling.checkpoint import cycle_path, load_cycle
+from diffda.cycler.cycling.config import (
     MODES,
     config_hash,
     load_run_config,
     read_resolved,
     run_config_from_mapping,
 )
-from diffda.cycler.run_plots import best_by_lead, lead_table
-from diffda.emulators.emulator import build_emulator, load_coarse_states
-from diffda.emulators.grid import Grid, coarsen_to
-from diffda.emulators.prior import area_weighted_moments, build_prior
-from diffda.emulators.unet import UNetConfig
+from diffda.cycler.cycling.driver import (
+    MODE_STEPS,
+    ForecastTerm,
+    bilinear_upsample,
+    read_metrics,
+    run_experiment,
+)
+from diffda.cycler.cycling.plots import best_by_lead, lead_table
+from diffda.cycler.metrics import SCORES
+from diffda.emulators.forecast.model import build_emulator, load_coarse_states
+from diffda.emulators.prior.model import area_weighted_moments, build_prior
+from diffda.emulators.prior.unet import UNetConfig
 from diffda.observations.likelihood import ErrorModel
 from diffda.observations.operators import forecast_grid_operator
 
@@ -251,7 +252,7 @@ def test_default_experiment_config_and_hash():
 def test_a_partial_table_keeps_the_run_configs_defaults(tmp_path):
     """`[analysis.sampler] num_steps = 6` changes the steps of the driver's default sampler
     (churn 2, no cap) and nothing else: not the experiments' SamplerConfig() defaults."""
-    from diffda.cycler.sampler import SamplerConfig
+    from diffda.cycler.analysis.sampler import SamplerConfig
 
     cfg = load_run_config(tiny_world(tmp_path / "world"))
     s = cfg.analysis.sampler
@@ -299,7 +300,7 @@ def test_enkf_model_noise_draws_the_emulator_noise_reproducibly(tmp_path):
     """enkf.model_noise forecasts the members with the emulator's stochastic term: the
     EnKF's scores change, a second run repeats them exactly, and a deterministic emulator
     is refused with a message naming the file."""
-    from diffda.emulators.emulator import SFNOEmulator
+    from diffda.emulators.forecast.model import SFNOEmulator
 
     plain_cfg = tiny_world(tmp_path / "plain", modes=("enkf",))
     noisy_cfg = tiny_world(tmp_path / "noisy", modes=("enkf",), model_noise="true")

@@ -13,23 +13,11 @@ import numpy as np
 import pytest
 import torch
 import xarray as xr
-from diffda.cycler.config import load_config
-from diffda.cycler.metrics import zonal_power_spectrum
-from diffda.cycler.rng import torch_generator
-from diffda.emulators.dataio import Climatology
-from diffda.emulators.edm import (
-    EDMPrecond,
-    EDMTrainer,
-    edm_coefficients,
-    edm_loss,
-    ema_decay,
-    loss_weight,
-    sample_training_sigma,
-)
-from diffda.emulators.emulator import load_coarse_states
-from diffda.emulators.grid import Grid
-from diffda.emulators.prior import DiffusionPrior, build_prior
-from diffda.emulators.prior_cli import (
+from diffda.core.config import load_config
+from diffda.core.grid import Grid
+from diffda.core.rng import torch_generator
+from diffda.core.weights import WeightsError
+from diffda.cycler.cli.prior import (
     EDMTrainConfig,
     PriorDataConfig,
     PriorOptimConfig,
@@ -38,8 +26,20 @@ from diffda.emulators.prior_cli import (
     compare_climates,
     train_prior,
 )
-from diffda.emulators.training import WeightsError
-from diffda.emulators.unet import SongUNet, UNetConfig, count_parameters
+from diffda.cycler.metrics import zonal_power_spectrum
+from diffda.emulators.dataio import Climatology
+from diffda.emulators.forecast.model import load_coarse_states
+from diffda.emulators.prior.edm import (
+    EDMPrecond,
+    EDMTrainer,
+    edm_coefficients,
+    edm_loss,
+    ema_decay,
+    loss_weight,
+    sample_training_sigma,
+)
+from diffda.emulators.prior.model import DiffusionPrior, build_prior
+from diffda.emulators.prior.unet import SongUNet, UNetConfig, count_parameters
 
 DT = torch.float64
 TINY = UNetConfig(channels=4, model_channels=8, channel_mult=(1, 2, 2), attn_levels=(2,),
@@ -215,7 +215,7 @@ def test_tiny_prior_trains_exports_and_reloads(tmp_path):
 
 
 def test_weights_of_another_kind_are_refused(tmp_path):
-    from diffda.emulators.training import export_weights
+    from diffda.core.weights import export_weights
 
     export_weights(tmp_path / "w.safetensors", {"a": torch.zeros(2)}, {"kind": "emulator"})
     with pytest.raises(WeightsError, match="w.safetensors"):
@@ -278,7 +278,7 @@ def test_interrupted_and_resumed_training_gives_the_same_weights(tmp_path):
 
 
 def test_init_from_continues_from_given_weights_and_refuses_a_mismatch(tmp_path):
-    from diffda.emulators.prior_cli import init_from_weights
+    from diffda.cycler.cli.prior import init_from_weights
 
     grid = Grid(8, 16)
     ds = _tiny_dataset(grid, days=3)
@@ -348,8 +348,8 @@ def test_train_command_overrides_threads_and_init_from(tmp_path):
     machine's thread count and another stage's weights, and the card records both."""
     import argparse
 
-    from diffda.cycler.config import ConfigError
-    from diffda.emulators import prior_cli
+    from diffda.core.config import ConfigError
+    from diffda.cycler.cli import prior as prior_cli
 
     ds = _tiny_dataset(Grid(8, 16), days=3)
     ds.to_netcdf(tmp_path / "nature.nc")

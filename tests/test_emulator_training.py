@@ -8,12 +8,10 @@ import json
 import numpy as np
 import pytest
 import torch
+from diffda.core.weights import WeightsError, export_weights, load_weights
 from diffda.emulators.training import (
     DistContext,
-    WeightsError,
-    export_weights,
     load_checkpoint,
-    load_weights,
     save_checkpoint,
     select_device,
     step_seeded_batches,
@@ -163,7 +161,7 @@ def _one_thread():
 
 
 def _tiny_config(**train):
-    from diffda.emulators.emulator_cli import (
+    from diffda.cycler.cli.emulator import (
         DataConfig,
         EmulatorTrainConfig,
         ModelConfig,
@@ -181,14 +179,14 @@ def _tiny_config(**train):
 
 @pytest.fixture(scope="module")
 def tiny_data():
-    from diffda.emulators.emulator import load_coarse_states
-    from diffda.emulators.grid import Grid
+    from diffda.core.grid import Grid
+    from diffda.emulators.forecast.model import load_coarse_states
 
     return load_coarse_states(helpers.wave_dataset(), Grid(16, 32))
 
 
 def test_emulator_training_resume_equals_uninterrupted(tiny_data, tmp_path):
-    from diffda.emulators.emulator_cli import train_emulator
+    from diffda.cycler.cli.emulator import train_emulator
 
     kw = {"data": tiny_data, "forcing_fn": helpers.day_forcing, "progress": False}
     # input noise on: its draws come from the step's generator, so resuming stays exact
@@ -212,7 +210,7 @@ def test_emulator_training_resume_equals_uninterrupted(tiny_data, tmp_path):
     losses = [json.loads(s)["loss"] for s in log]
     assert len(losses) == 6
     # the weights written at the end load back into the same emulator
-    from diffda.emulators.emulator import SFNOEmulator
+    from diffda.emulators.forecast.model import SFNOEmulator
 
     back = SFNOEmulator.from_weights(tmp_path / "a" / "emulator.safetensors",
                                      forcing=helpers.day_forcing)
@@ -226,7 +224,7 @@ def test_emulator_training_resume_equals_uninterrupted(tiny_data, tmp_path):
 def test_init_from_starts_from_the_given_weights(tiny_data, tmp_path):
     import dataclasses
 
-    from diffda.emulators.emulator_cli import ModelConfig, init_from_weights, train_emulator
+    from diffda.cycler.cli.emulator import ModelConfig, init_from_weights, train_emulator
 
     kw = {"data": tiny_data, "forcing_fn": helpers.day_forcing, "progress": False}
     first, _ = train_emulator(_tiny_config(), tmp_path / "a", **kw)
@@ -253,8 +251,8 @@ def test_init_from_starts_from_the_given_weights(tiny_data, tmp_path):
 
 
 def test_tiny_emulator_overfits_tiny_dataset(tiny_data, tmp_path):
-    from diffda.emulators.emulator import forecast_scores
-    from diffda.emulators.emulator_cli import train_emulator
+    from diffda.cycler.cli.emulator import train_emulator
+    from diffda.emulators.forecast.model import forecast_scores
 
     cfg = _tiny_config(steps=150, batch_size=8, lr=1e-2, warmup_steps=10, rollout=1,
                        checkpoint_every=1000, log_every=10, grad_clip=None)
@@ -269,7 +267,7 @@ def test_tiny_emulator_overfits_tiny_dataset(tiny_data, tmp_path):
 
 
 def test_cli_train_evaluate_bench(tmp_path, capsys):
-    from diffda.cycler.cli import main
+    from diffda.cycler.cli.main import main
 
     data_path = tmp_path / "waves.nc"
     helpers.wave_dataset(n_times=48).to_netcdf(data_path)
@@ -311,7 +309,7 @@ def test_cli_train_evaluate_bench(tmp_path, capsys):
 def test_free_run_reference_years_give_the_metric_floor(tiny_data, tmp_path):
     """The climate errors of a reference 'year' equal to the held-out data are zero, and the
     free run's errors are reported next to them."""
-    from diffda.emulators.emulator_cli import evaluate_emulator, train_emulator
+    from diffda.cycler.cli.emulator import evaluate_emulator, train_emulator
 
     emu, _ = train_emulator(_tiny_config(steps=1), tmp_path, data=tiny_data,
                             forcing_fn=helpers.day_forcing, progress=False)
@@ -326,9 +324,9 @@ def test_held_out_years_from_several_stores_pool_one_year_runs(tmp_path):
     """A run and its continuation in two stores load as one time series; the free runs
     start from each held-out year's first state and their climate is pooled over the
     years; overlapping stores are refused."""
-    from diffda.emulators.emulator import climate_errors, load_coarse_states
-    from diffda.emulators.emulator_cli import evaluate_emulator, train_emulator
-    from diffda.emulators.grid import Grid
+    from diffda.core.grid import Grid
+    from diffda.cycler.cli.emulator import evaluate_emulator, train_emulator
+    from diffda.emulators.forecast.model import climate_errors, load_coarse_states
 
     paths = []
     for y in (1, 2):
@@ -365,8 +363,8 @@ def test_free_run_members_pool_their_climate(tiny_data, tmp_path):
     """With 3 members the pooled climate errors are those of the members' states together
     (member 0 runs from the unperturbed state: the same run as with one member), each
     member's own errors are listed, and a seed changes only the perturbed members."""
-    from diffda.emulators.emulator import climate_errors
-    from diffda.emulators.emulator_cli import evaluate_emulator, train_emulator
+    from diffda.cycler.cli.emulator import evaluate_emulator, train_emulator
+    from diffda.emulators.forecast.model import climate_errors
 
     emu, _ = train_emulator(_tiny_config(steps=1), tmp_path, data=tiny_data,
                             forcing_fn=helpers.day_forcing, progress=False)
@@ -403,8 +401,8 @@ def test_shipped_emulator_configs_load(name):
     """Every emulator config in runs/ parses; the second stages name their first stage."""
     from pathlib import Path
 
-    from diffda.cycler.config import load_config
-    from diffda.emulators.emulator_cli import EmulatorTrainConfig
+    from diffda.core.config import load_config
+    from diffda.cycler.cli.emulator import EmulatorTrainConfig
 
     cfg = load_config(EmulatorTrainConfig, Path(__file__).parents[1] / "runs" / f"{name}.toml")
     assert cfg.model.width == 48 and cfg.data.nlat == 16
@@ -420,8 +418,8 @@ def test_shipped_emulator_configs_load(name):
 def test_residual_noise_modes_reproduce_the_residual_covariance(tiny_data, tmp_path):
     """All modes, no polar rows zeroed: sum_k e_k e_k^T is the residuals' sample covariance;
     zeroed polar rows are zero in every mode; bad arguments are refused."""
-    from diffda.emulators.emulator_cli import train_emulator
-    from diffda.emulators.stochastic import fit_residual_noise, one_step_residuals
+    from diffda.cycler.cli.emulator import train_emulator
+    from diffda.emulators.forecast.stochastic import fit_residual_noise, one_step_residuals
 
     emu, _ = train_emulator(_tiny_config(steps=2), tmp_path, data=tiny_data,
                             forcing_fn=helpers.day_forcing, progress=False)
@@ -453,9 +451,9 @@ def test_stochastic_steps_draw_the_modes_covariance_only_with_a_generator(tiny_d
     """Without a generator a stochastic emulator steps exactly as the deterministic one;
     with one, the same seed repeats, members differ, and the spread of many draws from one
     state has the modes' variance (normalised units). Export/load keeps the modes."""
-    from diffda.cycler.rng import torch_generator
-    from diffda.emulators.emulator import SFNOEmulator
-    from diffda.emulators.emulator_cli import train_emulator
+    from diffda.core.rng import torch_generator
+    from diffda.cycler.cli.emulator import train_emulator
+    from diffda.emulators.forecast.model import SFNOEmulator
 
     emu, _ = train_emulator(_tiny_config(steps=2), tmp_path, data=tiny_data,
                             forcing_fn=helpers.day_forcing, progress=False)
@@ -488,10 +486,10 @@ def test_stochastic_steps_stay_within_the_latitude_bounds(tiny_data, tmp_path):
     """latitude_bounds(margin=0) are the data's normalised extremes by latitude; noise far
     larger than the data's range is clamped to them, row by row; deterministic steps are
     not clamped; the bounds survive export/load; inconsistent bounds are refused."""
-    from diffda.cycler.rng import torch_generator
-    from diffda.emulators.emulator import SFNOEmulator
-    from diffda.emulators.emulator_cli import train_emulator
-    from diffda.emulators.stochastic import latitude_bounds
+    from diffda.core.rng import torch_generator
+    from diffda.cycler.cli.emulator import train_emulator
+    from diffda.emulators.forecast.model import SFNOEmulator
+    from diffda.emulators.forecast.stochastic import latitude_bounds
 
     emu, _ = train_emulator(_tiny_config(steps=2), tmp_path, data=tiny_data,
                             forcing_fn=helpers.day_forcing, progress=False)
@@ -526,7 +524,7 @@ def test_stochastic_steps_stay_within_the_latitude_bounds(tiny_data, tmp_path):
 def _cli_tiny_emulator(tmp_path):
     """A tiny dataset and an emulator trained on it by ``cycler train emulator`` (2 steps):
     ``(data_path, weights_path)``."""
-    from diffda.cycler.cli import main
+    from diffda.cycler.cli.main import main
 
     data_path = tmp_path / "waves.nc"
     helpers.wave_dataset(n_times=48).to_netcdf(data_path)
@@ -542,7 +540,7 @@ def _cli_tiny_emulator(tmp_path):
 def test_cli_emulator_noise_and_a_stochastic_free_run(tmp_path, capsys):
     """`cycler train emulator-noise` writes a stochastic copy with its card; the evaluation
     runs its free run with noise (or without, --no-noise); the base file is not overwritten."""
-    from diffda.cycler.cli import main
+    from diffda.cycler.cli.main import main
 
     data_path, base = _cli_tiny_emulator(tmp_path)
     out = tmp_path / "stoch.safetensors"
@@ -588,10 +586,10 @@ def test_tendency_correction_fit_removes_a_free_run_bias(tmp_path):
     time remove it for the corrected variables and leave the others alone; the correction
     is applied by every step (no generator needed) and survives export/load."""
     import xarray as xr
-    from diffda.emulators.adjustment import fit_tendency_correction, free_run_bias
-    from diffda.emulators.emulator import load_coarse_states, year_segments
-    from diffda.emulators.emulator_cli import train_emulator
-    from diffda.emulators.grid import Grid
+    from diffda.core.grid import Grid
+    from diffda.cycler.cli.emulator import train_emulator
+    from diffda.emulators.forecast.adjustment import fit_tendency_correction, free_run_bias
+    from diffda.emulators.forecast.model import load_coarse_states, year_segments
 
     ds = xr.concat([helpers.wave_dataset(n_times=80, start_year=y) for y in (1, 2)],
                    "time", data_vars="minimal")
@@ -628,10 +626,10 @@ def test_noise_scale_fit_matches_the_variability_of_the_chosen_variable(tmp_path
     has all its variability from the noise: the noise-scale update brings the tracer's std
     by latitude to the data's, and leaves the other variables' noise alone."""
     import xarray as xr
-    from diffda.emulators.adjustment import fit_tendency_correction, free_run_bias
-    from diffda.emulators.emulator import load_coarse_states
-    from diffda.emulators.emulator_cli import train_emulator
-    from diffda.emulators.grid import Grid
+    from diffda.core.grid import Grid
+    from diffda.cycler.cli.emulator import train_emulator
+    from diffda.emulators.forecast.adjustment import fit_tendency_correction, free_run_bias
+    from diffda.emulators.forecast.model import load_coarse_states
 
     ds = xr.concat([helpers.wave_dataset(n_times=80, start_year=y) for y in (1, 2)],
                    "time", data_vars="minimal")
@@ -663,8 +661,8 @@ def test_noise_scale_fit_matches_the_variability_of_the_chosen_variable(tmp_path
 def test_cli_emulator_adjust_writes_the_correction(tmp_path, capsys):
     """`cycler train emulator-adjust` writes a copy with a zonal correction and its card
     (history, years); the copy loads with it; the base file is not overwritten."""
-    from diffda.cycler.cli import main
-    from diffda.emulators.emulator import SFNOEmulator
+    from diffda.cycler.cli.main import main
+    from diffda.emulators.forecast.model import SFNOEmulator
 
     data_path, base = _cli_tiny_emulator(tmp_path)
     out = tmp_path / "adjusted.safetensors"
@@ -702,8 +700,8 @@ def _sun_and_season(times, grid):
 def _budget_world(n_times: int = 80, rate: float = 0.1):
     """Coarse states whose global-mean height relaxes to ``100 <f>`` at ``rate`` per step
     (``<f>``: the global mean of :func:`_sun_and_season`), an exact linear budget law."""
-    from diffda.emulators.emulator import load_coarse_states
-    from diffda.emulators.grid import Grid, lat_weighted_mean
+    from diffda.core.grid import Grid, lat_weighted_mean
+    from diffda.emulators.forecast.model import load_coarse_states
 
     data = load_coarse_states(helpers.wave_dataset(n_times=n_times), Grid(16, 32))
     fbar = lat_weighted_mean(_sun_and_season(data.times, data.grid).double())[:, 0]
@@ -720,10 +718,10 @@ def test_global_budget_fit_recovers_the_law_and_holds_a_free_run_to_it(tmp_path)
     other variables untouched), and a free run of a network that drifts (it relaxes to the
     data's mean + 0.5 std) keeps the data's global-mean height instead of drifting; the law
     survives export/load; the tracer (log-transformed) and bad shapes are refused."""
-    from diffda.emulators.budget import fit_global_budget
-    from diffda.emulators.emulator import SFNOEmulator
-    from diffda.emulators.emulator_cli import train_emulator
-    from diffda.emulators.grid import lat_weighted_mean
+    from diffda.core.grid import lat_weighted_mean
+    from diffda.cycler.cli.emulator import train_emulator
+    from diffda.emulators.forecast.budget import fit_global_budget
+    from diffda.emulators.forecast.model import SFNOEmulator
 
     data = _budget_world()
     emu, _ = train_emulator(_tiny_config(steps=2), tmp_path, data=data,
@@ -775,8 +773,8 @@ def test_global_budget_fit_recovers_the_law_and_holds_a_free_run_to_it(tmp_path)
 def test_cli_emulator_budget_writes_the_law(tmp_path, capsys):
     """`cycler train emulator-budget` (an unforced emulator: the law has no forcing terms)
     writes a copy whose card records the law; the copy loads with it."""
-    from diffda.cycler.cli import main
-    from diffda.emulators.emulator import SFNOEmulator
+    from diffda.cycler.cli.main import main
+    from diffda.emulators.forecast.model import SFNOEmulator
 
     data_path, base = _cli_tiny_emulator(tmp_path)
     out = tmp_path / "budget.safetensors"
@@ -798,8 +796,8 @@ def test_cli_emulator_budget_writes_the_law(tmp_path, capsys):
 def test_median_bias_is_not_steered_by_one_run_in_a_regime(tmp_path, monkeypatch):
     """Of three runs equal to the data, one shifted by 3 normalised units: the mean bias is
     1, the median bias 0 (``--bias-statistic median``); unknown statistics are refused."""
-    import diffda.emulators.adjustment as adjustment
-    from diffda.emulators.emulator_cli import train_emulator
+    import diffda.emulators.forecast.adjustment as adjustment
+    from diffda.cycler.cli.emulator import train_emulator
 
     data = _budget_world(n_times=12)
     emu, _ = train_emulator(_tiny_config(steps=1), tmp_path, data=data,
@@ -822,13 +820,13 @@ def test_bootstrap_interval_of_pooled_climate_scores():
     """Resampling members: with all members equal the interval is the pooled score itself;
     with members that differ it has a width and holds the pooled score; the moments'
     formula gives climate_errors."""
-    from diffda.emulators.emulator import (
+    from diffda.core.grid import Grid
+    from diffda.emulators.forecast.model import (
         bootstrap_climate_errors,
         climate_errors,
         climate_errors_from_moments,
         climatology_by_latitude,
     )
-    from diffda.emulators.grid import Grid
 
     g = torch.Generator().manual_seed(0)
     grid, names = Grid(4, 8), ("a", "b")
@@ -858,9 +856,9 @@ def test_bootstrap_interval_of_pooled_climate_scores():
 def test_combined_networks_step_with_the_mean_tendency_and_round_trip(tiny_data, tmp_path):
     """Two networks (seeds 1 and 2) combined: each step's tendency is the mean of theirs; the
     combination survives export/load (and a noise fit's loader); mismatches are refused."""
-    from diffda.emulators.combine import combine_emulators
-    from diffda.emulators.emulator import SFNOEmulator
-    from diffda.emulators.emulator_cli import train_emulator
+    from diffda.cycler.cli.emulator import train_emulator
+    from diffda.emulators.forecast.combine import combine_emulators
+    from diffda.emulators.forecast.model import SFNOEmulator
 
     cfg = _tiny_config(steps=2)
     a, _ = train_emulator(cfg, tmp_path / "a", data=tiny_data, progress=False)
@@ -891,8 +889,8 @@ def test_combined_networks_step_with_the_mean_tendency_and_round_trip(tiny_data,
 def test_cli_emulator_combine_writes_the_members(tmp_path, capsys):
     """`cycler train emulator-combine` records its members in the card; a noise fit then
     runs on the combination; an --out among the inputs is refused."""
-    from diffda.cycler.cli import main
-    from diffda.emulators.emulator import SFNOEmulator
+    from diffda.cycler.cli.main import main
+    from diffda.emulators.forecast.model import SFNOEmulator
 
     data_path, base = _cli_tiny_emulator(tmp_path)
     cfg = tmp_path / "tiny.toml"
@@ -928,8 +926,8 @@ def test_train_command_options_override_the_config():
     import argparse
     from pathlib import Path
 
-    from diffda.cycler.config import ConfigError, load_config
-    from diffda.emulators import emulator_cli
+    from diffda.core.config import ConfigError, load_config
+    from diffda.cycler.cli import emulator as emulator_cli
     from diffda.emulators.training import override_train
 
     path = str(Path(__file__).parents[1] / "runs" / "emulator.toml")

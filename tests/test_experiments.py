@@ -17,15 +17,16 @@ import numpy as np
 import pytest
 import torch
 import xarray as xr
-from diffda.cycler.cli import main as cli_main
-from diffda.cycler.experiment_plots import plot_station_scatter
-from diffda.cycler.experiments import (
+from diffda.core.grid import Grid, coarsen_to
+from diffda.core.times import parse_time
+from diffda.cycler.analysis.sampler import SamplerConfig
+from diffda.cycler.cli.main import main as cli_main
+from diffda.cycler.single.experiments import (
     ExperimentConfig,
     bicubic_upsample,
     default_ablation_grid,
     member_rmse,
     paper_to_project,
-    parse_time,
     run_ablation,
     run_experiment,
     score,
@@ -35,11 +36,10 @@ from diffda.cycler.experiments import (
     unresolved_rmse,
     zonal_spectra,
 )
-from diffda.cycler.sampler import SamplerConfig
+from diffda.cycler.single.plots import plot_station_scatter
 from diffda.emulators.dataio import make_dataset, open_dataset, write_netcdf
-from diffda.emulators.grid import Grid, coarsen_to
-from diffda.emulators.prior import DiffusionPrior, area_weighted_moments, build_prior
-from diffda.emulators.unet import UNetConfig
+from diffda.emulators.prior.model import DiffusionPrior, area_weighted_moments, build_prior
+from diffda.emulators.prior.unet import UNetConfig
 from diffda.observations.operators import smooth_sphere_fields
 from diffda.observations.stations import default_network, grid_land
 from diffda.observations.synthetic import synthetic_station_observations, write_observations
@@ -302,8 +302,8 @@ def test_station_experiments_score_against_unconditional_samples(loaded, tmp_pat
 def test_lr_noise_draws_observations_with_the_likelihood_variance(loaded):
     """--lr-noise: y = coarsen(z) + N(0, Sigma_y), seeded; the coarse field the bicubic
     baseline interpolates carries the same noise in physical units."""
-    from diffda.cycler.experiments import low_resolution_term
-    from diffda.cycler.rng import torch_generator
+    from diffda.core.rng import torch_generator
+    from diffda.cycler.single.experiments import low_resolution_term
     from diffda.observations.likelihood import ErrorModel
 
     ds, prior = loaded
@@ -342,7 +342,7 @@ def test_ablation_rows(loaded):
 def test_pool_summaries_closed_form():
     """RMSE-like scores pool as root-mean-squares, CRPS as the mean; the pooled
     spread-skill ratio is that of the pooled values; mismatched summaries are refused."""
-    from diffda.cycler.experiments import pool_summaries
+    from diffda.cycler.single.experiments import pool_summaries
 
     def one(t, rmse, spread, base):
         return {"experiment": "sample-lr", "time": t, "members": 3, "variables": ["h"],
@@ -454,7 +454,7 @@ def test_cli_errors_name_the_problem(world, tmp_path, capsys, extra, message):
 def test_lr_misfit_is_the_coarsened_ensemble_mean_minus_the_observation():
     """Members whose mean coarsens to the LR field have no misfit (their own small scales
     and spread do not count); a constant offset c in one variable gives c there."""
-    from diffda.cycler.experiments import lr_misfit_rmse
+    from diffda.cycler.single.experiments import lr_misfit_rmse
 
     g = torch.Generator().manual_seed(0)
     field = torch.randn(2, 16, 32, generator=g, dtype=torch.float64)

@@ -7,9 +7,9 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from diffda.cycler.config import ConfigError, from_mapping, load_config, require, to_mapping
-from diffda.cycler.rng import derive_seed, member_generators, randn_members, torch_generator
-from diffda.emulators.grid import Grid, coarsen, lat_weighted_mean
+from diffda.core.config import ConfigError, from_mapping, load_config, require, to_mapping
+from diffda.core.grid import Grid, coarsen, lat_weighted_mean
+from diffda.core.rng import derive_seed, member_generators, randn_members, torch_generator
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -110,7 +110,7 @@ def test_coarse_values_sit_at_their_labels(factor):
 def test_json_safe_replaces_non_finite_floats():
     import json
 
-    from diffda.cycler.config import json_safe
+    from diffda.core.config import json_safe
 
     out = json_safe({"a": float("inf"), "b": [1.0, float("nan")], "c": "x", "d": 2})
     assert out == {"a": None, "b": [1.0, None], "c": "x", "d": 2}

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from diffda.cycler.enkf import stochastic_enkf_analysis
-from diffda.cycler.letkf import (
+from diffda.core.grid import Grid
+from diffda.core.rng import member_generators
+from diffda.cycler.analysis.enkf import stochastic_enkf_analysis
+from diffda.cycler.analysis.letkf import (
     LocalizedEnKF,
     PointObservations,
     gaspari_cohn,
@@ -14,8 +16,6 @@ from diffda.cycler.letkf import (
     localization,
     localized_enkf_analysis,
 )
-from diffda.cycler.rng import member_generators
-from diffda.emulators.grid import Grid
 from diffda.observations.operators import PointOperator
 
 GRID = Grid(8, 16)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from diffda.cycler.protocols import LikelihoodTerm, ObservationOperator
-from diffda.emulators.grid import Grid
+from diffda.core.grid import Grid
+from diffda.core.protocols import LikelihoodTerm, ObservationOperator
 from diffda.observations.likelihood import (
     DEFAULT_ERROR_MODELS,
     CompositeLikelihood,

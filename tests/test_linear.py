@@ -7,10 +7,17 @@ import json
 import numpy as np
 import pytest
 import torch
-from diffda.cycler import kalman
-from diffda.cycler.config import ConfigError
-from diffda.cycler.enkf import stochastic_enkf_analysis
-from diffda.cycler.linear import (
+from diffda.core.config import ConfigError
+from diffda.cycler.analysis import kalman
+from diffda.cycler.analysis.enkf import stochastic_enkf_analysis
+from diffda.cycler.analysis.reverse_sde import (
+    DiagonalGaussianDenoiser,
+    EMVarianceTable,
+    em_output_variance,
+    reverse_sde_em,
+    sample_em_stepwise_numpy,
+)
+from diffda.cycler.linear.testbed import (
     LinearSetup,
     make_truth_and_obs,
     paper_alpha_beta,
@@ -19,13 +26,6 @@ from diffda.cycler.linear import (
     run_enkf,
     run_kalman,
     run_steady,
-)
-from diffda.cycler.reverse_sde import (
-    DiagonalGaussianDenoiser,
-    EMVarianceTable,
-    em_output_variance,
-    reverse_sde_em,
-    sample_em_stepwise_numpy,
 )
 from diffda.emulators.linear import (
     OrnsteinUhlenbeck,
@@ -240,7 +240,7 @@ def test_bad_setups_fail_with_clear_messages(kwargs, match):
 
 
 def test_cli_steady_json_config_and_errors(tmp_path, capsys):
-    from diffda.cycler.cli import main
+    from diffda.cycler.cli.main import main
 
     args = ["linear", "steady", "--n", "4", "--cycles", "300", "--spinup", "20",
             "--members", "50", "--json"]

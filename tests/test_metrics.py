@@ -7,6 +7,7 @@ import itertools
 import numpy as np
 import pytest
 import torch
+from diffda.core.grid import Grid
 from diffda.cycler.metrics import (
     SCORES,
     crps,
@@ -18,7 +19,6 @@ from diffda.cycler.metrics import (
     station_cell_mask,
     weighted_spatial_mean,
 )
-from diffda.emulators.grid import Grid
 
 GRID = Grid(8, 16)
 

@@ -8,9 +8,9 @@ import cftime
 import numpy as np
 import pytest
 import torch
+from diffda.core.grid import Grid
 from diffda.emulators import dataio
-from diffda.emulators.grid import Grid
-from diffda.emulators.nature import (
+from diffda.emulators.nature.run import (
     FORCING_VARIABLES,
     OUTPUT_GRID,
     STATE_VARIABLES,
@@ -21,7 +21,7 @@ from diffda.emulators.nature import (
     static_fields,
     yearly_steadiness,
 )
-from diffda.emulators.shallow_water import ShallowWaterConfig
+from diffda.emulators.nature.shallow_water import ShallowWaterConfig
 
 TINY = NatureConfig(days=1.0, spinup_days=0.5, chunk_days=0.5,
                     model=ShallowWaterConfig(nlat=16, nlon=32, dt_seconds=1800.0))
@@ -100,7 +100,7 @@ def test_resume_after_a_kill_gives_the_same_dataset(tmp_path, tiny_run):
 def test_continuation_from_a_finished_run_is_the_longer_run(tmp_path, tiny_run):
     from dataclasses import replace
 
-    from diffda.cycler.cli import main
+    from diffda.cycler.cli.main import main
 
     first = tmp_path / "first.zarr"
     run_nature(replace(TINY, days=0.5), first, progress=False)
@@ -161,8 +161,8 @@ def test_yearly_steadiness_relative_deviations():
 
 
 def test_output_map_centres_cells_on_the_labelled_longitudes():
-    from diffda.emulators.nature import OutputMap
-    from diffda.emulators.shallow_water import ForcingConfig, ShallowWaterModel
+    from diffda.emulators.nature.run import OutputMap
+    from diffda.emulators.nature.shallow_water import ForcingConfig, ShallowWaterModel
 
     flat = ShallowWaterConfig(nlat=16, nlon=32, forcing=ForcingConfig(orography_height=0.0))
     model = ShallowWaterModel(flat, dtype=torch.float64)
@@ -182,7 +182,7 @@ def test_output_map_centres_cells_on_the_labelled_longitudes():
 def test_cli_tiny_run_with_json(tmp_path):
     import json
 
-    from diffda.cycler.cli import main
+    from diffda.cycler.cli.main import main
 
     out = tmp_path / "c.zarr"
     js = tmp_path / "s.json"
@@ -198,7 +198,7 @@ def test_cli_tiny_run_with_json(tmp_path):
 
 
 def test_subset_keeps_the_window_background_statics_and_climatology(tmp_path, tiny_run):
-    from diffda.cycler.cli import main
+    from diffda.cycler.cli.main import main
 
     out = tmp_path / "w.nc"
     # tiny run: 2000-01-01T00 .. 2000-01-01T18, 6-hourly

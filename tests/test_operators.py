@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from diffda.emulators.grid import Grid, coarsen_to
+from diffda.core.grid import Grid, coarsen_to
 from diffda.observations.operators import (
     CoarseGridOperator,
     PointOperator,

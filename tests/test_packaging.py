@@ -11,8 +11,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import cycler
-from diffda.cycler import cli, config, rng
-from diffda.emulators import grid
+from diffda.cycler.cli import main as cli
+from diffda.core import config, rng
+from diffda.core import grid
 assert hasattr(cycler, "cycler"), cycler.__file__
 assert "site-packages" in cycler.__file__, cycler.__file__
 fig, ax = plt.subplots()
@@ -41,7 +42,7 @@ def test_matplotlib_and_project_import_elsewhere(tmp_path):
 
 def test_cli_lists_commands():
     out = subprocess.run(
-        [sys.executable, "-m", "diffda.cycler.cli", "--help"],
+        [sys.executable, "-m", "diffda.cycler.cli.main", "--help"],
         capture_output=True, text=True, timeout=120,
     )
     assert out.returncode == 0, out.stderr

@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 import torch
 import xarray as xr
-from diffda.cycler import checkpoint
-from diffda.cycler.checkpoint import CheckpointError, cycle_path, load_cycle
-from diffda.cycler.driver import InjectedFailure, resume_experiment, run_experiment
-from diffda.cycler.rng import torch_generator
-from diffda.cycler.run_config import config_hash, load_run_config
-from diffda.emulators.emulator import build_emulator, load_coarse_states
+from diffda.core.rng import torch_generator
+from diffda.cycler.cycling import checkpoint
+from diffda.cycler.cycling.checkpoint import CheckpointError, cycle_path, load_cycle
+from diffda.cycler.cycling.config import config_hash, load_run_config
+from diffda.cycler.cycling.driver import InjectedFailure, resume_experiment, run_experiment
+from diffda.emulators.forecast.model import build_emulator, load_coarse_states
 
 _spec = importlib.util.spec_from_file_location(
     "driver_helpers", Path(__file__).with_name("test_driver.py"))

@@ -8,10 +8,10 @@ from dataclasses import dataclass
 
 import pytest
 import torch
-from diffda.cycler.gaussian import GaussianDenoiser, exact_gamma, kalman_posterior
-from diffda.cycler.protocols import Analysis, Denoiser, LikelihoodTerm
-from diffda.cycler.rng import member_generators
-from diffda.cycler.sampler import (
+from diffda.core.protocols import Analysis, Denoiser, LikelihoodTerm
+from diffda.core.rng import member_generators
+from diffda.cycler.analysis.gaussian import GaussianDenoiser, exact_gamma, kalman_posterior
+from diffda.cycler.analysis.sampler import (
     DiffusionAnalysis,
     SamplerConfig,
     StepDiagnostics,
@@ -20,8 +20,8 @@ from diffda.cycler.sampler import (
     edm_time_steps,
     sample_posterior,
 )
-from diffda.emulators.edm import EDMPrecond
-from diffda.emulators.unet import SongUNet, UNetConfig
+from diffda.emulators.prior.edm import EDMPrecond
+from diffda.emulators.prior.unet import SongUNet, UNetConfig
 from torch import Tensor
 
 DT = torch.float64
@@ -224,7 +224,7 @@ def test_protocols_are_satisfied():
 
 
 def test_bench_reports_the_required_fields():
-    from diffda.cycler.sampler_cli import bench_analysis
+    from diffda.cycler.cli.analysis import bench_analysis
 
     mean, cov, op, obs_cov, y = _problem()
     cfg = SamplerConfig(num_steps=4)
@@ -239,8 +239,8 @@ def test_bench_reports_the_required_fields():
 def test_guides_a_network_prior_with_the_observation_terms():
     """Integration: the U-Net prior (untrained: exactly the N(0, I) denoiser, its output
     layer starts at zero) guided by the low-resolution ObservationTerm of observations/."""
-    from diffda.emulators.grid import Grid
-    from diffda.emulators.prior import build_prior
+    from diffda.core.grid import Grid
+    from diffda.emulators.prior.model import build_prior
     from diffda.observations.likelihood import ObservationTerm
     from diffda.observations.operators import low_resolution_operator
 

@@ -9,17 +9,17 @@ import numpy as np
 import pytest
 import torch
 import xarray as xr
-from diffda.cycler.protocols import Emulator
-from diffda.cycler.rng import torch_generator
-from diffda.emulators.emulator import (
+from diffda.core.grid import Grid
+from diffda.core.protocols import Emulator
+from diffda.core.rng import torch_generator
+from diffda.emulators.forecast.model import (
     SFNOEmulator,
     build_emulator,
     climate_errors,
     load_coarse_states,
     window_starts,
 )
-from diffda.emulators.grid import Grid
-from diffda.emulators.sfno import (
+from diffda.emulators.forecast.sfno import (
     SFNO,
     CellCentreInverseRealSHT,
     CellCentreRealSHT,
@@ -219,7 +219,7 @@ def test_climate_errors_zero_for_identical_runs_and_detect_bias(tiny_data):
     err = climate_errors(biased, x, g, tiny_data.variables)
     assert err["u"]["mean_error"] > 0.3 and err["height"]["mean_error"] == 0
     # mean_error_global is the prior evaluation's mean-by-latitude error, to round-off
-    from diffda.emulators.prior_cli import compare_climates
+    from diffda.cycler.cli.prior import compare_climates
 
     prior_way = compare_climates(biased.double().numpy(), x.double().numpy(), g,
                                  tiny_data.variables)

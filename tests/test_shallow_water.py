@@ -8,9 +8,9 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-from diffda.emulators.grid import Grid
-from diffda.emulators.landmask import land_fraction, land_sea_mask, smooth_land
-from diffda.emulators.shallow_water import (
+from diffda.core.grid import Grid
+from diffda.emulators.nature.landmask import land_fraction, land_sea_mask, smooth_land
+from diffda.emulators.nature.shallow_water import (
     ForcingConfig,
     ShallowWaterConfig,
     ShallowWaterModel,

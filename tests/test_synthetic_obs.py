@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 import xarray as xr
-from diffda.cycler.cli import main as cycler_main
-from diffda.emulators.grid import Grid
+from diffda.core.grid import Grid
+from diffda.cycler.cli.main import main as cycler_main
 from diffda.observations.igra import read_igra, soundings_to_dataset, write_igra_directory
 from diffda.observations.operators import PointOperator, smooth_sphere_fields
 from diffda.observations.stations import StationNetwork, global_land, network_from_dataset

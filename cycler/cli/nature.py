@@ -1,0 +1,227 @@
+"""``cycler nature`` (run the nature run) and ``cycler bench nature`` (its speed).
+
+Usage::
+
+    cycler nature (--years Y | --days D) --out PATH.zarr|PATH.nc [--spinup-days S]
+                  [--seed 0] [--chunk-days 30] [--plots DIR] [--json FILE]
+                  [--twin-days 30] [--twin-perturbation 1.0] [--model-grid 64x128]
+                  [--dt S] [--threads 1] [--no-progress] [--continue-from RUN]
+    cycler bench nature [--days 2] [--nlat 64] [--nlon 128] [--dt 600] [--batch 1]
+                        [--threads 1]
+
+    cycler subset DATA --start YYYY-MM-DDTHH:MM --days D --out FILE.nc [--background 32]
+
+``cycler subset`` cuts a small truth file from a large dataset: the window ``start ..
+start + days`` at every stored time, plus ``--background`` states spread evenly over the
+rest of the window's calendar year (the EnKF's initial anomalies are drawn from times
+outside the window), with statics and the climatology attributes. This is how the
+repository's embedded 7-day world (``emulators/data/``) is made.
+
+``--continue-from RUN`` continues a finished run ``RUN`` from its final state (its
+``.restart.safetensors``) into a new store ``--out``: the same model and seed, no spin-up,
+times from where ``RUN`` ended (e.g. more held-out years for the emulator's climate scores).
+
+A killed ``cycler nature`` resumes when called again with the same arguments. Called on a
+finished ``--out`` with ``--plots`` or ``--json``, it only (re)computes the diagnostics.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from dataclasses import replace
+from datetime import timedelta
+from pathlib import Path
+
+import torch
+from diffda.emulators.nature.run import (
+    STORE_HOURS,
+    TWIN_PERTURBATION_M,
+    NatureConfig,
+    diagnose,
+    load_checkpoint,
+    restart_path,
+    run_nature,
+)
+from diffda.emulators.nature.shallow_water import (
+    ForcingConfig,
+    ShallowWaterConfig,
+    ShallowWaterModel,
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    span = parser.add_mutually_exclusive_group(required=True)
+    span.add_argument("--years", type=float, help="stored years (365 days) after spin-up")
+    span.add_argument("--days", type=float, help="stored days after spin-up")
+    parser.add_argument("--out", type=Path, required=True, help="output .zarr or .nc path")
+    parser.add_argument("--spinup-days", type=float, default=180.0, help="not stored (180)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the initial noise and of the stirring (0)")
+    parser.add_argument("--chunk-days", type=float, default=30.0,
+                        help="days per appended chunk and checkpoint (30)")
+    parser.add_argument("--plots", type=Path, help="folder for acceptance plots")
+    parser.add_argument("--json", type=Path, help="write the acceptance summary here")
+    parser.add_argument("--twin-days", type=float, default=30.0,
+                        help="length of the twin experiment in the diagnostics (30)")
+    parser.add_argument("--twin-perturbation", type=float, default=TWIN_PERTURBATION_M,
+                        help=f"rms height perturbation of the twin, m ({TWIN_PERTURBATION_M:g})")
+    parser.add_argument("--model-grid", default="64x128",
+                        help="model grid NLATxNLON (64x128; T = NLON // 3)")
+    parser.add_argument("--dt", type=float, default=None,
+                        help="model time step in s, must divide 6 h (model default)")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--continue-from", type=Path, default=None, metavar="RUN",
+                        help="a finished nature run to continue from its final state (same "
+                             "model and seed; --spinup-days, --seed, --model-grid, --dt unused)")
+
+
+def continuation(run: Path, days: float, chunk_days: float):
+    """The config and initial state that continue the finished nature run ``run`` for
+    ``days``: its model and seed, starting from its final state."""
+    restart = restart_path(run)
+    if not restart.exists():
+        raise FileNotFoundError(f"{restart}: no final state of {run} to continue from "
+                                "(written when a nature run finishes)")
+    state, meta, _ = load_checkpoint(restart)
+    prev = json.loads(meta["config"])
+    model = dict(prev["model"])
+    model["forcing"] = ForcingConfig(**model["forcing"])
+    cfg = NatureConfig(days=days, spinup_days=prev["spinup_days"], seed=prev["seed"],
+                       chunk_days=chunk_days, model=ShallowWaterConfig(**model),
+                       start_index=round(state.seconds / (STORE_HOURS * 3600.0)))
+    return cfg, state
+
+
+def _model_config(grid: str, dt: float | None, seed: int = 0) -> ShallowWaterConfig:
+    try:
+        nlat, nlon = (int(x) for x in grid.lower().split("x"))
+    except ValueError:
+        raise ValueError(f"--model-grid {grid!r}: expected NLATxNLON, e.g. 64x128") from None
+    cfg = ShallowWaterConfig(nlat=nlat, nlon=nlon, stir_seed=seed)
+    return cfg if dt is None else replace(cfg, dt_seconds=dt)
+
+
+def run(args: argparse.Namespace) -> int:
+    torch.set_num_threads(args.threads)
+    days = args.days if args.days is not None else 365.0 * args.years
+    initial = None
+    if args.continue_from is not None:
+        cfg, initial = continuation(args.continue_from, days, args.chunk_days)
+    else:
+        cfg = NatureConfig(days=days, spinup_days=args.spinup_days, seed=args.seed,
+                           chunk_days=args.chunk_days,
+                           model=_model_config(args.model_grid, args.dt, args.seed))
+    if args.out.exists() and (args.plots is not None or args.json is not None):
+        out = args.out  # a finished run: diagnostics only
+    else:
+        out = run_nature(cfg, args.out, progress=not args.no_progress, initial=initial)
+        print(f"wrote {out}")
+    if args.plots is not None or args.json is not None:
+        summary = diagnose(out, cfg, args.plots, twin_days=args.twin_days,
+                           progress=not args.no_progress,
+                           twin_perturbation_m=args.twin_perturbation)
+        text = json.dumps(summary, indent=2, default=float)
+        if args.json is not None:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=args.json.parent, suffix=".tmp")
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+            os.replace(tmp, args.json)
+        if args.plots is not None:
+            (args.plots / "summary.json").write_text(text)
+        print(text)
+    return 0
+
+
+def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--days", type=float, default=2.0, help="simulated days (2)")
+    parser.add_argument("--nlat", type=int, default=64)
+    parser.add_argument("--nlon", type=int, default=128)
+    parser.add_argument("--dt", type=float, default=None, help="time step, s (model default)")
+    parser.add_argument("--batch", type=int, default=1, help="members stepped together (1)")
+    parser.add_argument("--threads", type=int, default=1)
+
+
+def bench(args: argparse.Namespace) -> int:
+    """Simulated days per wall-clock second of the shallow-water model (after warm-up)."""
+    torch.set_num_threads(args.threads)
+    cfg = ShallowWaterConfig(nlat=args.nlat, nlon=args.nlon)
+    if args.dt is not None:
+        cfg = replace(cfg, dt_seconds=args.dt)
+    model = ShallowWaterModel(cfg)
+    state = model.initial_state(0.0, torch.Generator().manual_seed(0))
+    state.spec = state.spec.repeat(args.batch, 1, 1, 1)
+    n = max(1, int(round(args.days * 86400.0 / cfg.dt_seconds)))
+    with torch.no_grad():
+        for _ in range(10):
+            state = model.step(state)
+        t0 = time.perf_counter()
+        for _ in range(n):
+            state = model.step(state)
+        wall = time.perf_counter() - t0
+    days = n * cfg.dt_seconds / 86400.0
+    print(f"shallow water {cfg.nlat}x{cfg.nlon} T{cfg.lmax - 1} dt={cfg.dt_seconds:g}s "
+          f"batch={args.batch} threads={args.threads}: {n} steps in {wall:.2f} s, "
+          f"{1e3 * wall / n:.2f} ms/step, {days / wall:.3f} simulated days/s "
+          f"({days * args.batch / wall:.3f} member-days/s)")
+    return 0
+
+
+def add_subset_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("data", type=Path, help="canonical dataset (.zarr or .nc)")
+    parser.add_argument("--start", required=True, help="first time of the window, YYYY-MM-DDTHH:MM")
+    parser.add_argument("--days", type=float, required=True, help="length of the window, days")
+    parser.add_argument("--out", type=Path, required=True, help="output netCDF file (.nc)")
+    parser.add_argument("--background", type=int, default=32,
+                        help="extra states outside the window, same calendar year (32)")
+
+
+def subset(args: argparse.Namespace) -> int:
+    """Write the window and background states of ``args.data`` to a compressed netCDF."""
+    import numpy as np
+    from diffda.core.times import parse_time
+    from diffda.emulators import dataio
+
+    if args.out.suffix != ".nc":
+        raise ValueError(f"--out {args.out}: expected a .nc file")
+    if args.days <= 0 or args.background < 0:
+        raise ValueError(f"--days {args.days} must be positive, --background {args.background} "
+                         f"not negative")
+    ds = dataio.open_dataset(args.data)
+    times = ds["time"].values
+    start = parse_time(args.start, times[0].calendar, key="--start")
+    end = start + timedelta(days=args.days)
+    window = [i for i, t in enumerate(times) if start <= t <= end]
+    if not window or times[window[0]] != start:
+        raise ValueError(f"{args.data}: no stored time at --start {args.start} "
+                         f"(it has {times[0]} .. {times[-1]})")
+    if times[window[-1]] < end:
+        raise ValueError(f"{args.data}: the window {start} + {args.days:g} days ends after the "
+                         f"last stored time {times[-1]}")
+    in_window = set(window)
+    rest = [i for i, t in enumerate(times) if t.year == start.year and i not in in_window]
+    if len(rest) < args.background:
+        raise ValueError(f"{args.data}: only {len(rest)} times outside the window in "
+                         f"{start.year}, --background {args.background} asked")
+    pick = [rest[int(j)] for j in np.linspace(0, len(rest) - 1, args.background).round()]
+    sub = ds.isel(time=sorted(in_window | set(pick))).load()
+    sub.attrs.update({
+        "title": f"truth window {start.isoformat()} + {args.days:g} d with {args.background} "
+                 f"background states",
+        "source": str(args.data),
+        "history": f"cycler subset {args.data} --start {args.start} --days {args.days:g} "
+                   f"--background {args.background}",
+    })
+    enc = {v: {"zlib": True, "complevel": 5} for v in sub.data_vars}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.out.with_name(args.out.name + ".tmp")
+    sub.to_netcdf(tmp, engine="netcdf4", encoding=enc)
+    os.replace(tmp, args.out)
+    print(f"wrote {args.out} ({sub.sizes['time']} times: {len(window)} in the window, "
+          f"{len(pick)} background; {args.out.stat().st_size / 1e6:.2f} MB)")
+    return 0

@@ -1,0 +1,261 @@
+"""``cycler run | resume | compare | sweep``: thin entry points around :mod:`.driver`.
+
+- ``cycler run CONFIG.toml [--out DIR] [--set KEY=VALUE ...] [--threads N] [--workers N]
+  [--no-plots]``
+- ``cycler resume RUN_DIR [--threads N] [--workers N] [--no-plots]``
+- ``cycler compare RUN_DIR... [--out DIR] [--leads 1,3,5,7]``
+- ``cycler sweep CONFIG.toml --param analysis.lambda=0,0.5,1,2,4 [--modes precomputed,...]
+  [--scheduler ADDRESS] [--workers N] [--threads-per-run N] [--out DIR]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from diffda.cycler.cycling.config import RunConfig, RuntimeConfig, load_run_config, read_resolved
+from diffda.cycler.cycling.plots import (
+    DEFAULT_LEAD_DAYS,
+    best_by_lead,
+    format_table,
+    lead_table,
+    plot_compare,
+)
+
+
+def parse_value(text: str) -> Any:
+    """A TOML value (``2``, ``0.5``, ``true``, ``"x"``, ``[1, 2]``), else the bare string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def parse_assignment(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise ValueError(f"expected KEY=VALUE, got {text!r}")
+    return key.strip(), value.strip()
+
+
+def _with_runtime(cfg: RunConfig, threads: int | None, workers: int | None = None
+                  ) -> RunConfig:
+    rt = cfg.runtime
+    return dataclasses.replace(cfg, runtime=RuntimeConfig(
+        threads=rt.threads if threads is None else threads,
+        workers=rt.workers if workers is None else workers, progress=rt.progress))
+
+
+def _report(run_dir: Path) -> None:
+    timings = run_dir / "timings.json"
+    if timings.is_file():
+        data = json.loads(timings.read_text())
+        print(f"{'mode':<15} {'cycles':>6} {'s/cycle':>9} {'total s':>9}")
+        for mode, t in data.items():
+            print(f"{mode:<15} {len(t['seconds_per_cycle']):>6} "
+                  f"{t['mean_seconds_per_cycle']:>9.2f} {t['total_seconds']:>9.1f}")
+    print(f"run directory: {run_dir}")
+    for name in ("metrics.jsonl", "timings.json", "compare.json", "analyses", "plots"):
+        if (run_dir / name).exists():
+            print(f"  {name:<14} {run_dir / name}")
+
+
+# --------------------------------------------------------------------------------- run
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", type=Path, help="run config (TOML), e.g. runs/sevenday.toml")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="run directory (default runs/<name>)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="KEY=VALUE", help="override a config key, e.g. analysis.lambda=2")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads per process")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="run the modes in this many processes at once")
+    parser.add_argument("--no-plots", action="store_true", help="skip the figures")
+
+
+def run(args: argparse.Namespace) -> int:
+    """``cycler run CONFIG.toml [--out DIR]``: all modes of the config, then the plots."""
+    from diffda.cycler.cycling.driver import run_experiment
+
+    overrides = dict(parse_assignment(a) for a in args.overrides)
+    cfg = load_run_config(args.config, {k: parse_value(v) for k, v in overrides.items()})
+    cfg = _with_runtime(cfg, args.threads, args.workers)
+    run_dir = args.out or Path("runs") / cfg.name
+    tic = time.perf_counter()
+    run_experiment(cfg, run_dir, plots=False if args.no_plots else None)
+    print(f"finished in {time.perf_counter() - tic:.1f} s")
+    _summarise(run_dir, plots=not args.no_plots)
+    return 0
+
+
+def add_resume_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_dir", type=Path, help="a run directory (holds config.json)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads (bit-identical results need the original count)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="run the modes in this many processes at once")
+    parser.add_argument("--no-plots", action="store_true", help="skip the figures")
+
+
+def resume(args: argparse.Namespace) -> int:
+    """``cycler resume RUN_DIR``: continue from the last complete cycle of each mode."""
+    from diffda.cycler.cycling.driver import run_experiment
+
+    cfg = _with_runtime(read_resolved(args.run_dir / "config.json"), args.threads, args.workers)
+    run_experiment(cfg, args.run_dir, resume=True, plots=False if args.no_plots else None)
+    _summarise(args.run_dir, plots=not args.no_plots)
+    return 0
+
+
+def _summarise(run_dir: Path, plots: bool) -> None:
+    """The comparison of the run's modes (``compare.json``, ``compare.png``), then where the
+    outputs are."""
+    if plots:
+        table = compare_runs([run_dir], run_dir)
+        print(format_table(table))
+    _report(run_dir)
+
+
+# ----------------------------------------------------------------------------- compare
+
+
+def _leads(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected days like 1,3,5,7, got {text!r}") from None
+
+
+def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_dirs", type=Path, nargs="+", help="run directories")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="where compare.json/.png go (default: the first run directory)")
+    parser.add_argument("--leads", type=_leads, default=DEFAULT_LEAD_DAYS,
+                        help="lead days of the table (default 1,3,5,7)")
+
+
+def compare_runs(run_dirs: list[Path], out: Path, leads: tuple[float, ...] = DEFAULT_LEAD_DAYS
+                 ) -> dict[str, Any]:
+    """The RMSE-by-lead table of several runs, written as ``compare.json`` and
+    ``compare.png`` in ``out``; returns the table."""
+    from diffda.core.io import atomic_write_text
+    from diffda.cycler.cycling.driver import read_metrics
+
+    runs = {d.resolve().name: read_metrics(d) for d in run_dirs}
+    if len(runs) != len(run_dirs):
+        runs = {str(d): read_metrics(d) for d in run_dirs}
+    table = lead_table(runs, leads)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "compare.json", json.dumps(table, indent=2) + "\n")
+    plot_compare(runs, out / "compare.png")
+    return table
+
+
+def compare(args: argparse.Namespace) -> int:
+    """``cycler compare RUN_DIR...``: RMSE at days 1, 3, 5, 7 per mode; JSON and PNG."""
+    out = args.out or args.run_dirs[0]
+    table = compare_runs(list(args.run_dirs), out, args.leads)
+    print(format_table(table))
+    print(f"written: {out / 'compare.json'}, {out / 'compare.png'}")
+    return 0
+
+
+# ------------------------------------------------------------------------------- sweep
+
+
+def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", type=Path, help="base run config (TOML)")
+    parser.add_argument("--param", required=True, metavar="KEY=V1,V2,...",
+                        help="the swept key and its values, e.g. analysis.lambda=0,0.5,1,2,4")
+    parser.add_argument("--modes", default=None,
+                        help="modes of each run (comma-separated; default: the config's)")
+    parser.add_argument("--scheduler", default=None,
+                        help="address of a running dask scheduler (default: a LocalCluster)")
+    parser.add_argument("--workers", type=int, default=2, help="LocalCluster worker processes")
+    parser.add_argument("--threads-per-run", type=int, default=1, help="torch threads per run")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="sweep directory (default runs/sweep-<name>-<key>)")
+
+
+def sweep_configs(base: Path, key: str, values: list[Any], modes: list[str] | None,
+                  threads: int) -> list[tuple[str, RunConfig]]:
+    """One config per value: ``(label, config)``, labelled ``<last key part>=<value>``."""
+    short = key.rsplit(".", 1)[-1]
+    out = []
+    for value in values:
+        label = f"{short}={value}"
+        over: dict[str, Any] = {key: value, "runtime.threads": threads,
+                                "runtime.workers": 1, "runtime.progress": False}
+        if modes:
+            over["analysis.modes"] = modes
+        cfg = load_run_config(base, over)
+        out.append((label, dataclasses.replace(cfg, name=f"{cfg.name}-{label}")))
+    return out
+
+
+def _run_one(cfg: RunConfig, run_dir: str) -> list[dict[str, Any]]:
+    """One sweep member (runs in a dask worker): the run, resumed if it was started."""
+    from diffda.cycler.cycling.driver import run_experiment
+
+    summary = run_experiment(cfg, run_dir, resume=True, plots=False)
+    return [r for m in cfg.analysis.modes for r in summary.records[m]]
+
+
+def run_sweep(configs: list[tuple[str, RunConfig]], out: Path, scheduler: str | None,
+              workers: int) -> dict[str, list[dict[str, Any]]]:
+    """Run the configs as independent dask tasks; returns ``{label: records}``."""
+    from dask.distributed import Client, LocalCluster
+
+    out.mkdir(parents=True, exist_ok=True)
+    cluster = None
+    if scheduler is None:
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                               dashboard_address=None)
+        client = Client(cluster)
+    else:
+        client = Client(scheduler)
+    try:
+        futures = {label: client.submit(_run_one, cfg, str(out / label), pure=False)
+                   for label, cfg in configs}
+        return {label: f.result() for label, f in futures.items()}
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+def sweep(args: argparse.Namespace) -> int:
+    """``cycler sweep CONFIG.toml --param KEY=V1,V2,...``: independent runs (dask), then a
+    table of RMSE by lead time per value (paper Table 2)."""
+    from diffda.core.io import atomic_write_text
+
+    key, values_text = parse_assignment(args.param)
+    values = [parse_value(v) for v in values_text.split(",") if v.strip()]
+    if not values:
+        raise ValueError(f"--param {args.param!r}: no values")
+    modes = [m.strip() for m in args.modes.split(",")] if args.modes else None
+    configs = sweep_configs(args.config, key, values, modes, args.threads_per_run)
+    out = args.out or Path("runs") / f"sweep-{configs[0][1].name.rsplit('-', 1)[0]}-{key}"
+    tic = time.perf_counter()
+    results = run_sweep(configs, out, args.scheduler, args.workers)
+    table = lead_table(results)
+    table["param"] = key
+    table["best"] = best_by_lead(table)
+    atomic_write_text(out / "sweep.json", json.dumps(table, indent=2) + "\n")
+    plot_compare(results, out / "sweep.png")
+    print(format_table(table))
+    for mode, per_var in table["best"].items():
+        for var, picks in per_var.items():
+            days = ", ".join(f"day {d:g}: {p}" for d, p in zip(table["lead_days"], picks,
+                                                              strict=True) if p)
+            print(f"best {key} for {mode} {var}: {days}")
+    print(f"{len(configs)} runs in {time.perf_counter() - tic:.1f} s; written: "
+          f"{out / 'sweep.json'}, {out / 'sweep.png'}")
+    return 0
