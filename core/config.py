@@ -127,14 +127,63 @@ def read_toml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: not valid TOML: {err}") from None
 
 
-def load_config(cls: type[T], path: str | Path) -> T:
-    """Read TOML file ``path`` into dataclass ``cls``; errors name the file and the key."""
+def load_config(cls: type[T], path: str | Path, overrides: dict[str, Any] | None = None) -> T:
+    """Read TOML file ``path`` into dataclass ``cls``; ``overrides`` maps dotted keys
+    (``train.steps``) to values laid over the file's (as ``--set KEY=VALUE`` does). Errors
+    name the file and the key."""
     path = Path(path)
     data = read_toml(path)
+    for key, value in (overrides or {}).items():
+        data = set_dotted(data, key, value)
     try:
         return from_mapping(cls, data)
     except ConfigError as err:
         raise ConfigError(f"{path}: {err}") from None
+
+
+def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``update`` laid over it, table by table (``update`` wins)."""
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def set_dotted(data: dict[str, Any], key: str, value: Any) -> dict[str, Any]:
+    """A copy of nested ``data`` with ``key`` (``a.b.c``) set to ``value``."""
+    head, _, rest = key.partition(".")
+    out = dict(data)
+    if not rest:
+        out[head] = value
+        return out
+    inner = out.get(head, {})
+    if not isinstance(inner, dict):
+        raise ConfigError(f"{key}: {head} is not a table")
+    out[head] = set_dotted(inner, rest, value)
+    return out
+
+
+def parse_value(text: str) -> Any:
+    """A TOML value (``2``, ``0.5``, ``true``, ``"x"``, ``[1, 2]``), else the bare string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def parse_assignment(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise ValueError(f"expected KEY=VALUE, got {text!r}")
+    return key.strip(), value.strip()
+
+
+def parse_overrides(assignments: list[str]) -> dict[str, Any]:
+    """``["a.b=1", "c=x"]`` (``--set`` options) -> ``{"a.b": 1, "c": "x"}``, values as TOML."""
+    return {key: parse_value(value) for key, value in map(parse_assignment, assignments)}
 
 
 def to_mapping(obj: Any) -> dict[str, Any]:

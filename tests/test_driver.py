@@ -17,12 +17,12 @@ import numpy as np
 import pytest
 import torch
 import xarray as xr
-from diffda.core.config import ConfigError
+from diffda.core.config import ConfigError, parse_value
 from diffda.core.grid import Grid, coarsen_to
 from diffda.core.io import file_sha256
 from diffda.core.rng import torch_generator
 from diffda.cycler.cli.main import main as cli_main
-from diffda.cycler.cli.run import parse_value, sweep_configs
+from diffda.cycler.cli.run import sweep_configs
 from diffda.cycler.cycling.checkpoint import cycle_path, load_cycle
 from diffda.cycler.cycling.config import (
     MODES,

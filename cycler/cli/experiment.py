@@ -261,7 +261,7 @@ def run(args: argparse.Namespace) -> int:
         if "stations" not in TERMS_OF[args.name]:
             raise ValueError(f"--stations: {args.name} assimilates no stations")
         stations = read_observations(args.stations)
-    out = args.out or Path("runs") / "experiments" / args.name
+    out = args.out or Path("outputs") / "experiments" / args.name
     progress = not args.json
     files: list[Path]
     summary: dict[str, Any]
@@ -308,7 +308,7 @@ def run_pooled(args: argparse.Namespace, prior: DiffusionPrior, ds: Any,
 
     if args.stations is not None:
         raise ValueError("--stations holds one time's observations: give one --time with it")
-    out = args.out or Path("runs") / "experiments" / args.name
+    out = args.out or Path("outputs") / "experiments" / args.name
     summaries = []
     for t in times:
         index = select_index(ds, t, None, source)

@@ -14,10 +14,10 @@ import argparse
 import dataclasses
 import json
 import time
-import tomllib
 from pathlib import Path
 from typing import Any
 
+from diffda.core.config import parse_assignment, parse_overrides, parse_value
 from diffda.cycler.cycling.config import RunConfig, RuntimeConfig, load_run_config, read_resolved
 from diffda.cycler.cycling.plots import (
     DEFAULT_LEAD_DAYS,
@@ -26,21 +26,6 @@ from diffda.cycler.cycling.plots import (
     lead_table,
     plot_compare,
 )
-
-
-def parse_value(text: str) -> Any:
-    """A TOML value (``2``, ``0.5``, ``true``, ``"x"``, ``[1, 2]``), else the bare string."""
-    try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        return text
-
-
-def parse_assignment(text: str) -> tuple[str, str]:
-    key, sep, value = text.partition("=")
-    if not sep or not key.strip():
-        raise ValueError(f"expected KEY=VALUE, got {text!r}")
-    return key.strip(), value.strip()
 
 
 def _with_runtime(cfg: RunConfig, threads: int | None, workers: int | None = None
@@ -84,10 +69,9 @@ def run(args: argparse.Namespace) -> int:
     """``cycler run CONFIG.toml [--out DIR]``: all modes of the config, then the plots."""
     from diffda.cycler.cycling.driver import run_experiment
 
-    overrides = dict(parse_assignment(a) for a in args.overrides)
-    cfg = load_run_config(args.config, {k: parse_value(v) for k, v in overrides.items()})
+    cfg = load_run_config(args.config, parse_overrides(args.overrides))
     cfg = _with_runtime(cfg, args.threads, args.workers)
-    run_dir = args.out or Path("runs") / cfg.name
+    run_dir = args.out or Path("outputs") / cfg.name
     tic = time.perf_counter()
     run_experiment(cfg, run_dir, plots=False if args.no_plots else None)
     print(f"finished in {time.perf_counter() - tic:.1f} s")
@@ -242,7 +226,7 @@ def sweep(args: argparse.Namespace) -> int:
         raise ValueError(f"--param {args.param!r}: no values")
     modes = [m.strip() for m in args.modes.split(",")] if args.modes else None
     configs = sweep_configs(args.config, key, values, modes, args.threads_per_run)
-    out = args.out or Path("runs") / f"sweep-{configs[0][1].name.rsplit('-', 1)[0]}-{key}"
+    out = args.out or Path("outputs") / f"sweep-{configs[0][1].name.rsplit('-', 1)[0]}-{key}"
     tic = time.perf_counter()
     results = run_sweep(configs, out, args.scheduler, args.workers)
     table = lead_table(results)

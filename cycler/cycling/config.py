@@ -26,7 +26,15 @@ from pathlib import Path
 from typing import Any
 
 import cftime
-from diffda.core.config import ConfigError, from_mapping, read_toml, require, to_mapping
+from diffda.core.config import (
+    ConfigError,
+    deep_merge,
+    from_mapping,
+    read_toml,
+    require,
+    set_dotted,
+    to_mapping,
+)
 from diffda.core.times import parse_time
 from diffda.cycler.analysis.sampler import SamplerConfig
 
@@ -264,31 +272,6 @@ def load_run_config(path: str | Path, overrides: dict[str, Any] | None = None) -
         return run_config_from_mapping(data)
     except ConfigError as err:
         raise ConfigError(f"{path}: {err}") from None
-
-
-def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
-    """``base`` with ``update`` laid over it, table by table (``update`` wins)."""
-    out = dict(base)
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = deep_merge(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
-def set_dotted(data: dict[str, Any], key: str, value: Any) -> dict[str, Any]:
-    """A copy of nested ``data`` with ``key`` (``a.b.c``) set to ``value``."""
-    head, _, rest = key.partition(".")
-    out = dict(data)
-    if not rest:
-        out[head] = value
-        return out
-    inner = out.get(head, {})
-    if not isinstance(inner, dict):
-        raise ConfigError(f"{key}: {head} is not a table")
-    out[head] = set_dotted(inner, rest, value)
-    return out
 
 
 def config_to_mapping(cfg: RunConfig) -> dict[str, Any]:
