@@ -56,7 +56,7 @@ def _report(run_dir: Path) -> None:
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", type=Path, help="run config (TOML), e.g. runs/sevenday.toml")
     parser.add_argument("--out", type=Path, default=None,
-                        help="run directory (default runs/<name>)")
+                        help="run directory (default outputs/<name>)")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="KEY=VALUE", help="override a config key, e.g. analysis.lambda=2")
     parser.add_argument("--threads", type=int, default=None, help="torch threads per process")
