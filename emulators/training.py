@@ -260,6 +260,10 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                              "choice, not the recipe's)")
     parser.add_argument("--init-from", type=Path, default=None,
                         help="start from these weights; overrides train.init_from")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="KEY=VALUE",
+                        help="override a config value (TOML syntax), e.g. --set train.steps=2000 "
+                             "--set seed=1; repeatable: a recipe's stages as overrides of one file")
 
 
 

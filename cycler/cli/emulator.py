@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from diffda.core.config import load_config, require, to_mapping
+from diffda.core.config import load_config, parse_overrides, require, to_mapping
 from diffda.core.grid import Grid
 from diffda.core.io import atomic_write_bytes, atomic_write_text
 from diffda.core.rng import numpy_generator, torch_generator
@@ -275,7 +275,8 @@ def init_from_weights(emulator: SFNOEmulator, path: str | Path) -> None:
 
 def train(args: argparse.Namespace) -> int:
     """``cycler train emulator CONFIG.toml [--out DIR] [--resume] [--threads N] ...``."""
-    cfg = override_train(load_config(EmulatorTrainConfig, args.config), args)
+    cfg = override_train(
+        load_config(EmulatorTrainConfig, args.config, parse_overrides(args.overrides)), args)
     out = args.out or Path("runs") / Path(args.config).stem
     torch.set_num_threads(cfg.train.threads)
     ctx = init_distributed(cfg.train.device)

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 import xarray as xr
-from diffda.core.config import load_config, require, to_mapping
+from diffda.core.config import load_config, parse_overrides, require, to_mapping
 from diffda.core.grid import Grid
 from diffda.core.io import atomic_write_text
 from diffda.core.rng import member_generators, torch_generator
@@ -307,7 +307,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
 
 def train(args: argparse.Namespace) -> int:
     """``cycler train prior CONFIG.toml [--out DIR] [--resume] [--threads N] ...``."""
-    cfg = override_train(load_config(PriorTrainConfig, args.config), args)
+    cfg = override_train(
+        load_config(PriorTrainConfig, args.config, parse_overrides(args.overrides)), args)
     out = args.out or Path("runs") / Path(args.config).stem
     torch.set_num_threads(cfg.train.threads)
     ctx = init_distributed(cfg.train.device)
