@@ -20,11 +20,12 @@ variable, ``(var,)``, in the physical units of the inputs.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
 import torch
-from diffda.core.grid import Grid
+from diffda.core.grid import Grid, coarsen_to
 from torch import Tensor
 
 SCORES: tuple[str, ...] = ("rmse", "spread", "crps", "rmse_station", "rmse_nonstation")
@@ -170,3 +171,81 @@ def zonal_power_spectrum(x: np.ndarray, area_weights: np.ndarray) -> np.ndarray:
     p = p.reshape(-1, x.shape[-2], p.shape[-1]).mean(axis=0)  # (lat, k)
     w = np.asarray(area_weights, dtype=np.float64)
     return ((w / w.sum())[:, None] * p).sum(axis=0)
+
+
+# ------------------------------------------------ scores of one analysis against its truth
+
+
+def spread_skill_ratio(rmse_value: float, spread_value: float, members: int) -> float:
+    """``sqrt((M + 1) / M) spread / rmse``: 1 for a reliable ``M``-member ensemble, since
+    ``E[rmse^2] = (1 + 1/M) E[spread^2]`` (Fortin et al. 2014). NaN if ``rmse = 0``."""
+    if rmse_value == 0.0:
+        return math.nan
+    return math.sqrt((members + 1) / members) * spread_value / rmse_value
+
+
+def member_rmse(ensemble: Tensor, truth: Tensor) -> Tensor:
+    """Latitude-weighted RMSE of each member, ``(member, var)``."""
+    return torch.stack([rmse(ensemble[m:m + 1], truth) for m in range(ensemble.shape[0])])
+
+
+def score(ensemble: Tensor, truth: Tensor, variables: Sequence[str],
+          station_mask: np.ndarray | None = None) -> dict[str, dict[str, float]]:
+    """Per variable ``{rmse, spread, spread_skill, crps, rmse_member_mean,
+    rmse_member_std[, rmse_station, rmse_nonstation]}``, physical units, in float64.
+
+    ``ensemble``: ``(member, var, lat, lon)``; ``truth``: ``(var, lat, lon)``."""
+    e, t = ensemble.double(), truth.double()
+    m = e.shape[0]
+    table = {"rmse": rmse(e, t), "spread": spread(e), "crps": crps(e, t)}
+    per_member = member_rmse(e, t)
+    table["rmse_member_mean"] = per_member.mean(0)
+    table["rmse_member_std"] = (per_member.std(0) if m > 1 else torch.zeros(len(variables)))
+    if station_mask is not None:
+        mask = torch.as_tensor(station_mask, dtype=torch.bool)
+        table["rmse_station"] = masked_rmse(e, t, mask)
+        table["rmse_nonstation"] = masked_rmse(e, t, ~mask)
+    out: dict[str, dict[str, float]] = {}
+    for k, v in enumerate(variables):
+        row = {name: float(val[k]) for name, val in table.items()}
+        row["spread_skill"] = spread_skill_ratio(row["rmse"], row["spread"], m)
+        out[v] = row
+    return out
+
+
+def unresolved_rmse(truth: Tensor, lr_grid: Grid) -> Tensor:
+    """``(var,)``: latitude-weighted RMS of the part of ``truth`` ``(var, lat, lon)`` at
+    zonal wavenumbers ``k >= lr_grid.nlon // 2`` (the low-resolution grid's Nyquist and
+    beyond), which a field on ``lr_grid`` cannot hold."""
+    k_cut = lr_grid.nlon // 2
+    if k_cut > truth.shape[-1] // 2:
+        raise ValueError(f"low-resolution grid {lr_grid} is not coarser in longitude than "
+                         f"the truth's {truth.shape[-1]} points")
+    truth = truth.double()
+    return rmse((truth - zonal_high_pass(truth, k_cut))[None], truth)
+
+
+def zonal_high_pass(x: Tensor, k_min: int) -> Tensor:
+    """The part of ``x`` ``(..., lon)`` at zonal wavenumbers ``k >= k_min``."""
+    spec = torch.fft.rfft(x, dim=-1)
+    spec[..., :k_min] = 0
+    return torch.fft.irfft(spec, n=x.shape[-1], dim=-1)
+
+
+def lr_misfit_rmse(ensemble: Tensor, lr: Tensor, lr_grid: Grid) -> Tensor:
+    """``(var,)``: latitude-weighted RMS on ``lr_grid`` of the ensemble mean's coarsened
+    field minus the low-resolution field ``lr`` ``(var, lr_lat, lr_lon)`` (physical units):
+    how closely the estimate fits the observation it was conditioned on, to set against
+    ``sqrt(Sigma_y)``. An error that the misfit does not explain lies in the scales the
+    observation cannot see."""
+    coarse = coarsen_to(ensemble.mean(0).to(lr.dtype), lr_grid)
+    return rmse(coarse[None], lr)
+
+
+def zonal_spectra(fields: Tensor, grid: Grid) -> np.ndarray:
+    """Zonal power spectra ``(var, nlon // 2 + 1)`` of ``(sample, var, lat, lon)`` fields,
+    averaged over samples and (area-weighted) latitude (:func:`zonal_power_spectrum`); the
+    zonal mean is not removed: ``k = 0`` holds its power."""
+    x = fields.double().numpy()
+    w = grid.area_weights()
+    return np.stack([zonal_power_spectrum(x[:, v], w) for v in range(x.shape[1])])

@@ -12,13 +12,15 @@ What lives here, and nothing model-specific:
   scheduler, step, named ``torch.Generator`` states, a JSON-able ``extra`` dict), written
   atomically (temporary file, then ``os.replace``) and read back with
   ``torch.load(weights_only=True)``: a checkpoint can never execute code.
-- Weights for users: :func:`export_weights` writes ``NAME.safetensors`` (tensors only) plus
-  the card ``NAME.json`` (variables, grid, normalisation, command, data, scores, parameter
-  count, ...); :func:`load_weights` reads both back and refuses, with a message naming the
-  file, anything that is not such a weights file (:class:`WeightsError`).
+- Weights for users are written and read by :mod:`diffda.core.weights` (``export_weights``,
+  ``load_weights``: tensors in safetensors plus a JSON card, no pickled code).
 - :func:`train_loop`: a seeded, resumable loop ``for step in range(start, steps)`` over a
   batch source, with a tqdm bar showing the loss on rank 0, periodic checkpoints and a
-  ``loss.jsonl`` log.
+  ``loss.jsonl`` log; :func:`run_training` runs it for a config with a ``[train]`` table
+  in one output folder (``config.json``, ``checkpoint.pt``, ``loss.jsonl``) and returns
+  the run's summary; :func:`adamw_cosine` is the optimiser both models use.
+- :class:`TrainDataConfig`: the ``[data]`` table both models share (which nature-run
+  stores and years, which variables, which grid).
 
 Exact resume: the loop asks the batch source for the batches *from a given step on*
 (``batches(start_step)``); a source whose batch at step ``s`` depends only on
@@ -29,7 +31,6 @@ a diffusion loss, say) is passed in ``generators`` and its state is checkpointed
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
@@ -38,18 +39,20 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TextIO, TypeVar
 
+import numpy as np
 import torch
 import torch.distributed as dist
-from diffda.core.io import atomic_write_bytes
+from diffda.core.config import require, to_mapping
+from diffda.core.io import atomic_write_bytes, atomic_write_text
 from diffda.core.rng import torch_generator
 from diffda.core.weights import WeightsError
+from diffda.emulators.forecast.data import VARIABLES
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 Batch = TypeVar("Batch")
-C = TypeVar("C")  # a config with a ``train`` table
 
 CHECKPOINT_FORMAT = "diffda-checkpoint-v1"
 
@@ -152,9 +155,6 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in unwrap(model).parameters() if p.requires_grad)
 
 
-# ----------------------------------------------------------------------- atomic files
-
-
 # ------------------------------------------------------------------------ checkpoints
 
 
@@ -222,9 +222,6 @@ def load_checkpoint(
     return int(state["step"]), json.loads(state["extra"])
 
 
-# ---------------------------------------------------------------------------- weights
-
-
 # ---------------------------------------------------------------------- batch sources
 
 
@@ -244,38 +241,6 @@ def step_seeded_batches(
             step += 1
 
     return batches
-
-
-def add_run_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of ``cycler train emulator|prior`` that override a config's ``[train]``
-    table for this run: the wall-time limit, the machine's thread count (neither is part of
-    the recipe; threads change the weights only through rounding) and the weights to start
-    from (chaining the stages of a recipe in another folder). Applied by
-    :func:`override_train`."""
-    parser.add_argument("--max-minutes", type=float, default=None,
-                        help="stop (with a checkpoint and partial weights) after this much wall "
-                             "time; overrides train.max_minutes; continue with --resume")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch CPU threads; overrides train.threads (the machine's "
-                             "choice, not the recipe's)")
-    parser.add_argument("--init-from", type=Path, default=None,
-                        help="start from these weights; overrides train.init_from")
-    parser.add_argument("--set", dest="overrides", action="append", default=[],
-                        metavar="KEY=VALUE",
-                        help="override a config value (TOML syntax), e.g. --set train.steps=2000 "
-                             "--set seed=1; repeatable: a recipe's stages as overrides of one file")
-
-
-
-def override_train(cfg: C, args: argparse.Namespace) -> C:
-    """``cfg`` with the ``[train]`` fields that :func:`add_run_arguments` set replaced (the
-    table's own checks run again, so a bad value names its key)."""
-    overrides = {"max_minutes": args.max_minutes, "threads": args.threads,
-                 "init_from": None if args.init_from is None else str(args.init_from)}
-    overrides = {k: v for k, v in overrides.items() if v is not None}
-    if not overrides:
-        return cfg
-    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, **overrides))
 
 
 def cosine_warmup_lambda(total_steps: int, warmup_steps: int = 0, floor: float = 0.0):
@@ -313,26 +278,15 @@ class LoopResult:
 
 
 def train_loop(
-    *,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    loss_fn: Callable[[nn.Module, Batch], Tensor],
-    batches: Callable[[int], Iterable[Batch]],
-    steps: int,
-    ctx: DistContext | None = None,
+    *, model: nn.Module, optimizer: torch.optim.Optimizer,
+    loss_fn: Callable[[nn.Module, Batch], Tensor], batches: Callable[[int], Iterable[Batch]],
+    steps: int, ctx: DistContext | None = None,
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
-    checkpoint_path: str | Path | None = None,
-    checkpoint_every: int = 500,
-    resume: bool = False,
-    generators: Mapping[str, torch.Generator] | None = None,
-    extra: Callable[[], Mapping[str, Any]] | None = None,
-    grad_clip: float | None = None,
-    log_path: str | Path | None = None,
-    log_every: int = 10,
-    max_seconds: float | None = None,
-    stop_at: int | None = None,
-    desc: str = "train",
-    progress: bool = True,
+    checkpoint_path: str | Path | None = None, checkpoint_every: int = 500,
+    resume: bool = False, generators: Mapping[str, torch.Generator] | None = None,
+    extra: Callable[[], Mapping[str, Any]] | None = None, grad_clip: float | None = None,
+    log_path: str | Path | None = None, log_every: int = 10, max_seconds: float | None = None,
+    stop_at: int | None = None, desc: str = "train", progress: bool = True,
 ) -> LoopResult:
     """Train ``model`` for ``steps`` optimizer steps in total (counting resumed ones).
 
@@ -346,23 +300,11 @@ def train_loop(
     JSON line ``{"step", "loss", "lr", "seconds"}`` every ``log_every`` steps (rank 0).
     """
     ctx = ctx or DistContext()
-    start = 0
-    if resume and checkpoint_path is not None and Path(checkpoint_path).is_file():
-        start, _ = load_checkpoint(
-            checkpoint_path, model=model, optimizer=optimizer, scheduler=scheduler,
-            generators=generators, map_location=ctx.device,
-        )
+    checkpoints = _Checkpoints(checkpoint_path, model, optimizer, scheduler, generators, extra,
+                               ctx)
+    start = checkpoints.restore() if resume else 0
     losses: list[float] = []
     t0 = time.perf_counter()
-
-    def checkpoint(step: int) -> None:
-        if checkpoint_path is not None and ctx.is_main:
-            save_checkpoint(
-                checkpoint_path, model=model, optimizer=optimizer, step=step,
-                scheduler=scheduler, generators=generators, extra=extra() if extra else None,
-            )
-        barrier(ctx)
-
     bar = tqdm(
         total=steps, initial=start, desc=desc, disable=not (progress and ctx.is_main),
         dynamic_ncols=True,
@@ -373,37 +315,19 @@ def train_loop(
         it = iter(batches(start))
         model.train()
         while step < steps:
-            batch = next(it)
-            optimizer.zero_grad(set_to_none=True)
-            loss = loss_fn(model, batch)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"{desc}: loss is {loss.item()} at step {step}")
-            loss.backward()
-            if grad_clip is not None:
-                nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-            optimizer.step()
-            if scheduler is not None:
-                scheduler.step()
+            loss = _optimizer_step(model, optimizer, scheduler, loss_fn, next(it), grad_clip,
+                                   desc, step)
             step += 1
             mean_loss = float(all_reduce_mean(loss.detach(), ctx))
             losses.append(mean_loss)
             bar.update(1)
             bar.set_postfix(loss=f"{mean_loss:.4g}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
             if log is not None and (step % log_every == 0 or step == steps):
-                window = losses[-log_every:]
-                log.write(json.dumps({
-                    "step": step, "loss": sum(window) / len(window),
-                    "lr": optimizer.param_groups[0]["lr"],
-                    "seconds": round(time.perf_counter() - t0, 2),
-                }) + "\n")
-                log.flush()
-            out_of_time = max_seconds is not None and time.perf_counter() - t0 > max_seconds
-            if ctx.distributed and max_seconds is not None:
-                flag = torch.tensor(float(out_of_time), device=ctx.device)
-                out_of_time = bool(all_reduce_mean(flag, ctx) > 0)
-            interrupted = out_of_time or (stop_at is not None and step >= stop_at)
+                _log_losses(log, step, losses[-log_every:], optimizer, t0)
+            interrupted = (_out_of_time(t0, max_seconds, ctx)
+                           or (stop_at is not None and step >= stop_at))
             if step % checkpoint_every == 0 or step == steps or interrupted:
-                checkpoint(step)
+                checkpoints.save(step)
             if interrupted:
                 break
     finally:
@@ -411,3 +335,147 @@ def train_loop(
         if log is not None:
             log.close()
     return LoopResult(step=step, losses=losses, seconds=time.perf_counter() - t0)
+
+
+@dataclass
+class _Checkpoints:
+    """The resume state of :func:`train_loop`: where it goes (``path``; none: no
+    checkpoints) and what it holds."""
+
+    path: str | Path | None
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None
+    generators: Mapping[str, torch.Generator] | None
+    extra: Callable[[], Mapping[str, Any]] | None
+    ctx: DistContext
+
+    def restore(self) -> int:
+        """The step of the checkpoint at ``path`` after restoring it (0 when there is none)."""
+        if self.path is None or not Path(self.path).is_file():
+            return 0
+        start, _ = load_checkpoint(
+            self.path, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
+            generators=self.generators, map_location=self.ctx.device,
+        )
+        return start
+
+    def save(self, step: int) -> None:
+        """Write the checkpoint of ``step`` (rank 0), then wait for all ranks."""
+        if self.path is not None and self.ctx.is_main:
+            save_checkpoint(
+                self.path, model=self.model, optimizer=self.optimizer, step=step,
+                scheduler=self.scheduler, generators=self.generators,
+                extra=self.extra() if self.extra else None,
+            )
+        barrier(self.ctx)
+
+
+def _optimizer_step(
+    model: nn.Module, optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None,
+    loss_fn: Callable[[nn.Module, Batch], Tensor], batch: Batch, grad_clip: float | None,
+    desc: str, step: int,
+) -> Tensor:
+    """Optimizer step ``step + 1`` of :func:`train_loop` on ``batch``; returns its loss. A
+    loss that is not finite raises ``FloatingPointError`` before any update."""
+    optimizer.zero_grad(set_to_none=True)
+    loss = loss_fn(model, batch)
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"{desc}: loss is {loss.item()} at step {step}")
+    loss.backward()
+    if grad_clip is not None:
+        nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    if scheduler is not None:
+        scheduler.step()
+    return loss
+
+
+def _log_losses(log: TextIO, step: int, window: list[float], optimizer: torch.optim.Optimizer,
+                t0: float) -> None:
+    """One line of ``loss.jsonl``: the mean loss of ``window`` (the steps since the last line)."""
+    log.write(json.dumps({
+        "step": step, "loss": sum(window) / len(window),
+        "lr": optimizer.param_groups[0]["lr"],
+        "seconds": round(time.perf_counter() - t0, 2),
+    }) + "\n")
+    log.flush()
+
+
+def _out_of_time(t0: float, max_seconds: float | None, ctx: DistContext) -> bool:
+    """Whether the wall-time budget is spent, on any rank (then all ranks stop together)."""
+    out_of_time = max_seconds is not None and time.perf_counter() - t0 > max_seconds
+    if ctx.distributed and max_seconds is not None:
+        flag = torch.tensor(float(out_of_time), device=ctx.device)
+        out_of_time = bool(all_reduce_mean(flag, ctx) > 0)
+    return out_of_time
+
+
+# ------------------------------------------------------------------- a model's training run
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TrainDataConfig:
+    """The ``[data]`` table of a training config: which nature-run states train a model
+    (``path``: a store, or several, e.g. a run and its continuation; the calendar years),
+    which variables, on which grid."""
+
+    path: str | tuple[str, ...] = "runs/data/nature.zarr"  # or several stores (a continuation)
+    train_years: tuple[int, ...] = (2000, 2001)  # nature run: from 2000-01-01
+    valid_years: tuple[int, ...] = (2002,)
+    variables: tuple[str, ...] = VARIABLES
+    nlat: int = 16
+    nlon: int = 32
+
+    def __post_init__(self) -> None:
+        require(len(self.variables) > 0, "data.variables", self.variables, "must not be empty")
+
+
+def adamw_cosine(
+    params: Iterable[nn.Parameter], tc: Any, post_step: Callable[[], None] | None = None
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW (``tc.lr``, ``tc.weight_decay``) with a linear warm-up then cosine decay
+    (:func:`cosine_warmup_lambda` of ``tc.steps``, ``tc.warmup_steps``, ``tc.lr_floor``);
+    ``post_step`` runs after every optimizer step (an EMA update, say)."""
+    optimizer = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay)
+    if post_step is not None:
+        optimizer.register_step_post_hook(lambda *_: post_step())
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, cosine_warmup_lambda(tc.steps, tc.warmup_steps, tc.lr_floor)
+    )
+    return optimizer, scheduler
+
+
+def run_training(
+    cfg: Any, out: Path, *, model: nn.Module, optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    loss_fn: Callable[[nn.Module, Batch], Tensor], batches: Callable[[int], Iterable[Batch]],
+    ctx: DistContext, resume: bool, desc: str, progress: bool, stop_at: int | None,
+    counted: nn.Module,
+) -> dict[str, Any]:
+    """:func:`train_loop` as ``cfg.train`` says (steps, checkpoints, clipping, log, time
+    budget) with its files in ``out``: ``config.json`` (``cfg``, written first),
+    ``checkpoint.pt`` (resume state, with ``cfg``) and ``loss.jsonl`` (rank 0). Returns the
+    run's summary: step reached, whether finished, seconds, final loss (mean of the last 50
+    steps), the number of parameters of ``counted``, world size and device."""
+    tc = cfg.train
+    if ctx.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "config.json", json.dumps(to_mapping(cfg), indent=2) + "\n")
+    result = train_loop(
+        model=model, optimizer=optimizer, scheduler=scheduler, loss_fn=loss_fn,
+        batches=batches, steps=tc.steps, ctx=ctx, checkpoint_path=out / "checkpoint.pt",
+        checkpoint_every=tc.checkpoint_every, resume=resume, grad_clip=tc.grad_clip,
+        log_path=out / "loss.jsonl", log_every=tc.log_every,
+        max_seconds=tc.max_minutes * 60 if tc.max_minutes is not None else None,
+        desc=desc, progress=progress, stop_at=stop_at,
+        extra=lambda: {"config": to_mapping(cfg)},
+    )
+    return {
+        "step": result.step, "steps": tc.steps, "finished": result.step >= tc.steps,
+        "seconds_this_run": round(result.seconds, 1),
+        "final_loss": float(np.mean(result.losses[-50:])) if result.losses else None,
+        "n_parameters": count_parameters(counted), "world_size": ctx.world_size,
+        "device": str(ctx.device),
+    }

@@ -1,4 +1,4 @@
-"""IGRA v2 sounding files: reader, writer, and the map from soundings to model variables.
+"""IGRA v2 sounding files: the records, the reader and the writer.
 
 Format (``igra2-data-format.txt``, IGRA v2.0-2.2): each sounding is one header line
 (``#``, station id, date, hour, release time, number of levels, sources, latitude and
@@ -9,30 +9,21 @@ physical value with NaN for both. A file may end in a header with no level lines
 real ``USM00070026-data.siphon.txt`` does): such a sounding is kept with the levels that
 were read and reported in :attr:`IgraFile.skipped`, like every line that did not parse.
 
-Real-data path (:func:`model_values`, :func:`soundings_to_dataset`): the standard pressure
-level (default 500 hPa) gives ``height`` (geopotential height, m), ``u`` and ``v`` from
-direction and speed (meteorological convention, direction the wind blows *from*), and
-``tracer`` = specific humidity from temperature and dewpoint depression (Bolton 1980).
+The map from soundings to model variables (and back, for synthetic files) is in
+:mod:`diffda.observations.soundings`; the unit conversions it uses in
+:mod:`diffda.observations.meteo`.
 """
 
 from __future__ import annotations
 
-import json
-import math
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import cftime
 import numpy as np
-import xarray as xr
-from diffda.observations.stations import (
-    Skipped,
-    StationNetwork,
-    atomic_write_text,
-    station_observations_dataset,
-)
+from diffda.observations.stations import Skipped, atomic_write_text
 
 MISSING = -9999
 #: Sounding-data headers have 71 columns; derived-parameter (-drvd) headers about 160.
@@ -316,219 +307,3 @@ def write_igra(soundings: Iterable[Sounding], path: str | os.PathLike[str]) -> N
     """Write soundings in the IGRA v2 format, atomically. A sounding with fewer levels than
     its header's NUMLEV is written as it is (this reproduces truncated real files)."""
     atomic_write_text(Path(path), format_soundings(soundings))
-
-
-# --------------------------------------------------------------------------- physics
-
-EPSILON = 0.622  # ratio of the gas constants of dry air and water vapour
-
-
-def wind_components(direction_deg: np.ndarray, speed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(u, v)`` from meteorological direction (where the wind blows from, degrees
-    clockwise from north) and speed: ``u = -s sin(d)``, ``v = -s cos(d)``."""
-    d = np.deg2rad(np.asarray(direction_deg, dtype=float))
-    s = np.asarray(speed, dtype=float)
-    return -s * np.sin(d), -s * np.cos(d)
-
-
-def wind_direction_speed(u: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Inverse of :func:`wind_components`; direction in ``[0, 360)`` (0 for calm)."""
-    u, v = np.asarray(u, dtype=float), np.asarray(v, dtype=float)
-    speed = np.hypot(u, v)
-    direction = np.rad2deg(np.arctan2(-u, -v)) % 360.0
-    return np.where(speed > 0, direction, 0.0), speed
-
-
-def saturation_vapour_pressure(t_c: np.ndarray) -> np.ndarray:
-    """Bolton (1980) Eq. 10: ``e_s = 6.112 exp(17.67 T / (T + 243.5))`` hPa, ``T`` in degC."""
-    t_c = np.asarray(t_c, dtype=float)
-    return 6.112 * np.exp(17.67 * t_c / (t_c + 243.5))
-
-
-def dewpoint_from_vapour_pressure(e_hpa: np.ndarray) -> np.ndarray:
-    """Inverse of :func:`saturation_vapour_pressure`: dewpoint (degC) of vapour pressure."""
-    ln = np.log(np.asarray(e_hpa, dtype=float) / 6.112)
-    return 243.5 * ln / (17.67 - ln)
-
-
-def specific_humidity(p_hpa: np.ndarray, dewpoint_c: np.ndarray) -> np.ndarray:
-    """``q = eps e / (p - (1 - eps) e)`` (kg/kg) with ``e = e_s(T_d)``."""
-    e = saturation_vapour_pressure(dewpoint_c)
-    return EPSILON * e / (np.asarray(p_hpa, dtype=float) - (1.0 - EPSILON) * e)
-
-
-def dewpoint_from_specific_humidity(p_hpa: np.ndarray, q: np.ndarray) -> np.ndarray:
-    """Inverse of :func:`specific_humidity`: ``e = q p / (eps + (1 - eps) q)``."""
-    q = np.asarray(q, dtype=float)
-    e = q * np.asarray(p_hpa, dtype=float) / (EPSILON + (1.0 - EPSILON) * q)
-    return dewpoint_from_vapour_pressure(e)
-
-
-#: ICAO/US standard atmosphere temperature (degC) at a few standard levels; used as the
-#: temperature carried in synthetic IGRA files (the model has no temperature).
-STANDARD_TEMPERATURE_C = {1000: 14.3, 850: 1.5, 700: -4.6, 500: -21.2, 300: -44.5, 250: -52.3}
-
-MODEL_VARIABLES = ("height", "u", "v", "tracer")
-
-
-def model_values(sounding: Sounding, level_hpa: int | Mapping[str, int] = 500) -> dict[str, float]:
-    """Model variables from standard pressure levels of one sounding.
-
-    ``level_hpa``: one level for all variables, or a level per variable (e.g.
-    ``{"height": 500, "u": 500, "v": 500, "tracer": 850}``). ``height`` = GPH (m);
-    ``u``, ``v`` from WDIR/WSPD; ``tracer`` = specific humidity (kg/kg) from TEMP and DPDP.
-    NaN where the level or a needed value is missing or removed by QC.
-    """
-    levels = (dict.fromkeys(MODEL_VARIABLES, level_hpa) if isinstance(level_hpa, int)
-              else dict(level_hpa))
-    unknown = sorted(set(levels) - set(MODEL_VARIABLES))
-    if unknown:
-        raise ValueError(f"unknown model variable(s) {unknown}; known: {list(MODEL_VARIABLES)}")
-    lv = sounding.levels
-    out = dict.fromkeys(MODEL_VARIABLES, math.nan)
-    for name, p_hpa in levels.items():
-        rows = np.flatnonzero((lv.press == p_hpa * 100) & (lv.lvltyp1 == 1))
-        if len(rows) == 0:
-            continue
-        i = int(rows[0])
-        if name == "height":
-            out[name] = float(lv.value("gph")[i])
-        elif name in ("u", "v"):
-            u, v = wind_components(lv.value("wdir")[i], lv.value("wspd")[i])
-            out[name] = float(u if name == "u" else v)
-        else:
-            td = lv.value("temp")[i] - lv.value("dpdp")[i]
-            out[name] = float(specific_humidity(p_hpa, td))
-    return out
-
-
-def soundings_to_dataset(
-    soundings: Sequence[Sounding],
-    level_hpa: int | Mapping[str, int] = 500,
-    calendar: str = "standard",
-    hours: Sequence[int] | None = (0, 12),
-) -> tuple[xr.Dataset, list[Skipped]]:
-    """Observations in the canonical station form (dims ``time x station``) from soundings.
-
-    Stations are taken in order of first appearance (id, header latitude/longitude).
-    Soundings with a missing hour, an hour not in ``hours`` (``None`` keeps all), a
-    second sounding for the same station and time, or a position other than the station's
-    first (a mobile station) are reported as skipped. Values missing
-    in the files are NaN.
-    """
-    skipped: list[Skipped] = []
-    station_pos: dict[str, tuple[float, float]] = {}
-    records: dict[tuple[cftime.datetime, str], dict[str, float]] = {}
-    for s in soundings:
-        h = s.header
-        t = h.time(calendar)
-        where = f"sounding {h.id} {h.year}-{h.month:02d}-{h.day:02d} {h.hour:02d}Z"
-        if t is None:
-            skipped.append(Skipped("soundings", s.line, f"{where}: hour missing"))
-            continue
-        if hours is not None and h.hour not in hours:
-            skipped.append(Skipped("soundings", s.line, f"{where}: hour not in {list(hours)}"))
-            continue
-        if (t, h.id) in records:
-            skipped.append(Skipped("soundings", s.line, f"{where}: second sounding at this time"))
-            continue
-        first = station_pos.setdefault(h.id, (h.lat, h.lon))
-        if abs(first[0] - h.lat) > 1e-3 or abs(first[1] - h.lon) > 1e-3:
-            skipped.append(Skipped(
-                "soundings", s.line,
-                f"{where}: station moved from {first} to {(h.lat, h.lon)} (mobile station)",
-            ))
-            continue
-        records[(t, h.id)] = model_values(s, level_hpa)
-    ids = list(station_pos)
-    network = StationNetwork.from_arrays(
-        ids, [station_pos[i][0] for i in ids], [station_pos[i][1] for i in ids]
-    )
-    times = sorted({t for t, _ in records})
-    values = {v: np.full((len(times), len(ids)), np.nan) for v in MODEL_VARIABLES}
-    ti = {t: k for k, t in enumerate(times)}
-    si = {sid: k for k, sid in enumerate(ids)}
-    for (t, sid), vals in records.items():
-        for v in MODEL_VARIABLES:
-            values[v][ti[t], si[sid]] = vals[v]
-    ds = station_observations_dataset(network, times, values)
-    ds.attrs["source"] = "IGRA v2 soundings"
-    ds.attrs["pressure_level_hPa"] = (
-        level_hpa if isinstance(level_hpa, int) else json.dumps(dict(level_hpa))
-    )
-    return ds, skipped
-
-
-def dataset_to_soundings(
-    obs: xr.Dataset, level_hpa: int = 500, p_src: str = "diffda"
-) -> tuple[dict[str, list[Sounding]], int]:
-    """Synthetic observations (canonical station form) as IGRA v2 soundings, per station.
-
-    Each (time, station) becomes one sounding with one standard-level record at
-    ``level_hpa``: GPH = ``height`` (m, rounded), WDIR/WSPD from ``u``, ``v`` (1 deg,
-    0.1 m/s), and the tracer as dewpoint depression. The model has no temperature, so
-    TEMP carries ``max(T_std, T_d)`` with ``T_std`` the standard-atmosphere temperature of
-    the level: ``T_d`` is then recovered exactly up to the 0.1 degC rounding (about 1 %
-    in ``q``). Returns the soundings by station id and the number of non-positive tracer
-    values, which have no dewpoint and are written as missing (-9999).
-    """
-    if level_hpa not in STANDARD_TEMPERATURE_C:
-        raise ValueError(
-            f"level {level_hpa} hPa has no standard temperature; use one of "
-            f"{sorted(STANDARD_TEMPERATURE_C)}"
-        )
-    t_std = STANDARD_TEMPERATURE_C[level_hpa]
-    ids = [str(s) for s in obs["station_id"].values]
-    lats, lons = obs["lat"].values, obs["lon"].values
-    times = obs["time"].values
-    n_bad_tracer = 0
-
-    def raw(values: np.ndarray, scale: float) -> np.ndarray:
-        return np.where(np.isfinite(values), np.round(values / scale), MISSING).astype(np.int64)
-
-    out: dict[str, list[Sounding]] = {}
-    for k, sid in enumerate(ids):
-        col = {v: obs[v].values[:, k] if v in obs else np.full(len(times), np.nan)
-               for v in MODEL_VARIABLES}
-        wdir, wspd = wind_direction_speed(col["u"], col["v"])
-        wind_ok = np.isfinite(col["u"]) & np.isfinite(col["v"])
-        q = col["tracer"]
-        q_ok = np.isfinite(q) & (q > 0)
-        n_bad_tracer += int((np.isfinite(q) & (q <= 0)).sum())
-        with np.errstate(invalid="ignore", divide="ignore"):
-            td = dewpoint_from_specific_humidity(level_hpa, np.where(q_ok, q, 1e-3))
-        temp = np.where(q_ok, np.maximum(t_std, td), t_std)
-        temp_raw = np.round(temp / 0.1).astype(np.int64)
-        dpd_raw = np.where(q_ok, np.round((temp_raw * 0.1 - td) / 0.1), MISSING).astype(np.int64)
-        soundings = []
-        lon = float(lons[k]) - 360.0 if float(lons[k]) > 180.0 else float(lons[k])
-        for it, t in enumerate(times):
-            header = SoundingHeader(
-                id=sid, year=t.year, month=t.month, day=t.day, hour=t.hour, reltime=9999,
-                numlev=1, p_src=p_src, np_src="", lat=float(lats[k]), lon=lon,
-            )
-            row = {
-                "lvltyp1": 1, "lvltyp2": 0, "etime": MISSING, "press": level_hpa * 100,
-                "pflag": " ", "gph": int(raw(col["height"][it : it + 1], 1.0)[0]), "zflag": " ",
-                "temp": int(temp_raw[it]), "tflag": " ", "rh": MISSING, "dpdp": int(dpd_raw[it]),
-                "wdir": int(np.round(wdir[it]) % 360) if wind_ok[it] else MISSING,
-                "wspd": int(np.round(wspd[it] / 0.1)) if wind_ok[it] else MISSING,
-            }
-            soundings.append(Sounding(header, Levels.from_rows([row])))
-        out[sid] = soundings
-    return out, n_bad_tracer
-
-
-def write_igra_directory(
-    obs: xr.Dataset, directory: str | os.PathLike[str], level_hpa: int = 500
-) -> tuple[list[Path], int]:
-    """Write one ``<ID>-data.txt`` IGRA v2 file per station of ``obs`` into ``directory``.
-    Returns the paths and the number of tracer values written as missing."""
-    directory = Path(directory)
-    by_station, n_bad = dataset_to_soundings(obs, level_hpa)
-    paths = []
-    for sid, soundings in by_station.items():
-        p = directory / f"{sid}-data.txt"
-        write_igra(soundings, p)
-        paths.append(p)
-    return paths, n_bad

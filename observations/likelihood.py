@@ -26,12 +26,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import cftime
 import numpy as np
 import torch
-import xarray as xr
 from diffda.core.grid import Grid
 from diffda.core.protocols import ObservationOperator
+from diffda.observations.station_arrays import StationObservations
 from torch import Tensor, nn
 
 
@@ -113,10 +112,12 @@ def normalise_observations(
 class ObservationTerm(nn.Module):
     """One likelihood term (Eq. 13); implements :class:`diffda.core.protocols.LikelihoodTerm`.
 
-    ``operator``: ``(member, *state) -> (member, n_obs)``; ``y``: ``(n_obs,)`` normalised;
-    ``sigma_y``: scalar or ``(n_obs,)`` variance; ``gamma``: scalar; ``weight`` is
-    ``lambda_j`` of Eq. 14, applied by the caller (the sampler, or
-    :class:`CompositeLikelihood`), not inside :meth:`log_likelihood`.
+    ``operator``: ``(member, *state) -> (member, n_obs)``; ``y``: ``(n_obs,)`` normalised,
+    the same observation for every member, or ``(K, n_obs)`` with ``K`` the number of
+    members, member ``m`` guided by its own row (the forecast term of a mode that forecasts
+    every member from its own analysis); ``sigma_y``: scalar or ``(n_obs,)`` variance;
+    ``gamma``: scalar; ``weight`` is ``lambda_j`` of Eq. 14, applied by the caller (the
+    sampler, or :class:`CompositeLikelihood`), not inside :meth:`log_likelihood`.
     """
 
     y: Tensor
@@ -133,27 +134,30 @@ class ObservationTerm(nn.Module):
     ) -> None:
         super().__init__()
         y_t = torch.as_tensor(np.asarray(y) if not isinstance(y, Tensor) else y)
-        if y_t.dim() != 1:
-            raise ValueError(f"term {name!r}: y must be (n_obs,), got shape {tuple(y_t.shape)}")
+        if y_t.dim() not in (1, 2):
+            raise ValueError(f"term {name!r}: y must be (n_obs,) or (member, n_obs), got shape "
+                             f"{tuple(y_t.shape)}")
         labels = getattr(operator, "labels", None)
         bad = ~torch.isfinite(y_t)
         if bad.any():
-            k = int(torch.nonzero(bad)[0])
+            flat = int(torch.nonzero(bad.reshape(-1))[0])
+            k = flat % y_t.shape[-1]
             where = f" ({labels[k]})" if labels is not None else ""
             raise ValueError(
-                f"term {name!r}: observation {k}{where} is {float(y_t[k])}; "
+                f"term {name!r}: observation {k}{where} is {float(y_t.reshape(-1)[flat])}; "
                 f"{int(bad.sum())} of {y_t.numel()} values are not finite (drop them first)"
             )
         n_obs = getattr(operator, "n_obs", None)
-        if n_obs is not None and n_obs != y_t.numel():
-            raise ValueError(f"term {name!r}: operator gives {n_obs} values, y has {y_t.numel()}")
+        if n_obs is not None and n_obs != y_t.shape[-1]:
+            raise ValueError(f"term {name!r}: operator gives {n_obs} values, y has "
+                             f"{y_t.shape[-1]}")
         sy = torch.as_tensor(
             np.asarray(sigma_y) if not isinstance(sigma_y, Tensor) else sigma_y,
             dtype=y_t.dtype if y_t.is_floating_point() else torch.float64,
         )
-        if sy.dim() not in (0, 1) or (sy.dim() == 1 and sy.numel() != y_t.numel()):
+        if sy.dim() not in (0, 1) or (sy.dim() == 1 and sy.numel() != y_t.shape[-1]):
             raise ValueError(
-                f"term {name!r}: sigma_y must be a scalar or ({y_t.numel()},), "
+                f"term {name!r}: sigma_y must be a scalar or ({y_t.shape[-1]},), "
                 f"got {tuple(sy.shape)}"
             )
         if not bool(torch.all(torch.isfinite(sy) & (sy >= 0))) or not gamma >= 0:
@@ -204,7 +208,7 @@ class ObservationTerm(nn.Module):
     def extra_repr(self) -> str:
         sy = self.sigma_y
         sy_text = f"{float(sy):.3g}" if sy.dim() == 0 else f"per-obs[{sy.numel()}]"
-        return (f"name={self.name!r}, n_obs={self.y.numel()}, sigma_y={sy_text}, "
+        return (f"name={self.name!r}, n_obs={self.y.shape[-1]}, sigma_y={sy_text}, "
                 f"gamma={self.gamma:.3g}, weight={self.weight:.3g}")
 
 
@@ -234,30 +238,26 @@ class CompositeLikelihood(nn.Module):
 
 
 def station_term(
-    obs: xr.Dataset,
-    time: cftime.datetime,
+    stations: StationObservations,
     grid: Grid,
     variables: Sequence[str],
     mean: Sequence[float],
     std: Sequence[float],
     error_model: ErrorModel | None = None,
     weight: float = 1.0,
-    observed: Sequence[str] | None = None,
     name: str = "stations",
 ) -> ObservationTerm:
-    """The station term at ``time`` from a station-observation Dataset (synthetic or IGRA).
+    """The station term of the observations ``stations`` (one time) on ``grid``.
 
-    Missing values are dropped; ``Sigma_y`` per observation is the file's
-    ``observation_error_std`` normalised by the climate ``std`` of the variable, or
-    ``error_model.sigma_y`` for every observation when the file has none. ``Gamma`` is
+    ``Sigma_y`` per observation is its ``error_std`` normalised by the climate ``std`` of the
+    variable, or ``error_model.sigma_y`` where the file gave none. ``Gamma`` is
     ``error_model.gamma`` (default :data:`DEFAULT_ERROR_MODELS` ``["point"]``).
     """
-    from diffda.observations.synthetic import point_observations_at
-
     em = error_model or DEFAULT_ERROR_MODELS["point"]
-    op, y, err = point_observations_at(obs, time, grid, variables, observed)
+    op = stations.operator(grid, variables)
     idx = op.obs_variable_index.numpy()
-    y_n = normalise_observations(y, mean, std, idx)
+    y_n = normalise_observations(stations.value, mean, std, idx)
     s = np.asarray(std, dtype=np.float64)[idx]
+    err = stations.error_std
     sigma_y = np.where(np.isfinite(err), (err / s) ** 2, em.sigma_y)
     return ObservationTerm(op, y_n, torch.as_tensor(sigma_y), em.gamma, weight, name)

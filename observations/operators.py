@@ -114,6 +114,16 @@ def _variable_indices(variables: Sequence[str], names: Sequence[str], what: str)
     return np.asarray(out, dtype=np.int64)
 
 
+def _check_state(x: Tensor, variables: Sequence[str], grid: Grid, what: str) -> None:
+    """Raise ``ValueError`` unless ``x`` is a state ``(member, len(variables), nlat, nlon)``."""
+    expected = (len(variables), grid.nlat, grid.nlon)
+    if x.dim() != 4 or tuple(x.shape[1:]) != expected:
+        raise ValueError(
+            f"{what} expects a state (member, {expected[0]}, {expected[1]}, "
+            f"{expected[2]}) for variables {list(variables)}, got {tuple(x.shape)}"
+        )
+
+
 class PointOperator(nn.Module):
     """Bicubic interpolation of chosen variables at points: ``(M, V, H, W) -> (M, n_obs)``.
 
@@ -189,12 +199,7 @@ class PointOperator(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """``x``: ``(member, var, lat, lon)`` -> ``(member, n_obs)``."""
-        expected = (len(self.variables), self.grid.nlat, self.grid.nlon)
-        if x.dim() != 4 or tuple(x.shape[1:]) != expected:
-            raise ValueError(
-                f"point operator expects a state (member, {expected[0]}, {expected[1]}, "
-                f"{expected[2]}) for variables {list(self.variables)}, got {tuple(x.shape)}"
-            )
+        _check_state(x, self.variables, self.grid, "point operator")
         return apply_stencil(x, self.index, self.weight)
 
     def matrix(self, dtype: torch.dtype = torch.float64) -> Tensor:
@@ -243,12 +248,7 @@ class CoarseGridOperator(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """``x``: ``(member, var, lat, lon)`` -> ``(member, n_var_obs * nlat_c * nlon_c)``."""
-        expected = (len(self.variables), self.grid.nlat, self.grid.nlon)
-        if x.dim() != 4 or tuple(x.shape[1:]) != expected:
-            raise ValueError(
-                f"coarse-grid operator expects a state (member, {expected[0]}, {expected[1]}, "
-                f"{expected[2]}) for variables {list(self.variables)}, got {tuple(x.shape)}"
-            )
+        _check_state(x, self.variables, self.grid, "coarse-grid operator")
         sel = x if self._select_all else torch.index_select(x, 1, self.var_index)
         return coarsen_to(sel, self.coarse).reshape(x.shape[0], -1)
 

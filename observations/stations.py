@@ -383,9 +383,12 @@ def latitude_histogram(lat: Iterable[float], edges: Sequence[float]) -> np.ndarr
 
 # --------------------------------------------------------------------------- CF station data
 
+#: The observed model variables, in the order of the canonical data form.
+MODEL_VARIABLES = ("height", "u", "v", "tracer")
+
 #: CF attributes of the observed model variables: those of the canonical data form.
 VARIABLE_ATTRS: dict[str, dict[str, str]] = {
-    name: CANONICAL_ATTRS[name] for name in ("height", "u", "v", "tracer")
+    name: CANONICAL_ATTRS[name] for name in MODEL_VARIABLES
 }
 
 

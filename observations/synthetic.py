@@ -12,15 +12,16 @@ with one generator per observation time derived from ``(seed, "synthetic-observa
 hours since 0001-01-01)`` (:mod:`diffda.core.rng`), so an observation does not change when
 the time range, the chunking or the order of the calls changes. Output is the CF station
 form of :func:`diffda.observations.stations.station_observations_dataset` and, optionally,
-IGRA v2 files (:func:`diffda.observations.igra.write_igra_directory`) that the IGRA reader
-reads back.
+IGRA v2 files (:func:`diffda.observations.soundings.write_igra_directory`) that the IGRA
+reader reads back. :func:`make_observations` is the whole recipe of ``cycler obs make``:
+a network, the observations of a truth file, and the files written.
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import cftime
@@ -30,14 +31,18 @@ import xarray as xr
 from diffda.core.grid import Grid
 from diffda.core.rng import numpy_generator
 from diffda.observations.operators import PointOperator
+from diffda.observations.soundings import write_igra_directory
+from diffda.observations.station_arrays import station_observations
 from diffda.observations.stations import (
+    MODEL_VARIABLES,
     StationNetwork,
-    network_from_dataset,
+    default_network,
+    grid_land,
+    read_station_list,
     station_observations_dataset,
 )
 from tqdm import tqdm
 
-MODEL_VARIABLES = ("height", "u", "v", "tracer")
 NOISE_STREAM = "synthetic-observations"
 #: Error std as a fraction of a variable's std over the observed truth values, used for
 #: variables without an explicit ``error_std``.
@@ -209,24 +214,76 @@ def point_observations_at(
 ) -> tuple[PointOperator, np.ndarray, np.ndarray]:
     """The point operator, the observed values ``(n_obs,)`` and their error std ``(n_obs,)``
     (physical units) at one time, for the non-missing (station, variable) pairs."""
-    observed = [v for v in (observed or state_variables) if v in obs]
-    if not observed:
-        raise KeyError(f"observations have none of the variables {list(state_variables)}")
+    (stations,) = station_observations(obs, [time], state_variables, observed)
+    return stations.operator(grid, state_variables), stations.value, stations.error_std
+
+
+# --------------------------------------------------------------------------- the recipe
+
+
+def open_truth(path: Path) -> xr.Dataset:
+    """Open a canonical truth dataset lazily (the data layer's reader when available)."""
+    if not path.exists():
+        raise FileNotFoundError(f"truth dataset {path} does not exist")
     try:
-        at = obs.sel(time=time)
-    except KeyError:
-        raise KeyError(f"no observations at {time} in the observation file") from None
-    network = network_from_dataset(obs)
-    lat, lon, var, y, err, labels = [], [], [], [], [], []
-    for k, sid in enumerate(network.ids):
-        for v in observed:
-            val = float(at[v].values[k])
-            if np.isfinite(val):
-                lat.append(network.lat[k])
-                lon.append(network.lon[k])
-                var.append(v)
-                y.append(val)
-                err.append(float(obs[v].attrs.get("observation_error_std", np.nan)))
-                labels.append(f"{sid}:{v}")
-    op = PointOperator(grid, state_variables, lat, lon, var, labels=labels)
-    return op, np.asarray(y), np.asarray(err)
+        from diffda.emulators.dataio import open_dataset  # the data layer's canonical reader
+    except ImportError:
+        coder = xr.coders.CFDatetimeCoder(use_cftime=True)
+        if path.is_dir() or path.suffix == ".zarr":
+            return xr.open_zarr(path, decode_times=coder)
+        return xr.open_dataset(path, decode_times=coder, chunks={"time": 16})
+    return open_dataset(path)
+
+
+def _quiet(message: str) -> None:
+    """The default ``log`` of :func:`make_observations`: say nothing."""
+
+
+def make_observations(
+    truth_path: Path,
+    out: Path,
+    *,
+    network: str = "default",
+    n_stations: int = 200,
+    active_years: tuple[int, int] | None = None,
+    seed: int = 0,
+    variables: Sequence[str] = MODEL_VARIABLES,
+    error_std: Mapping[str, float] | None = None,
+    hours: Sequence[int] = (0, 12),
+    igra_dir: str | os.PathLike[str] | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] = _quiet,
+) -> Path:
+    """Synthetic station observations of the truth file ``truth_path``, written to ``out``.
+
+    ``network``: ``"default"`` (``n_stations`` drawn with ``seed`` on the dataset's
+    ``land_sea_mask`` land if it has one, else on ``global_land_mask`` land) or the path
+    of an IGRA v2 station list (filtered by ``active_years``). The observations are those
+    of :func:`synthetic_station_observations`; with ``igra_dir`` they are also written as
+    IGRA v2 files there. ``log`` receives one line per step (the network, each file
+    written). Returns the path of the netCDF file.
+    """
+    truth = open_truth(truth_path)
+    if network == "default":
+        land = (grid_land(truth["land_sea_mask"].values) if "land_sea_mask" in truth
+                else None)
+        kwargs = {"is_land": land} if land is not None else {}
+        stations = default_network(n_stations, seed=seed, **kwargs)
+        log(f"default network: {len(stations)} stations on "
+            f"{'the dataset land_sea_mask' if land else 'global_land_mask'} land")
+    else:
+        stations, skipped = read_station_list(network, active_years)
+        log(f"{network}: {len(stations)} stations, {len(skipped)} lines skipped")
+    obs = synthetic_station_observations(
+        truth, stations, seed=seed, variables=variables, error_std=error_std, hours=hours,
+        progress=progress,
+    )
+    path = write_observations(obs, out)
+    log(f"wrote {path}: {obs.sizes['time']} times x {obs.sizes['station']} stations, "
+        "error std " + ", ".join(f"{v}={obs[v].attrs['observation_error_std']:.4g}"
+                                 for v in variables))
+    if igra_dir:
+        paths, n_bad = write_igra_directory(obs, igra_dir)
+        log(f"wrote {len(paths)} IGRA v2 files to {igra_dir}"
+            + (f" ({n_bad} non-positive tracer values written as missing)" if n_bad else ""))
+    return path

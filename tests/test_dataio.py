@@ -11,7 +11,7 @@ import pytest
 import torch
 import xarray as xr
 from diffda.core.grid import Grid, lat_weighted_mean
-from diffda.emulators import dataio
+from diffda.emulators import batches, dataio, reanalysis, regrid
 from scipy.interpolate import RegularGridInterpolator
 
 ERA5 = Path(__file__).parents[2] / "shared/data/era5"
@@ -38,7 +38,7 @@ def test_eraint_descending_lat_and_signed_lon_to_canonical():
 
 def test_eraint_level_names_units_and_bilinear_regridding():
     g = Grid(32, 64)
-    ds = dataio.open_reanalysis(ERAINT, {"height": "z500", "u": "u@850",
+    ds = reanalysis.open_reanalysis(ERAINT, {"height": "z500", "u": "u@850",
                                          "v": "v_component_of_wind@200"}, g)
     assert isinstance(ds["height"].data, dask.array.Array)  # lazy
     assert ds["height"].attrs["units"] == "m"
@@ -46,26 +46,26 @@ def test_eraint_level_names_units_and_bilinear_regridding():
     assert 4600 < h.min() and h.max() < 6000  # 500 hPa geopotential height in m
     # compare with an independent bilinear interpolation of the raw file
     raw = dataio.to_canonical(xr.open_dataset(ERAINT), "raw")
-    z = raw["z"].sel(level=500, month=1).values / dataio.GRAVITY
+    z = raw["z"].sel(level=500, month=1).values / reanalysis.GRAVITY
     lon = np.concatenate([raw["lon"].values, [360.0]])
     zz = np.concatenate([z, z[:, :1]], axis=1)
     interp = RegularGridInterpolator((raw["lat"].values, lon), zz)
     pts = np.stack(np.meshgrid(g.lat, g.lon, indexing="ij"), -1).reshape(-1, 2)
     ref = interp(pts).reshape(32, 64)
     np.testing.assert_allclose(ds["height"].sel(month=1).values, ref, rtol=1e-12)
-    same = dataio.open_reanalysis(ERAINT, {"height": "geopotential@500"}, g)
+    same = reanalysis.open_reanalysis(ERAINT, {"height": "geopotential@500"}, g)
     np.testing.assert_array_equal(same["height"].values, h)
 
 
 def test_weatherbench_t2m_needs_units_and_regrids_conservatively_like_coarsen():
     with pytest.raises(ValueError, match="no units"):
-        dataio.open_reanalysis(T2M, {"t2m": "2m_temperature"})
-    ds = dataio.open_reanalysis(T2M, {"t2m": "t2m"}, units={"t2m": "K"})
+        reanalysis.open_reanalysis(T2M, {"t2m": "2m_temperature"})
+    ds = reanalysis.open_reanalysis(T2M, {"t2m": "t2m"}, units={"t2m": "K"})
     raw = _raw(T2M, "t2m").values
     np.testing.assert_array_equal(ds["t2m"].values, raw)  # already canonical
-    same = dataio.regrid(ds, Grid(32, 64), "bilinear")
+    same = regrid.regrid(ds, Grid(32, 64), "bilinear")
     np.testing.assert_allclose(same["t2m"].values, raw, rtol=1e-12)
-    cons = dataio.regrid(ds, Grid(16, 32), "conservative")
+    cons = regrid.regrid(ds, Grid(16, 32), "conservative")
     # 32x64 -> 16x32 cells: latitude pairs nest (area weights); a coarse cell centred at
     # lon 11.25 j covers the fine cell at 11.25 j and halves of its two neighbours
     w = Grid(32, 64).area_weights()
@@ -80,19 +80,19 @@ def test_weatherbench_t2m_needs_units_and_regrids_conservatively_like_coarsen():
 
 
 def test_constants_and_errors_on_real_files():
-    ds = dataio.open_reanalysis(CONSTANTS, {"orography": "orography",
+    ds = reanalysis.open_reanalysis(CONSTANTS, {"orography": "orography",
                                             "land_sea_mask": "lsm"})
     assert 0.2 < float(ds["land_sea_mask"].mean()) < 0.5
     assert ds["orography"].attrs["units"] == "m"
     with pytest.raises(KeyError, match="'z700'"):
-        dataio.open_reanalysis(ERAINT, {"height": "z700"})
+        reanalysis.open_reanalysis(ERAINT, {"height": "z700"})
     with pytest.raises(KeyError, match="humidity"):
-        dataio.open_reanalysis(ERAINT, {"tracer": "specific_humidity@500"})
+        reanalysis.open_reanalysis(ERAINT, {"tracer": "specific_humidity@500"})
     with pytest.raises(ValueError, match="repeat the same times"):
-        dataio.open_reanalysis(sorted(ERA5.glob("2m_temperature_*.nc")), {"t2m": "t2m"},
+        reanalysis.open_reanalysis(sorted(ERA5.glob("2m_temperature_*.nc")), {"t2m": "t2m"},
                                units={"t2m": "K"})
     with pytest.raises(ValueError, match="unknown regridding"):
-        dataio.regrid(ds, Grid(8, 16), "cubic")
+        regrid.regrid(ds, Grid(8, 16), "cubic")
 
 
 def test_bad_files_and_units_give_clear_errors(tmp_path):
@@ -106,7 +106,7 @@ def test_bad_files_and_units_give_clear_errors(tmp_path):
                      coords={"lat": [-10.0, 0.0, 10.0], "lon": [0.0, 90.0, 180.0, 270.0]})
     bad.to_netcdf(tmp_path / "bad.nc")
     with pytest.raises(ValueError, match="furlongs"):
-        dataio.open_reanalysis(tmp_path / "bad.nc", {"height": "z"})
+        reanalysis.open_reanalysis(tmp_path / "bad.nc", {"height": "z"})
     nolat = xr.Dataset({"z": (("a", "b"), np.ones((3, 4)))})
     nolat.to_netcdf(tmp_path / "nolat.nc")
     with pytest.raises(ValueError, match="latitude"):
@@ -163,8 +163,8 @@ def test_state_batches_seeded_sharded_lazy(tmp_path):
     path, ds = _store(tmp_path)
     clim = dataio.climatology(ds, ["height", "u"])
     kw = dict(batch_size=4, window=3, seed=7)
-    a = list(dataio.StateBatches(path, ["height", "u"], clim, **kw))
-    b = list(dataio.StateBatches(path, ["height", "u"], clim, **kw))
+    a = list(batches.StateBatches(path, ["height", "u"], clim, **kw))
+    b = list(batches.StateBatches(path, ["height", "u"], clim, **kw))
     assert len(a) == (40 - 3 + 1) // 4
     assert a[0].state.shape == (4, 3, 2, 4, 8)
     for x, y in zip(a, b, strict=True):
@@ -175,14 +175,14 @@ def test_state_batches_seeded_sharded_lazy(tmp_path):
     np.testing.assert_allclose(a[0].state[0, :, 1].numpy(), ref, rtol=1e-5, atol=1e-5)
     assert [(t - a[0].times[0][0]).total_seconds() for t in a[0].times[0]] == [0, 21600, 43200]
     # shards are disjoint and cover the same epoch's permutation
-    r0 = dataio.StateBatches(path, ["height", "u"], clim, rank=0, world_size=2, **kw)
-    r1 = dataio.StateBatches(path, ["height", "u"], clim, rank=1, world_size=2, **kw)
+    r0 = batches.StateBatches(path, ["height", "u"], clim, rank=0, world_size=2, **kw)
+    r1 = batches.StateBatches(path, ["height", "u"], clim, rank=1, world_size=2, **kw)
     s0, s1 = set(r0.shard(0)), set(r1.shard(0))
     assert not s0 & s1 and len(s0) == len(s1) == 19
     assert set(r0.shard(0)) != set(r0.shard(1)) or list(r0.shard(0)) != list(r0.shard(1))
     # the store stays lazy
     assert isinstance(r0.ds["u"].data, dask.array.Array)
     with pytest.raises(KeyError, match="tracer"):
-        dataio.StateBatches(path, ["tracer"], clim, batch_size=1)
+        batches.StateBatches(path, ["tracer"], clim, batch_size=1)
     with pytest.raises(ValueError, match="rank"):
-        dataio.StateBatches(path, ["u"], clim, batch_size=1, rank=2, world_size=2)
+        batches.StateBatches(path, ["u"], clim, batch_size=1, rank=2, world_size=2)

@@ -22,8 +22,8 @@ from diffda.core.grid import Grid, coarsen_to
 from diffda.core.io import file_sha256
 from diffda.core.rng import torch_generator
 from diffda.cycler.cli.main import main as cli_main
-from diffda.cycler.cli.run import sweep_configs
 from diffda.cycler.cycling.checkpoint import cycle_path, load_cycle
+from diffda.cycler.cycling.compare import best_by_lead, lead_table
 from diffda.cycler.cycling.config import (
     MODES,
     config_hash,
@@ -31,19 +31,17 @@ from diffda.cycler.cycling.config import (
     read_resolved,
     run_config_from_mapping,
 )
-from diffda.cycler.cycling.driver import (
-    MODE_STEPS,
-    ForecastTerm,
-    bilinear_upsample,
-    read_metrics,
-    run_experiment,
-)
-from diffda.cycler.cycling.plots import best_by_lead, lead_table
+from diffda.cycler.cycling.driver import run_experiment
+from diffda.cycler.cycling.modes import MODES as MODE_CLASSES
+from diffda.cycler.cycling.modes import bilinear_upsample
+from diffda.cycler.cycling.outputs import read_metrics
+from diffda.cycler.cycling.sweep import sweep_configs
 from diffda.cycler.metrics import SCORES
-from diffda.emulators.forecast.model import build_emulator, load_coarse_states
+from diffda.emulators.forecast.data import load_coarse_states
+from diffda.emulators.forecast.model import build_emulator
 from diffda.emulators.prior.model import area_weighted_moments, build_prior
 from diffda.emulators.prior.unet import UNetConfig
-from diffda.observations.likelihood import ErrorModel
+from diffda.observations.likelihood import ErrorModel, ObservationTerm
 from diffda.observations.operators import forecast_grid_operator
 
 FULL, COARSE = Grid(16, 32), Grid(8, 16)
@@ -133,6 +131,16 @@ def test_every_mode_end_to_end(tmp_path):
             assert all(np.isfinite(r[v][s]) for s in SCORES), (r["mode"], v, r[v])
             assert r[v]["rmse"] > 0 and r[v]["crps"] > 0
     assert records[0]["time"] == "0001-01-03T12:00:00"
+    # pinned: the numbers this tiny run gave before the driver was refactored (same seeds,
+    # one thread); a change of method shows here first, and must be deliberate
+    pinned_file = Path(__file__).parent / "data" / "pinned_tiny_metrics.jsonl"
+    pinned = [json.loads(line) for line in pinned_file.read_text().splitlines()]
+    assert [(r["mode"], r["cycle"]) for r in records] == [(r["mode"], r["cycle"]) for r in pinned]
+    for got, want in zip(records, pinned, strict=True):
+        for v in VARIABLES:
+            for s in SCORES:
+                assert got[v][s] == pytest.approx(want[v][s], rel=1e-6, abs=1e-9), (
+                    got["mode"], v, s)
     for r in records:  # the sampler's diagnostics stand beside the scores
         if r["mode"] in ("climatological", "precomputed", "reinitialized"):
             assert r["method"]["nfe"] == 11 and r["method"]["guidance_ratio_max"] > 0
@@ -203,7 +211,7 @@ def test_reinitialized_from_members_and_station_guidance(tmp_path):
 
 
 def test_mode_registry_matches_the_config_choices():
-    assert set(MODE_STEPS) == set(MODES)
+    assert set(MODE_CLASSES) == set(MODES)
 
 
 @pytest.mark.parametrize(("mapping", "message"), [
@@ -269,12 +277,12 @@ def test_forecast_term_closed_form_and_per_member_forecasts():
     n = y.shape[1]
     err = ErrorModel(sigma_y=0.01, gamma=0.1)
     # one forecast for every member: zero residual for member 0, a shift of 1 for member 1
-    shared = ForecastTerm(op, y[:1], err)
+    shared = ObservationTerm(op, y[:1], err.sigma_y, err.gamma)
     ll = shared.log_likelihood(torch.stack([x[0], x[0] + 1.0]), torch.tensor(0.5))
     torch.testing.assert_close(ll, torch.tensor([0.0, -0.5 * n / (0.01 + 0.25 * 0.1)],
                                                 dtype=torch.float64))
     # one forecast per member: each member is compared with its own
-    own = ForecastTerm(op, y, err)
+    own = ObservationTerm(op, y, err.sigma_y, err.gamma)
     torch.testing.assert_close(own.log_likelihood(x, torch.tensor(0.0)),
                                torch.zeros(2, dtype=torch.float64))
 

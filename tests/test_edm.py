@@ -17,18 +17,9 @@ from diffda.core.config import load_config
 from diffda.core.grid import Grid
 from diffda.core.rng import torch_generator
 from diffda.core.weights import WeightsError
-from diffda.cycler.cli.prior import (
-    EDMTrainConfig,
-    PriorDataConfig,
-    PriorOptimConfig,
-    PriorTrainConfig,
-    acceptance,
-    compare_climates,
-    train_prior,
-)
 from diffda.cycler.metrics import zonal_power_spectrum
 from diffda.emulators.dataio import Climatology
-from diffda.emulators.forecast.model import load_coarse_states
+from diffda.emulators.forecast.data import load_coarse_states
 from diffda.emulators.prior.edm import (
     EDMPrecond,
     EDMTrainer,
@@ -38,7 +29,15 @@ from diffda.emulators.prior.edm import (
     loss_weight,
     sample_training_sigma,
 )
+from diffda.emulators.prior.evaluation import acceptance, compare_climates
 from diffda.emulators.prior.model import DiffusionPrior, build_prior
+from diffda.emulators.prior.training import (
+    EDMTrainConfig,
+    PriorDataConfig,
+    PriorOptimConfig,
+    PriorTrainConfig,
+    train_prior,
+)
 from diffda.emulators.prior.unet import SongUNet, UNetConfig, count_parameters
 
 DT = torch.float64
@@ -228,12 +227,13 @@ def test_spectrum_parseval_and_identical_climates_score_zero():
     w = np.ones(8)
     assert zonal_power_spectrum(x, w).sum() == pytest.approx((x**2).mean(), rel=1e-12)
     states = np.random.default_rng(1).normal(size=(20, 2, 8, 16))
-    scores = compare_climates(states, states, grid, ("a", "b"))
+    scores = compare_climates(states, states, grid, ("a", "b"), zonal_power_spectrum)
     assert scores["a"]["mean_by_lat_error"] == 0.0 and scores["b"]["std_by_lat_error"] == 0.0
     assert scores["a"]["spectrum_ratio_min"] == pytest.approx(1.0)
     assert acceptance(scores) == {n: {"mean_by_lat": True, "std_by_lat": True,
                                       "spectrum": True} for n in ("a", "b")}
-    doubled = compare_climates(2 * states, states, grid, ("a", "b"))
+    doubled = compare_climates(2 * states, states, grid, ("a", "b"),
+                               zonal_power_spectrum)
     assert acceptance(doubled)["a"] == {"mean_by_lat": True, "std_by_lat": False,
                                         "spectrum": False}  # zero mean: only the std fails
     assert doubled["a"]["spectrum_ratio_max"] == pytest.approx(4.0)  # power scales as amp^2
@@ -241,13 +241,51 @@ def test_spectrum_parseval_and_identical_climates_score_zero():
 
 
 def test_default_config_file_loads():
+    """The shipped prior's recipe loads through the real loader: runs/prior.toml (stage 1),
+    stages 2 and 3 as the ``--set`` overrides in runs/prior_pipeline.sh, and the prior
+    experiments' overrides (runs/experiments/prior_*/run.sh)."""
+    import re
+    import shlex
     from pathlib import Path
 
-    cfg = load_config(PriorTrainConfig, Path(__file__).parents[1] / "runs" / "prior.toml")
+    from diffda.core.config import parse_overrides  # load_config: this module's import
+    from diffda.emulators.prior.training import PriorTrainConfig
+    from diffda.emulators.prior.unet import UNetConfig
+
+    root = Path(__file__).parents[1]
+
+    def override_arrays(script: str) -> dict:
+        """The ``NAME=(--set KEY=VALUE ...)`` lines of a recipe script, as overrides."""
+        found = {}
+        for line in (root / script).read_text().splitlines():
+            match = re.fullmatch(r"([A-Z][A-Z0-9_]*)=\((.*)\)", line.strip())
+            if match:
+                words = shlex.split(match.group(2))
+                assert len(words) % 2 == 0 and set(words[0::2]) <= {"--set"}, line
+                found[match.group(1)] = parse_overrides(words[1::2])
+        return found
+
+    base = root / "runs" / "prior.toml"
+    cfg = load_config(PriorTrainConfig, base)
     assert cfg.model == UNetConfig()  # the file spells out the defaults
     assert cfg.edm.p_mean == -0.5 and cfg.edm.p_std == 1.5 and cfg.edm.sigma_data == 1.0
-    more = load_config(PriorTrainConfig, Path(__file__).parents[1] / "runs" / "prior_more.toml")
-    assert more.model == cfg.model and more.train.init_from == "runs/prior/prior.safetensors"
+    assert (cfg.seed, cfg.train.steps, cfg.train.lr, cfg.train.init_from) == (0, 2500, 1e-3, None)
+    stages = override_arrays("runs/prior_pipeline.sh")
+    assert set(stages) == {"STAGE1", "STAGE2", "STAGE3"} and stages["STAGE1"] == {}
+    for name, seed, max_minutes in (("STAGE2", 1, 50.0), ("STAGE3", 2, 38.0)):
+        stage = load_config(PriorTrainConfig, base, stages[name])
+        assert stage.model == cfg.model and stage.data == cfg.data and stage.edm == cfg.edm
+        t = stage.train
+        assert (stage.seed, t.steps, t.lr, t.warmup_steps, t.max_minutes) == (
+            seed, 2000, 5e-4, 50, max_minutes)
+    c28 = override_arrays("runs/experiments/prior_c28/run.sh")["C28"]
+    wide = load_config(PriorTrainConfig, base, {**stages["STAGE3"], **c28})
+    assert wide.model.model_channels == 28 and wide.seed == 2
+    stage4 = override_arrays("runs/experiments/prior_stage4/run.sh")
+    assert set(stage4) == {"STAGE4", "STAGE4Y"}
+    assert load_config(PriorTrainConfig, base, stage4["STAGE4"]).train.lr == 3e-4
+    four = load_config(PriorTrainConfig, base, stage4["STAGE4Y"]).data
+    assert list(four.train_years) == [2000, 2001, 2003, 2004] and list(four.valid_years) == [2002]
 
 
 def test_untrained_prior_is_the_exact_standard_normal_denoiser():
@@ -278,7 +316,7 @@ def test_interrupted_and_resumed_training_gives_the_same_weights(tmp_path):
 
 
 def test_init_from_continues_from_given_weights_and_refuses_a_mismatch(tmp_path):
-    from diffda.cycler.cli.prior import init_from_weights
+    from diffda.emulators.prior.training import init_from_weights
 
     grid = Grid(8, 16)
     ds = _tiny_dataset(grid, days=3)

@@ -161,7 +161,7 @@ def _one_thread():
 
 
 def _tiny_config(**train):
-    from diffda.cycler.cli.emulator import (
+    from diffda.emulators.forecast.training import (
         DataConfig,
         EmulatorTrainConfig,
         ModelConfig,
@@ -180,13 +180,13 @@ def _tiny_config(**train):
 @pytest.fixture(scope="module")
 def tiny_data():
     from diffda.core.grid import Grid
-    from diffda.emulators.forecast.model import load_coarse_states
+    from diffda.emulators.forecast.data import load_coarse_states
 
     return load_coarse_states(helpers.wave_dataset(), Grid(16, 32))
 
 
 def test_emulator_training_resume_equals_uninterrupted(tiny_data, tmp_path):
-    from diffda.cycler.cli.emulator import train_emulator
+    from diffda.emulators.forecast.training import train_emulator
 
     kw = {"data": tiny_data, "forcing_fn": helpers.day_forcing, "progress": False}
     # input noise on: its draws come from the step's generator, so resuming stays exact
@@ -224,7 +224,7 @@ def test_emulator_training_resume_equals_uninterrupted(tiny_data, tmp_path):
 def test_init_from_starts_from_the_given_weights(tiny_data, tmp_path):
     import dataclasses
 
-    from diffda.cycler.cli.emulator import ModelConfig, init_from_weights, train_emulator
+    from diffda.emulators.forecast.training import ModelConfig, init_from_weights, train_emulator
 
     kw = {"data": tiny_data, "forcing_fn": helpers.day_forcing, "progress": False}
     first, _ = train_emulator(_tiny_config(), tmp_path / "a", **kw)
@@ -251,8 +251,8 @@ def test_init_from_starts_from_the_given_weights(tiny_data, tmp_path):
 
 
 def test_tiny_emulator_overfits_tiny_dataset(tiny_data, tmp_path):
-    from diffda.cycler.cli.emulator import train_emulator
-    from diffda.emulators.forecast.model import forecast_scores
+    from diffda.emulators.forecast.evaluation import forecast_scores
+    from diffda.emulators.forecast.training import train_emulator
 
     cfg = _tiny_config(steps=150, batch_size=8, lr=1e-2, warmup_steps=10, rollout=1,
                        checkpoint_every=1000, log_every=10, grad_clip=None)
@@ -309,7 +309,8 @@ def test_cli_train_evaluate_bench(tmp_path, capsys):
 def test_free_run_reference_years_give_the_metric_floor(tiny_data, tmp_path):
     """The climate errors of a reference 'year' equal to the held-out data are zero, and the
     free run's errors are reported next to them."""
-    from diffda.cycler.cli.emulator import evaluate_emulator, train_emulator
+    from diffda.emulators.forecast.evaluation import evaluate_emulator
+    from diffda.emulators.forecast.training import train_emulator
 
     emu, _ = train_emulator(_tiny_config(steps=1), tmp_path, data=tiny_data,
                             forcing_fn=helpers.day_forcing, progress=False)
@@ -325,8 +326,10 @@ def test_held_out_years_from_several_stores_pool_one_year_runs(tmp_path):
     start from each held-out year's first state and their climate is pooled over the
     years; overlapping stores are refused."""
     from diffda.core.grid import Grid
-    from diffda.cycler.cli.emulator import evaluate_emulator, train_emulator
-    from diffda.emulators.forecast.model import climate_errors, load_coarse_states
+    from diffda.emulators.forecast.climate import climate_errors
+    from diffda.emulators.forecast.data import load_coarse_states
+    from diffda.emulators.forecast.evaluation import evaluate_emulator
+    from diffda.emulators.forecast.training import train_emulator
 
     paths = []
     for y in (1, 2):
@@ -363,8 +366,9 @@ def test_free_run_members_pool_their_climate(tiny_data, tmp_path):
     """With 3 members the pooled climate errors are those of the members' states together
     (member 0 runs from the unperturbed state: the same run as with one member), each
     member's own errors are listed, and a seed changes only the perturbed members."""
-    from diffda.cycler.cli.emulator import evaluate_emulator, train_emulator
-    from diffda.emulators.forecast.model import climate_errors
+    from diffda.emulators.forecast.climate import climate_errors
+    from diffda.emulators.forecast.evaluation import evaluate_emulator
+    from diffda.emulators.forecast.training import train_emulator
 
     emu, _ = train_emulator(_tiny_config(steps=1), tmp_path, data=tiny_data,
                             forcing_fn=helpers.day_forcing, progress=False)
@@ -395,21 +399,48 @@ def test_free_run_members_pool_their_climate(tiny_data, tmp_path):
         evaluate_emulator(emu, tiny_data, free_run_members=0, **kw)
 
 
-@pytest.mark.parametrize("name", ["emulator", "emulator_seed0", "emulator_seed1",
-                                  "emulator_rollout", "emulator_noise01", "emulator_long"])
-def test_shipped_emulator_configs_load(name):
-    """Every emulator config in runs/ parses; the second stages name their first stage."""
+@pytest.mark.parametrize("recipe", [
+    "runs/emulator.toml",
+    "runs/experiments/emulator_seeds/pipeline.sh:SEED0",
+    "runs/experiments/emulator_seeds/pipeline.sh:SEED1",
+    "runs/experiments/emulator_variants/stages.sh:ROLLOUT",
+    "runs/experiments/emulator_variants/stages.sh:NOISE01",
+    "runs/experiments/emulator_variants/stages.sh:LONG",
+    "runs/experiments/emulator_variants/y3_pipeline.sh:Y3",
+])
+def test_shipped_emulator_configs_load(recipe):
+    """Every emulator recipe loads through the real loader: runs/emulator.toml, and each
+    experiment's ``--set`` overrides of it (the ``NAME=(--set ...)`` line of its script);
+    the second stages start from the seed-0 network of runs/experiments/emulator_seeds/."""
+    import re
+    import shlex
     from pathlib import Path
 
-    from diffda.core.config import load_config
-    from diffda.cycler.cli.emulator import EmulatorTrainConfig
+    from diffda.core.config import load_config, parse_overrides
+    from diffda.emulators.forecast.training import EmulatorTrainConfig
 
-    cfg = load_config(EmulatorTrainConfig, Path(__file__).parents[1] / "runs" / f"{name}.toml")
+    root = Path(__file__).parents[1]
+    script, _, name = recipe.partition(":")
+    overrides = {}
+    if name:
+        lines = [line.strip() for line in (root / script).read_text().splitlines()]
+        found = [m.group(1) for line in lines
+                 if (m := re.fullmatch(rf"{name}=\((.*)\)", line))]
+        assert len(found) == 1, f"{script}: no single line {name}=(...)"
+        words = shlex.split(found[0])
+        assert len(words) % 2 == 0 and set(words[0::2]) <= {"--set"}, found[0]
+        overrides = parse_overrides(words[1::2])
+    cfg = load_config(EmulatorTrainConfig, root / "runs" / "emulator.toml", overrides)
     assert cfg.model.width == 48 and cfg.data.nlat == 16
-    first_stage = name in ("emulator", "emulator_seed0", "emulator_seed1")
-    assert (cfg.train.init_from is None) == first_stage
-    if name == "emulator":
-        assert cfg.seed == 2  # the shipped draw (README, "The emulator")
+    second_stage = name in ("ROLLOUT", "NOISE01", "LONG")
+    assert cfg.train.init_from == (
+        "outputs/emulator_seed0/emulator.safetensors" if second_stage else None)
+    expected_seed = {"": 2, "SEED0": 0, "SEED1": 1, "Y3": 0}  # 2: the shipped draw
+    if name in expected_seed:
+        assert cfg.seed == expected_seed[name]
+    if name == "Y3":
+        assert list(cfg.data.train_years) == [2000, 2001, 2003]
+        assert list(cfg.data.valid_years) == [2002, 2004]
 
 
 # ---------------------------------------------------------------------- stochastic emulator
@@ -418,8 +449,8 @@ def test_shipped_emulator_configs_load(name):
 def test_residual_noise_modes_reproduce_the_residual_covariance(tiny_data, tmp_path):
     """All modes, no polar rows zeroed: sum_k e_k e_k^T is the residuals' sample covariance;
     zeroed polar rows are zero in every mode; bad arguments are refused."""
-    from diffda.cycler.cli.emulator import train_emulator
     from diffda.emulators.forecast.stochastic import fit_residual_noise, one_step_residuals
+    from diffda.emulators.forecast.training import train_emulator
 
     emu, _ = train_emulator(_tiny_config(steps=2), tmp_path, data=tiny_data,
                             forcing_fn=helpers.day_forcing, progress=False)
@@ -452,8 +483,8 @@ def test_stochastic_steps_draw_the_modes_covariance_only_with_a_generator(tiny_d
     with one, the same seed repeats, members differ, and the spread of many draws from one
     state has the modes' variance (normalised units). Export/load keeps the modes."""
     from diffda.core.rng import torch_generator
-    from diffda.cycler.cli.emulator import train_emulator
     from diffda.emulators.forecast.model import SFNOEmulator
+    from diffda.emulators.forecast.training import train_emulator
 
     emu, _ = train_emulator(_tiny_config(steps=2), tmp_path, data=tiny_data,
                             forcing_fn=helpers.day_forcing, progress=False)
@@ -487,9 +518,9 @@ def test_stochastic_steps_stay_within_the_latitude_bounds(tiny_data, tmp_path):
     larger than the data's range is clamped to them, row by row; deterministic steps are
     not clamped; the bounds survive export/load; inconsistent bounds are refused."""
     from diffda.core.rng import torch_generator
-    from diffda.cycler.cli.emulator import train_emulator
     from diffda.emulators.forecast.model import SFNOEmulator
     from diffda.emulators.forecast.stochastic import latitude_bounds
+    from diffda.emulators.forecast.training import train_emulator
 
     emu, _ = train_emulator(_tiny_config(steps=2), tmp_path, data=tiny_data,
                             forcing_fn=helpers.day_forcing, progress=False)
@@ -587,9 +618,9 @@ def test_tendency_correction_fit_removes_a_free_run_bias(tmp_path):
     is applied by every step (no generator needed) and survives export/load."""
     import xarray as xr
     from diffda.core.grid import Grid
-    from diffda.cycler.cli.emulator import train_emulator
     from diffda.emulators.forecast.adjustment import fit_tendency_correction, free_run_bias
-    from diffda.emulators.forecast.model import load_coarse_states, year_segments
+    from diffda.emulators.forecast.data import load_coarse_states, year_segments
+    from diffda.emulators.forecast.training import train_emulator
 
     ds = xr.concat([helpers.wave_dataset(n_times=80, start_year=y) for y in (1, 2)],
                    "time", data_vars="minimal")
@@ -627,9 +658,9 @@ def test_noise_scale_fit_matches_the_variability_of_the_chosen_variable(tmp_path
     by latitude to the data's, and leaves the other variables' noise alone."""
     import xarray as xr
     from diffda.core.grid import Grid
-    from diffda.cycler.cli.emulator import train_emulator
     from diffda.emulators.forecast.adjustment import fit_tendency_correction, free_run_bias
-    from diffda.emulators.forecast.model import load_coarse_states
+    from diffda.emulators.forecast.data import load_coarse_states
+    from diffda.emulators.forecast.training import train_emulator
 
     ds = xr.concat([helpers.wave_dataset(n_times=80, start_year=y) for y in (1, 2)],
                    "time", data_vars="minimal")
@@ -701,7 +732,7 @@ def _budget_world(n_times: int = 80, rate: float = 0.1):
     """Coarse states whose global-mean height relaxes to ``100 <f>`` at ``rate`` per step
     (``<f>``: the global mean of :func:`_sun_and_season`), an exact linear budget law."""
     from diffda.core.grid import Grid, lat_weighted_mean
-    from diffda.emulators.forecast.model import load_coarse_states
+    from diffda.emulators.forecast.data import load_coarse_states
 
     data = load_coarse_states(helpers.wave_dataset(n_times=n_times), Grid(16, 32))
     fbar = lat_weighted_mean(_sun_and_season(data.times, data.grid).double())[:, 0]
@@ -719,9 +750,9 @@ def test_global_budget_fit_recovers_the_law_and_holds_a_free_run_to_it(tmp_path)
     data's mean + 0.5 std) keeps the data's global-mean height instead of drifting; the law
     survives export/load; the tracer (log-transformed) and bad shapes are refused."""
     from diffda.core.grid import lat_weighted_mean
-    from diffda.cycler.cli.emulator import train_emulator
     from diffda.emulators.forecast.budget import fit_global_budget
     from diffda.emulators.forecast.model import SFNOEmulator
+    from diffda.emulators.forecast.training import train_emulator
 
     data = _budget_world()
     emu, _ = train_emulator(_tiny_config(steps=2), tmp_path, data=data,
@@ -797,7 +828,7 @@ def test_median_bias_is_not_steered_by_one_run_in_a_regime(tmp_path, monkeypatch
     """Of three runs equal to the data, one shifted by 3 normalised units: the mean bias is
     1, the median bias 0 (``--bias-statistic median``); unknown statistics are refused."""
     import diffda.emulators.forecast.adjustment as adjustment
-    from diffda.cycler.cli.emulator import train_emulator
+    from diffda.emulators.forecast.training import train_emulator
 
     data = _budget_world(n_times=12)
     emu, _ = train_emulator(_tiny_config(steps=1), tmp_path, data=data,
@@ -821,7 +852,7 @@ def test_bootstrap_interval_of_pooled_climate_scores():
     with members that differ it has a width and holds the pooled score; the moments'
     formula gives climate_errors."""
     from diffda.core.grid import Grid
-    from diffda.emulators.forecast.model import (
+    from diffda.emulators.forecast.climate import (
         bootstrap_climate_errors,
         climate_errors,
         climate_errors_from_moments,
@@ -856,9 +887,9 @@ def test_bootstrap_interval_of_pooled_climate_scores():
 def test_combined_networks_step_with_the_mean_tendency_and_round_trip(tiny_data, tmp_path):
     """Two networks (seeds 1 and 2) combined: each step's tendency is the mean of theirs; the
     combination survives export/load (and a noise fit's loader); mismatches are refused."""
-    from diffda.cycler.cli.emulator import train_emulator
     from diffda.emulators.forecast.combine import combine_emulators
     from diffda.emulators.forecast.model import SFNOEmulator
+    from diffda.emulators.forecast.training import train_emulator
 
     cfg = _tiny_config(steps=2)
     a, _ = train_emulator(cfg, tmp_path / "a", data=tiny_data, progress=False)
@@ -928,7 +959,7 @@ def test_train_command_options_override_the_config():
 
     from diffda.core.config import ConfigError, load_config
     from diffda.cycler.cli import emulator as emulator_cli
-    from diffda.emulators.training import override_train
+    from diffda.cycler.cli.train_options import override_train
 
     path = str(Path(__file__).parents[1] / "runs" / "emulator.toml")
     parser = argparse.ArgumentParser()

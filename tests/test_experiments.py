@@ -21,22 +21,17 @@ from diffda.core.grid import Grid, coarsen_to
 from diffda.core.times import parse_time
 from diffda.cycler.analysis.sampler import SamplerConfig
 from diffda.cycler.cli.main import main as cli_main
-from diffda.cycler.single.experiments import (
-    ExperimentConfig,
-    bicubic_upsample,
-    default_ablation_grid,
+from diffda.cycler.metrics import (
     member_rmse,
-    paper_to_project,
-    run_ablation,
-    run_experiment,
     score,
-    select_index,
     spread_skill_ratio,
-    truth_at,
     unresolved_rmse,
     zonal_spectra,
 )
+from diffda.cycler.single.ablation import default_ablation_grid, paper_to_project, run_ablation
+from diffda.cycler.single.experiments import ExperimentConfig, run_experiment
 from diffda.cycler.single.plots import plot_station_scatter
+from diffda.cycler.single.truth import bicubic_upsample, select_index, truth_at
 from diffda.emulators.dataio import make_dataset, open_dataset, write_netcdf
 from diffda.emulators.prior.model import DiffusionPrior, area_weighted_moments, build_prior
 from diffda.emulators.prior.unet import UNetConfig
@@ -303,16 +298,16 @@ def test_lr_noise_draws_observations_with_the_likelihood_variance(loaded):
     """--lr-noise: y = coarsen(z) + N(0, Sigma_y), seeded; the coarse field the bicubic
     baseline interpolates carries the same noise in physical units."""
     from diffda.core.rng import torch_generator
-    from diffda.cycler.single.experiments import low_resolution_term
+    from diffda.cycler.terms import low_resolution_term
     from diffda.observations.likelihood import ErrorModel
 
     ds, prior = loaded
     truth = truth_at(ds, prior.variables, 1, prior.grid)
     err = ErrorModel(sigma_y=0.04, gamma=0.01)
-    clean, lr0 = low_resolution_term(prior, truth, LR4, err, VARIABLES)
-    noisy, lr1 = low_resolution_term(prior, truth, LR4, err, VARIABLES,
+    clean, lr0 = low_resolution_term(prior, truth.state, LR4, err, VARIABLES)
+    noisy, lr1 = low_resolution_term(prior, truth.state, LR4, err, VARIABLES,
                                      noise_generator=torch_generator(0, "lr-noise"))
-    again, _ = low_resolution_term(prior, truth, LR4, err, VARIABLES,
+    again, _ = low_resolution_term(prior, truth.state, LR4, err, VARIABLES,
                                    noise_generator=torch_generator(0, "lr-noise"))
     eps = noisy.y - clean.y
     assert torch.equal(again.y, noisy.y)
@@ -454,7 +449,7 @@ def test_cli_errors_name_the_problem(world, tmp_path, capsys, extra, message):
 def test_lr_misfit_is_the_coarsened_ensemble_mean_minus_the_observation():
     """Members whose mean coarsens to the LR field have no misfit (their own small scales
     and spread do not count); a constant offset c in one variable gives c there."""
-    from diffda.cycler.single.experiments import lr_misfit_rmse
+    from diffda.cycler.metrics import lr_misfit_rmse
 
     g = torch.Generator().manual_seed(0)
     field = torch.randn(2, 16, 32, generator=g, dtype=torch.float64)

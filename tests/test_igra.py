@@ -12,17 +12,18 @@ from diffda.observations.igra import (
     Levels,
     Sounding,
     SoundingHeader,
-    dewpoint_from_specific_humidity,
     format_soundings,
-    model_values,
     read_igra,
+    write_igra,
+)
+from diffda.observations.meteo import (
+    dewpoint_from_specific_humidity,
     saturation_vapour_pressure,
-    soundings_to_dataset,
     specific_humidity,
     wind_components,
     wind_direction_speed,
-    write_igra,
 )
+from diffda.observations.soundings import model_values, soundings_to_dataset
 
 IGRA = Path(__file__).parents[2] / "shared/data/igra2"
 DATA = IGRA / "USM00070026-data.siphon.txt"

@@ -10,17 +10,9 @@ import pytest
 import torch
 from diffda.core.grid import Grid
 from diffda.emulators import dataio
-from diffda.emulators.nature.run import (
-    FORCING_VARIABLES,
-    OUTPUT_GRID,
-    STATE_VARIABLES,
-    NatureConfig,
-    error_growth,
-    forcing_fields,
-    run_nature,
-    static_fields,
-    yearly_steadiness,
-)
+from diffda.emulators.nature.diagnostics import error_growth, yearly_steadiness
+from diffda.emulators.nature.fields import FORCING_VARIABLES, forcing_fields, static_fields
+from diffda.emulators.nature.run import OUTPUT_GRID, STATE_VARIABLES, NatureConfig, run_nature
 from diffda.emulators.nature.shallow_water import ShallowWaterConfig
 
 TINY = NatureConfig(days=1.0, spinup_days=0.5, chunk_days=0.5,
@@ -161,8 +153,9 @@ def test_yearly_steadiness_relative_deviations():
 
 
 def test_output_map_centres_cells_on_the_labelled_longitudes():
+    from diffda.emulators.nature.forcing import ForcingConfig
     from diffda.emulators.nature.run import OutputMap
-    from diffda.emulators.nature.shallow_water import ForcingConfig, ShallowWaterModel
+    from diffda.emulators.nature.shallow_water import ShallowWaterModel
 
     flat = ShallowWaterConfig(nlat=16, nlon=32, forcing=ForcingConfig(orography_height=0.0))
     model = ShallowWaterModel(flat, dtype=torch.float64)

@@ -18,7 +18,8 @@ from diffda.cycler.cycling import checkpoint
 from diffda.cycler.cycling.checkpoint import CheckpointError, cycle_path, load_cycle
 from diffda.cycler.cycling.config import config_hash, load_run_config
 from diffda.cycler.cycling.driver import InjectedFailure, resume_experiment, run_experiment
-from diffda.emulators.forecast.model import build_emulator, load_coarse_states
+from diffda.emulators.forecast.data import load_coarse_states
+from diffda.emulators.forecast.model import build_emulator
 
 _spec = importlib.util.spec_from_file_location(
     "driver_helpers", Path(__file__).with_name("test_driver.py"))

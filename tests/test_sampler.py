@@ -224,7 +224,7 @@ def test_protocols_are_satisfied():
 
 
 def test_bench_reports_the_required_fields():
-    from diffda.cycler.cli.analysis import bench_analysis
+    from diffda.cycler.analysis.bench import bench_analysis
 
     mean, cov, op, obs_cov, y = _problem()
     cfg = SamplerConfig(num_steps=4)

@@ -12,13 +12,9 @@ import xarray as xr
 from diffda.core.grid import Grid
 from diffda.core.protocols import Emulator
 from diffda.core.rng import torch_generator
-from diffda.emulators.forecast.model import (
-    SFNOEmulator,
-    build_emulator,
-    climate_errors,
-    load_coarse_states,
-    window_starts,
-)
+from diffda.emulators.forecast.climate import climate_errors
+from diffda.emulators.forecast.data import load_coarse_states, window_starts
+from diffda.emulators.forecast.model import SFNOEmulator, build_emulator
 from diffda.emulators.forecast.sfno import (
     SFNO,
     CellCentreInverseRealSHT,
@@ -219,10 +215,11 @@ def test_climate_errors_zero_for_identical_runs_and_detect_bias(tiny_data):
     err = climate_errors(biased, x, g, tiny_data.variables)
     assert err["u"]["mean_error"] > 0.3 and err["height"]["mean_error"] == 0
     # mean_error_global is the prior evaluation's mean-by-latitude error, to round-off
-    from diffda.cycler.cli.prior import compare_climates
+    from diffda.cycler.metrics import zonal_power_spectrum
+    from diffda.emulators.prior.evaluation import compare_climates
 
     prior_way = compare_climates(biased.double().numpy(), x.double().numpy(), g,
-                                 tiny_data.variables)
+                                 tiny_data.variables, zonal_power_spectrum)
     for v in tiny_data.variables:
         assert err[v]["mean_error_global"] == pytest.approx(
             prior_way[v]["mean_by_lat_error"], rel=1e-6, abs=1e-12)

@@ -9,12 +9,11 @@ import numpy as np
 import pytest
 import torch
 from diffda.core.grid import Grid
+from diffda.emulators.nature.forcing import ForcingConfig, equilibrium_height
 from diffda.emulators.nature.landmask import land_fraction, land_sea_mask, smooth_land
 from diffda.emulators.nature.shallow_water import (
-    ForcingConfig,
     ShallowWaterConfig,
     ShallowWaterModel,
-    equilibrium_height,
     saturation,
     semi_implicit_update,
     synthesize,

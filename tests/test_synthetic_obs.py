@@ -13,8 +13,9 @@ import torch
 import xarray as xr
 from diffda.core.grid import Grid
 from diffda.cycler.cli.main import main as cycler_main
-from diffda.observations.igra import read_igra, soundings_to_dataset, write_igra_directory
+from diffda.observations.igra import read_igra
 from diffda.observations.operators import PointOperator, smooth_sphere_fields
+from diffda.observations.soundings import soundings_to_dataset, write_igra_directory
 from diffda.observations.stations import StationNetwork, global_land, network_from_dataset
 from diffda.observations.synthetic import (
     point_observations_at,
@@ -179,13 +180,15 @@ def test_cli_make_and_inspect(tmp_path: Path, capsys: pytest.CaptureFixture[str]
 
 def test_station_term_from_an_observation_file() -> None:
     from diffda.observations.likelihood import ErrorModel, station_term
+    from diffda.observations.station_arrays import station_observations
 
     truth = tiny_truth()
     err = {"height": 10.0, "u": 1.5, "v": 1.5, "tracer": 1e-4}
     obs = synthetic_station_observations(truth, NET, seed=3, error_std=err, progress=False)
     mean, std = [5500.0, 0.0, 0.0, 1e-3], [80.0, 10.0, 10.0, 5e-4]
     t = obs["time"].values[2]
-    term = station_term(obs, t, GRID, VARS, mean, std, ErrorModel(sigma_y=1.0, gamma=0.2),
+    (stations,) = station_observations(obs, [t], VARS)
+    term = station_term(stations, GRID, VARS, mean, std, ErrorModel(sigma_y=1.0, gamma=0.2),
                         weight=0.5)
     assert term.y.numel() == 12 and term.weight == 0.5 and term.gamma == 0.2
     np.testing.assert_allclose(term.sigma_y.numpy()[:4], [(10 / 80) ** 2, 0.0225, 0.0225, 0.04])

@@ -266,21 +266,31 @@ def sample_posterior(
         if gamma > 0:  # lines 7-8
             eps = noise() * config.s_noise
             x = x + math.sqrt(t_hat**2 - t_cur**2) * eps
-        s_hat = as_t(t_hat)
-        d, s_l, ll = denoise_with_likelihood_score(denoiser, x, s_hat, terms, to_observed)
-        d_pred, ratio, clipped = posterior_drift(x, d, s_l, s_hat, config)  # lines 9-11
-        _record(diagnostics, i, "predictor", s_hat, ratio, ll, clipped)
-        x_pred = x + d_pred * (t_next - t_hat)  # line 12
-        if t_next > 0:  # lines 13-17
-            s_next = as_t(t_next)
-            use = terms if config.guide_corrector else ()
-            d, s_l, ll = denoise_with_likelihood_score(denoiser, x_pred, s_next, use, to_observed)
-            d_corr, ratio, clipped = posterior_drift(x_pred, d, s_l, s_next, config)
-            _record(diagnostics, i, "corrector", s_next, ratio, ll, clipped)
-            x = x + 0.5 * (d_pred + d_corr) * (t_next - t_hat)  # line 17
-        else:
-            x = x_pred  # line 19
+        x = _heun_step(denoiser, x, t_hat, t_next, as_t, terms, config, to_observed,
+                       lambda *a, i=i: _record(diagnostics, i, *a))
     return x
+
+
+def _heun_step(
+    denoiser: Denoiser, x: Tensor, t_hat: float, t_next: float,
+    as_t: Callable[[float], Tensor], terms: Sequence[LikelihoodTerm], config: SamplerConfig,
+    to_observed: Callable[[Tensor], Tensor] | None, record: Callable[..., None],
+) -> Tensor:
+    """Algorithm 1, lines 9-19: the guided Euler step from ``t_hat`` to ``t_next`` and, unless
+    ``t_next = 0``, its second-order (Heun) correction."""
+    s_hat = as_t(t_hat)
+    d, s_l, ll = denoise_with_likelihood_score(denoiser, x, s_hat, terms, to_observed)
+    d_pred, ratio, clipped = posterior_drift(x, d, s_l, s_hat, config)  # lines 9-11
+    record("predictor", s_hat, ratio, ll, clipped)
+    x_pred = x + d_pred * (t_next - t_hat)  # line 12
+    if t_next <= 0:
+        return x_pred  # line 19
+    s_next = as_t(t_next)  # lines 13-17
+    use = terms if config.guide_corrector else ()
+    d, s_l, ll = denoise_with_likelihood_score(denoiser, x_pred, s_next, use, to_observed)
+    d_corr, ratio, clipped = posterior_drift(x_pred, d, s_l, s_next, config)
+    record("corrector", s_next, ratio, ll, clipped)
+    return x + 0.5 * (d_pred + d_corr) * (t_next - t_hat)  # line 17
 
 
 @dataclass(frozen=True)
@@ -301,8 +311,14 @@ class DiffusionAnalysis:
         prior: Denoiser,
         observations: Sequence[LikelihoodTerm],
         generators: Sequence[torch.Generator],
+        *,
+        diagnostics: list[StepDiagnostics] | None = None,
+        progress: bool = False,
     ) -> Tensor:
+        """``(member, *shape)`` samples of the posterior, in the denoiser's space; one
+        :class:`StepDiagnostics` per network evaluation appended to ``diagnostics``."""
         return sample_posterior(
             prior, generators, self.shape, observations, self.config,
-            to_observed=self.to_observed, dtype=self.dtype,
+            to_observed=self.to_observed, dtype=self.dtype, diagnostics=diagnostics,
+            progress=progress,
         )

@@ -35,18 +35,15 @@ from typing import Any
 import torch
 from diffda.core.grid import Grid
 from diffda.cycler.analysis.sampler import SamplerConfig
+from diffda.cycler.single.ablation import default_ablation_grid, run_ablation
 from diffda.cycler.single.experiments import (
     EXPERIMENTS,
     TERMS_OF,
     ExperimentConfig,
-    default_ablation_grid,
-    run_ablation,
     run_experiment,
-    select_index,
-    to_json,
-    write_ensemble_netcdf,
-    write_tables,
 )
+from diffda.cycler.single.outputs import run_pooled, to_json, write_outputs, write_tables
+from diffda.cycler.single.truth import select_index
 from diffda.emulators.prior.model import DEFAULT_WEIGHTS, DiffusionPrior
 from diffda.observations.likelihood import DEFAULT_ERROR_MODELS, ErrorModel
 
@@ -235,7 +232,6 @@ def load_prior(weights: Path | None) -> DiffusionPrior:
 
 def run(args: argparse.Namespace) -> int:
     """``cycler experiment NAME ...``."""
-    from diffda.cycler.single.plots import plot_ablation
     from diffda.emulators.dataio import open_dataset
 
     if args.members < 1 or args.steps < 1:
@@ -252,8 +248,37 @@ def run(args: argparse.Namespace) -> int:
     if len(times) > 1:
         if args.name == "ablation":
             raise ValueError("ablation takes one --time (run it once per time)")
-        return run_pooled(args, prior, ds, config, source, times)
+        if args.stations is not None:
+            raise ValueError("--stations holds one time's observations: give one --time with it")
+        out = args.out or Path("outputs") / "experiments" / args.name
+        pooled, path = run_pooled(
+            args.name, prior, ds, times, config, source, out, plots=not args.no_plots,
+            progress=not args.json, extra={"data": source, "seed": args.seed,
+                                           "weights": str(args.weights or DEFAULT_WEIGHTS)})
+        print_pooled(args.name, pooled, path, args.json)
+        return 0
     index = select_index(ds, times[0], args.index, source)
+    summary, files = _one_time(args, prior, ds, index, config, source, pairs)
+    valid = prior.card.get("data", {}).get("valid_years")
+    year = ds["time"].values[index].year
+    summary.update({"data": source, "weights": str(args.weights or DEFAULT_WEIGHTS),
+                    "held_out": (year in valid) if valid else None,
+                    "seed": args.seed, "files": [str(f) for f in files]})
+    if args.json:
+        print(to_json(summary, indent=None))
+        return 0
+    if valid and year not in valid:
+        print(f"warning: year {year} is not among the prior's held-out years {valid}")
+    print_summary(summary)
+    return 0
+
+
+def _one_time(args: argparse.Namespace, prior: DiffusionPrior, ds: Any, index: int,
+              config: ExperimentConfig, source: str, pairs: Any
+              ) -> tuple[dict[str, Any], list[Path]]:
+    """The experiment (or the ablation) at one time, written to its folder."""
+    from diffda.cycler.single.plots import plot_ablation
+
     stations = None
     if args.stations is not None:
         from diffda.observations.synthetic import read_observations
@@ -275,69 +300,7 @@ def run(args: argparse.Namespace) -> int:
         result = run_experiment(args.name, prior, ds, index, config, stations, source, progress)
         files = write_outputs(result, out, plots=not args.no_plots)
         summary = result.summary()
-    valid = prior.card.get("data", {}).get("valid_years")
-    year = ds["time"].values[index].year
-    summary.update({"data": source, "weights": str(args.weights or DEFAULT_WEIGHTS),
-                    "held_out": (year in valid) if valid else None,
-                    "seed": args.seed, "files": [str(f) for f in files]})
-    if args.json:
-        print(to_json(summary, indent=None))
-        return 0
-    if valid and year not in valid:
-        print(f"warning: year {year} is not among the prior's held-out years {valid}")
-    print_summary(summary)
-    return 0
-
-
-def write_outputs(result: Any, folder: Path, plots: bool = True) -> list[Path]:
-    """Tables, the ensemble's netCDF and (``plots``) the figures of one experiment."""
-    from diffda.cycler.single.plots import plot_experiment
-
-    files = write_tables(result, folder)
-    files.append(write_ensemble_netcdf(result, folder))
-    if plots:
-        files += plot_experiment(result, folder)
-    return files
-
-
-def run_pooled(args: argparse.Namespace, prior: DiffusionPrior, ds: Any,
-               config: ExperimentConfig, source: str, times: list[str]) -> int:
-    """One experiment at each of ``times`` (into ``OUT/<time>``), scores pooled over them."""
-    from diffda.core.io import atomic_write_text
-    from diffda.cycler.single.experiments import pool_summaries
-
-    if args.stations is not None:
-        raise ValueError("--stations holds one time's observations: give one --time with it")
-    out = args.out or Path("outputs") / "experiments" / args.name
-    summaries = []
-    for t in times:
-        index = select_index(ds, t, None, source)
-        result = run_experiment(args.name, prior, ds, index, config, None, source,
-                                progress=not args.json)
-        folder = out / str(result.time).replace(" ", "T").replace(":", "")
-        files = write_outputs(result, folder, plots=not args.no_plots)
-        summaries.append({**result.summary(), "files": [str(f) for f in files]})
-    pooled = pool_summaries(summaries)
-    pooled.update({"data": source, "weights": str(args.weights or DEFAULT_WEIGHTS),
-                   "seed": args.seed, "by_time": summaries})
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"{args.name}_pooled.json"
-    atomic_write_text(path, to_json(pooled, indent=1) + "\n")
-    if args.json:
-        print(to_json({k: v for k, v in pooled.items() if k != "by_time"}, indent=None))
-        return 0
-    base = pooled["baseline"]
-    print(f"{args.name} pooled over {len(times)} times ({pooled['members']} members, NFE "
-          f"{pooled['nfe']}, {pooled['seconds_per_analysis']:.1f} s per analysis):")
-    print(f"{'variable':>8} {'rmse':>10} {'rmse_' + base:>18} {'ratio':>7} {'spread/skill':>12}"
-          "  per time")
-    for v, r in pooled["scores"].items():
-        ref = r.get(f"rmse_{base}")
-        print(f"{v:>8} {r['rmse']:10.4g} {ref if ref is not None else float('nan'):18.4g} "
-              f"{r.get(f'rmse_ratio_{base}', float('nan')):7.3f} {r['spread_skill']:12.2f}  "
-              + " ".join(f"{x:.2f}" for x in r["spread_skill_by_time"]))
-    print(f"written: {path}")
-    return 0
+    return summary, files
 
 
 def print_summary(summary: dict[str, Any]) -> None:
@@ -372,3 +335,21 @@ def print_summary(summary: dict[str, Any]) -> None:
 
 def _num(x: float | None) -> float:
     return float("nan") if x is None else float(x)
+
+
+def print_pooled(name: str, pooled: dict[str, Any], path: Path, as_json: bool) -> None:
+    """The pooled scores of several times: one JSON line, or a short table."""
+    if as_json:
+        print(to_json({k: v for k, v in pooled.items() if k != "by_time"}, indent=None))
+        return
+    base = pooled["baseline"]
+    print(f"{name} pooled over {len(pooled['pooled_over'])} times ({pooled['members']} members, "
+          f"NFE {pooled['nfe']}, {pooled['seconds_per_analysis']:.1f} s per analysis):")
+    print(f"{'variable':>8} {'rmse':>10} {'rmse_' + base:>18} {'ratio':>7} {'spread/skill':>12}"
+          "  per time")
+    for v, r in pooled["scores"].items():
+        ref = r.get(f"rmse_{base}")
+        print(f"{v:>8} {r['rmse']:10.4g} {ref if ref is not None else float('nan'):18.4g} "
+              f"{r.get(f'rmse_ratio_{base}', float('nan')):7.3f} {r['spread_skill']:12.2f}  "
+              + " ".join(f"{x:.2f}" for x in r["spread_skill_by_time"]))
+    print(f"written: {path}")

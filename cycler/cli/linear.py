@@ -1,15 +1,19 @@
-"""``cycler linear steady|figures`` and ``cycler bench linear``."""
+"""``cycler linear steady|figures`` and ``cycler bench linear``.
+
+Thin entry points: the test bed is :mod:`diffda.cycler.linear.testbed` (the steady run and
+its timing), the figures are :mod:`diffda.cycler.linear.figures`.
+"""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
-import time
+from typing import Any
 
 import torch
-from diffda.core.config import json_safe, load_config
-from diffda.cycler.linear.testbed import LinearSetup, run_steady
+from diffda.core.config import load_config
+from diffda.cycler.cli.common import print_record
+from diffda.cycler.linear.testbed import LinearSetup, run_steady, time_steady
 
 
 def _observed(text: str) -> tuple[int, ...] | str:
@@ -73,7 +77,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     figures.add_argument("--out", required=True, help="output directory")
 
 
-def _print_table(res: dict) -> None:
+def _print_table(res: dict[str, Any]) -> None:
     print(f"climatological prior variance c = {res['clim_prior_var']:.5f}")
     print(f"{'posterior':<16}{'exact var':>10}{'Kalman MSE':>12}{'diff. MSE':>11}"
           f"{'diff. var':>11}{'EnKF MSE':>10}{'EnKF var':>10}")
@@ -94,11 +98,7 @@ def _print_table(res: dict) -> None:
 def run(args: argparse.Namespace) -> int:
     setup = _setup(args)
     if args.action == "steady":
-        res = run_steady(setup)
-        if args.json:
-            print(json.dumps(json_safe(res), allow_nan=False))
-        else:
-            _print_table(res)
+        print_record(run_steady(setup), args.json, _print_table, strict=True)
         return 0
     from diffda.cycler.linear.figures import make_figures
 
@@ -112,21 +112,16 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true")
 
 
+def _print_timings(out: dict[str, Any]) -> None:
+    print(f"cycler linear steady: {out['seconds_total']:.1f} s in all "
+          f"({out['cycles']} cycles, {out['members']} members, n={out['n']}, "
+          f"sampler={out['sampler']}, {out['sde_steps']} SDE steps)")
+    for k, v in out["seconds"].items():
+        print(f"  {k:<26}{v:8.2f} s")
+
+
 def bench(args: argparse.Namespace) -> int:
     """Time the ``steady`` run (defaults as ``cycler linear steady``), per part."""
     setup = _setup(args)
-    tic = time.perf_counter()
-    res = run_steady(setup)
-    total = time.perf_counter() - tic
-    out = {"seconds_total": total, "seconds": res["seconds"], "cycles": setup.cycles,
-           "members": setup.members, "n": setup.n, "sampler": setup.sampler,
-           "sde_steps": setup.sde_steps, "threads": args.threads}
-    if args.json:
-        print(json.dumps(out))
-    else:
-        print(f"cycler linear steady: {total:.1f} s in all "
-              f"({setup.cycles} cycles, {setup.members} members, n={setup.n}, "
-              f"sampler={setup.sampler}, {setup.sde_steps} SDE steps)")
-        for k, v in res["seconds"].items():
-            print(f"  {k:<26}{v:8.2f} s")
+    print_record({**time_steady(setup), "threads": args.threads}, args.json, _print_timings)
     return 0

@@ -15,8 +15,17 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from diffda.cycler.cli import analysis, emulator, experiment, linear, nature, obs, prior, run
-from diffda.emulators.forecast import adjustment, budget, combine, stochastic
+from diffda.cycler.cli import (
+    analysis,
+    emulator,
+    emulator_fit,
+    experiment,
+    linear,
+    nature,
+    obs,
+    prior,
+    run,
+)
 
 
 @dataclass(frozen=True)
@@ -65,13 +74,13 @@ GROUPS: dict[str, tuple[str, dict[str, Command]]] = {
     "train": ("train a model from a TOML config (resumable)", {
         "emulator": Command("the SFNO emulator", emulator.add_train_arguments, emulator.train),
         "emulator-noise": Command("the emulator's stochastic term (noise modes)",
-                                  stochastic.add_train_arguments, stochastic.train),
+                                  emulator_fit.add_noise_arguments, emulator_fit.noise),
         "emulator-budget": Command("the emulator's global-mean budget correction",
-                                   budget.add_train_arguments, budget.train),
+                                   emulator_fit.add_budget_arguments, emulator_fit.budget),
         "emulator-combine": Command("combine emulator networks into one ensemble file",
-                                    combine.add_train_arguments, combine.train),
+                                    emulator_fit.add_combine_arguments, emulator_fit.combine),
         "emulator-adjust": Command("the emulator's climate adjustment",
-                                   adjustment.add_train_arguments, adjustment.train),
+                                   emulator_fit.add_adjust_arguments, emulator_fit.adjust),
         "prior": Command("the EDM diffusion prior", prior.add_train_arguments, prior.train),
     }),
     "evaluate": ("evaluate a trained model on held-out data", {

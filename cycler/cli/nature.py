@@ -23,6 +23,10 @@ times from where ``RUN`` ended (e.g. more held-out years for the emulator's clim
 
 A killed ``cycler nature`` resumes when called again with the same arguments. Called on a
 finished ``--out`` with ``--plots`` or ``--json``, it only (re)computes the diagnostics.
+
+The science is in :mod:`diffda.emulators.nature` (:mod:`~diffda.emulators.nature.run`,
+:mod:`~diffda.emulators.nature.diagnostics`, :mod:`~diffda.emulators.nature.bench`,
+:mod:`~diffda.emulators.nature.subset`); this module only wires it up.
 """
 
 from __future__ import annotations
@@ -31,33 +35,23 @@ import argparse
 import json
 import os
 import tempfile
-import time
 from dataclasses import replace
-from datetime import timedelta
 from pathlib import Path
 
 import torch
-from diffda.emulators.nature.run import (
-    STORE_HOURS,
-    TWIN_PERTURBATION_M,
-    NatureConfig,
-    diagnose,
-    load_checkpoint,
-    restart_path,
-    run_nature,
-)
-from diffda.emulators.nature.shallow_water import (
-    ForcingConfig,
-    ShallowWaterConfig,
-    ShallowWaterModel,
-)
+from diffda.emulators.nature.bench import bench_shallow_water
+from diffda.emulators.nature.diagnostics import TWIN_PERTURBATION_M, diagnose
+from diffda.emulators.nature.run import NatureConfig, continuation, run_nature
+from diffda.emulators.nature.shallow_water import ShallowWaterConfig
+from diffda.emulators.nature.subset import truth_window, write_window
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     span = parser.add_mutually_exclusive_group(required=True)
     span.add_argument("--years", type=float, help="stored years (365 days) after spin-up")
     span.add_argument("--days", type=float, help="stored days after spin-up")
-    parser.add_argument("--out", type=Path, required=True, help="output .zarr or .nc path")
+    parser.add_argument("--out", type=Path, required=True,
+                        help="output .zarr or .nc path, e.g. outputs/data/nature.zarr")
     parser.add_argument("--spinup-days", type=float, default=180.0, help="not stored (180)")
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of the initial noise and of the stirring (0)")
@@ -78,23 +72,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--continue-from", type=Path, default=None, metavar="RUN",
                         help="a finished nature run to continue from its final state (same "
                              "model and seed; --spinup-days, --seed, --model-grid, --dt unused)")
-
-
-def continuation(run: Path, days: float, chunk_days: float):
-    """The config and initial state that continue the finished nature run ``run`` for
-    ``days``: its model and seed, starting from its final state."""
-    restart = restart_path(run)
-    if not restart.exists():
-        raise FileNotFoundError(f"{restart}: no final state of {run} to continue from "
-                                "(written when a nature run finishes)")
-    state, meta, _ = load_checkpoint(restart)
-    prev = json.loads(meta["config"])
-    model = dict(prev["model"])
-    model["forcing"] = ForcingConfig(**model["forcing"])
-    cfg = NatureConfig(days=days, spinup_days=prev["spinup_days"], seed=prev["seed"],
-                       chunk_days=chunk_days, model=ShallowWaterConfig(**model),
-                       start_index=round(state.seconds / (STORE_HOURS * 3600.0)))
-    return cfg, state
 
 
 def _model_config(grid: str, dt: float | None, seed: int = 0) -> ShallowWaterConfig:
@@ -153,18 +130,8 @@ def bench(args: argparse.Namespace) -> int:
     cfg = ShallowWaterConfig(nlat=args.nlat, nlon=args.nlon)
     if args.dt is not None:
         cfg = replace(cfg, dt_seconds=args.dt)
-    model = ShallowWaterModel(cfg)
-    state = model.initial_state(0.0, torch.Generator().manual_seed(0))
-    state.spec = state.spec.repeat(args.batch, 1, 1, 1)
-    n = max(1, int(round(args.days * 86400.0 / cfg.dt_seconds)))
-    with torch.no_grad():
-        for _ in range(10):
-            state = model.step(state)
-        t0 = time.perf_counter()
-        for _ in range(n):
-            state = model.step(state)
-        wall = time.perf_counter() - t0
-    days = n * cfg.dt_seconds / 86400.0
+    res = bench_shallow_water(cfg, args.days, args.batch)
+    n, wall, days = res["steps"], res["wall"], res["days"]
     print(f"shallow water {cfg.nlat}x{cfg.nlon} T{cfg.lmax - 1} dt={cfg.dt_seconds:g}s "
           f"batch={args.batch} threads={args.threads}: {n} steps in {wall:.2f} s, "
           f"{1e3 * wall / n:.2f} ms/step, {days / wall:.3f} simulated days/s "
@@ -183,45 +150,13 @@ def add_subset_arguments(parser: argparse.ArgumentParser) -> None:
 
 def subset(args: argparse.Namespace) -> int:
     """Write the window and background states of ``args.data`` to a compressed netCDF."""
-    import numpy as np
-    from diffda.core.times import parse_time
-    from diffda.emulators import dataio
-
     if args.out.suffix != ".nc":
         raise ValueError(f"--out {args.out}: expected a .nc file")
     if args.days <= 0 or args.background < 0:
         raise ValueError(f"--days {args.days} must be positive, --background {args.background} "
                          f"not negative")
-    ds = dataio.open_dataset(args.data)
-    times = ds["time"].values
-    start = parse_time(args.start, times[0].calendar, key="--start")
-    end = start + timedelta(days=args.days)
-    window = [i for i, t in enumerate(times) if start <= t <= end]
-    if not window or times[window[0]] != start:
-        raise ValueError(f"{args.data}: no stored time at --start {args.start} "
-                         f"(it has {times[0]} .. {times[-1]})")
-    if times[window[-1]] < end:
-        raise ValueError(f"{args.data}: the window {start} + {args.days:g} days ends after the "
-                         f"last stored time {times[-1]}")
-    in_window = set(window)
-    rest = [i for i, t in enumerate(times) if t.year == start.year and i not in in_window]
-    if len(rest) < args.background:
-        raise ValueError(f"{args.data}: only {len(rest)} times outside the window in "
-                         f"{start.year}, --background {args.background} asked")
-    pick = [rest[int(j)] for j in np.linspace(0, len(rest) - 1, args.background).round()]
-    sub = ds.isel(time=sorted(in_window | set(pick))).load()
-    sub.attrs.update({
-        "title": f"truth window {start.isoformat()} + {args.days:g} d with {args.background} "
-                 f"background states",
-        "source": str(args.data),
-        "history": f"cycler subset {args.data} --start {args.start} --days {args.days:g} "
-                   f"--background {args.background}",
-    })
-    enc = {v: {"zlib": True, "complevel": 5} for v in sub.data_vars}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_name(args.out.name + ".tmp")
-    sub.to_netcdf(tmp, engine="netcdf4", encoding=enc)
-    os.replace(tmp, args.out)
-    print(f"wrote {args.out} ({sub.sizes['time']} times: {len(window)} in the window, "
-          f"{len(pick)} background; {args.out.stat().st_size / 1e6:.2f} MB)")
+    sub, n_window, n_pick = truth_window(args.data, args.start, args.days, args.background)
+    write_window(sub, args.out)
+    print(f"wrote {args.out} ({sub.sizes['time']} times: {n_window} in the window, "
+          f"{n_pick} background; {args.out.stat().st_size / 1e6:.2f} MB)")
     return 0

@@ -1,8 +1,8 @@
 """``cycler obs ...`` (inspect and make observations) and ``cycler bench operators``.
 
-Thin entry points; the science lives in :mod:`~diffda.observations.stations`,
-:mod:`~diffda.observations.igra`, :mod:`~diffda.observations.synthetic` and
-:mod:`~diffda.observations.operators`.
+Thin entry points: they parse the options, call one library function and print. The
+science lives in :mod:`~diffda.observations.describe` (inspect),
+:mod:`~diffda.observations.synthetic` (make) and :mod:`~diffda.observations.bench`.
 
 Usage::
 
@@ -18,14 +18,15 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
-import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import xarray as xr
+import torch
 from diffda.core.grid import Grid
+from diffda.cycler.cli.common import print_record
+from diffda.observations.bench import BENCH_VARIABLES, interpolation_errors, time_operators
+from diffda.observations.describe import describe
+from diffda.observations.synthetic import make_observations
 
 # --------------------------------------------------------------------------- parsing helpers
 
@@ -70,82 +71,6 @@ def parse_grid(text: str) -> Grid:
 # --------------------------------------------------------------------------- inspect
 
 
-def file_kind(path: Path) -> str:
-    """``"netcdf"``, ``"soundings"`` (IGRA v2 data) or ``"station-list"`` (IGRA v2 list)."""
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist")
-    with path.open("rb") as f:
-        head = f.read(8)
-    if head.startswith(b"CDF") or head.startswith(b"\x89HDF"):
-        return "netcdf"
-    with path.open(encoding="latin-1") as f:
-        for line in f:
-            if line.strip():
-                return "soundings" if line.startswith("#") else "station-list"
-    raise ValueError(f"{path} is empty")
-
-
-def describe(path: Path, active_years: tuple[int, int] | None = None) -> dict[str, Any]:
-    """A JSON-able description of an IGRA v2 station list, sounding file or obs netCDF."""
-    kind = file_kind(path)
-    if kind == "soundings":
-        from diffda.observations.igra import read_igra
-
-        f = read_igra(path)
-        return {
-            "file": str(path), "kind": "IGRA v2 soundings", "n_soundings": len(f.soundings),
-            "soundings": [
-                {
-                    "station": s.header.id,
-                    "time": f"{s.header.year:04d}-{s.header.month:02d}-{s.header.day:02d}"
-                            f"T{s.header.hour:02d}" if s.header.hour != 99 else
-                            f"{s.header.year:04d}-{s.header.month:02d}-{s.header.day:02d}T??",
-                    "lat": s.header.lat, "lon": s.header.lon,
-                    "levels_read": len(s.levels), "levels_declared": s.header.numlev,
-                    "line": s.line,
-                }
-                for s in f.soundings
-            ],
-            "skipped": [{"line": k.line, "reason": k.reason} for k in f.skipped],
-        }
-    if kind == "station-list":
-        from diffda.observations.stations import read_station_list
-
-        net, skipped = read_station_list(path, active_years=active_years)
-        reasons: dict[str, int] = {}
-        for k in skipped:
-            key = k.reason.split(":")[0]
-            reasons[key] = reasons.get(key, 0) + 1
-        return {
-            "file": str(path), "kind": "IGRA v2 station list",
-            "active_years": list(active_years) if active_years else None,
-            "n_stations": len(net),
-            "stations": [
-                {"id": s.id, "lat": s.lat, "lon": s.lon, "name": s.name,
-                 "years": [s.first_year, s.last_year]}
-                for s in net.stations
-            ],
-            "skipped_by_reason": reasons,
-            "skipped": [{"line": k.line, "reason": k.reason} for k in skipped],
-        }
-    from diffda.observations.synthetic import read_observations
-
-    ds = read_observations(path)
-    times = ds["time"].values
-    return {
-        "file": str(path), "kind": "station observations (netCDF)",
-        "n_times": int(ds.sizes.get("time", 0)), "n_stations": int(ds.sizes.get("station", 0)),
-        "first_time": str(times[0]) if len(times) else None,
-        "last_time": str(times[-1]) if len(times) else None,
-        "variables": {
-            v: {"units": ds[v].attrs.get("units", ""),
-                "observation_error_std": ds[v].attrs.get("observation_error_std"),
-                "n_missing": int(np.isnan(ds[v].values).sum())}
-            for v in ds.data_vars
-        },
-    }
-
-
 def _print_description(d: dict[str, Any]) -> None:
     print(f"{d['file']}: {d['kind']}")
     if "soundings" in d:
@@ -178,50 +103,17 @@ def _print_description(d: dict[str, Any]) -> None:
 # --------------------------------------------------------------------------- make
 
 
-def open_truth(path: Path) -> xr.Dataset:
-    """Open a canonical truth dataset lazily (the data layer's reader when available)."""
-    if not path.exists():
-        raise FileNotFoundError(f"truth dataset {path} does not exist")
-    try:
-        from diffda.emulators.dataio import open_dataset  # the data layer's canonical reader
-    except ImportError:
-        coder = xr.coders.CFDatetimeCoder(use_cftime=True)
-        if path.is_dir() or path.suffix == ".zarr":
-            return xr.open_zarr(path, decode_times=coder)
-        return xr.open_dataset(path, decode_times=coder, chunks={"time": 16})
-    return open_dataset(path)
-
-
 def make(args: argparse.Namespace) -> int:
-    from diffda.observations.igra import write_igra_directory
-    from diffda.observations.stations import default_network, grid_land, read_station_list
-    from diffda.observations.synthetic import synthetic_station_observations, write_observations
-
-    truth = open_truth(Path(args.truth))
-    if args.network == "default":
-        land = (grid_land(truth["land_sea_mask"].values) if "land_sea_mask" in truth
-                else None)
-        kwargs = {"is_land": land} if land is not None else {}
-        network = default_network(args.n_stations, seed=args.seed, **kwargs)
-        print(f"default network: {len(network)} stations on "
-              f"{'the dataset land_sea_mask' if land else 'global_land_mask'} land")
-    else:
-        network, skipped = read_station_list(args.network, parse_years(args.active_years))
-        print(f"{args.network}: {len(network)} stations, {len(skipped)} lines skipped")
-    variables = [v.strip() for v in args.variables.split(",") if v.strip()]
-    hours = [int(h) for h in args.hours.split(",")]
-    obs = synthetic_station_observations(
-        truth, network, seed=args.seed, variables=variables,
-        error_std=parse_error_std(args.error_std), hours=hours, progress=not args.no_progress,
+    # --active-years filters a station list: with the default network it is not read
+    years = parse_years(args.active_years) if args.network != "default" else None
+    make_observations(
+        Path(args.truth), args.out, network=args.network, n_stations=args.n_stations,
+        active_years=years, seed=args.seed,
+        variables=[v.strip() for v in args.variables.split(",") if v.strip()],
+        error_std=parse_error_std(args.error_std),
+        hours=[int(h) for h in args.hours.split(",")], igra_dir=args.igra_dir,
+        progress=not args.no_progress, log=print,
     )
-    out = write_observations(obs, args.out)
-    print(f"wrote {out}: {obs.sizes['time']} times x {obs.sizes['station']} stations, "
-          "error std " + ", ".join(f"{v}={obs[v].attrs['observation_error_std']:.4g}"
-                                   for v in variables))
-    if args.igra_dir:
-        paths, n_bad = write_igra_directory(obs, args.igra_dir)
-        print(f"wrote {len(paths)} IGRA v2 files to {args.igra_dir}"
-              + (f" ({n_bad} non-positive tracer values written as missing)" if n_bad else ""))
     return 0
 
 
@@ -255,10 +147,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.action == "inspect":
         d = describe(args.file, parse_years(args.active_years))
-        if args.json:
-            print(json.dumps(d, indent=1))
-        else:
-            _print_description(d)
+        print_record(d, args.json, _print_description, indent=1)
         return 0
     return make(args)
 
@@ -271,80 +160,24 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=1)
 
 
-def _time_ms(fn: Any, repeats: int) -> float:
-    fn()
-    best = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        best.append(time.perf_counter() - t0)
-    return 1e3 * float(np.median(best))
-
-
 def bench(args: argparse.Namespace) -> int:
-    import torch
-    from diffda.observations.operators import (
-        PointOperator,
-        forecast_grid_operator,
-        grid_sample_reference,
-        low_resolution_operator,
-        smooth_sphere_fields,
-    )
-    from diffda.observations.stations import default_network
-
     torch.set_num_threads(args.threads)
     grid = parse_grid(args.grid)
-    variables = ("height", "u", "v", "tracer")
-    net = default_network(args.n_stations, seed=0)
-    point = PointOperator.from_network(net, grid, variables)
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(args.members, len(variables), grid.nlat, grid.nlon, generator=gen)
-    print(f"grid {grid}, {args.members} members x {len(variables)} variables, "
+    print(f"grid {grid}, {args.members} members x {len(BENCH_VARIABLES)} variables, "
           f"{args.threads} thread(s), median of {args.repeats}")
-
-    def fwd_bwd(op: torch.nn.Module) -> None:
-        xr_ = x.clone().requires_grad_(True)
-        op(xr_).square().sum().backward()
-
-    def jvp(op: torch.nn.Module) -> None:
-        torch.func.jvp(op, (x,), (x,))
-
-    rows = [("point", point)]
-    for name, factory in (("low-res 8x16", low_resolution_operator),
-                          ("forecast 16x32", forecast_grid_operator)):
-        try:
-            rows.append((name, factory(grid, variables)))
-        except ValueError as err:
-            print(f"{name}: {err}")
+    timings, unavailable = time_operators(grid, args.n_stations, args.members, args.repeats)
+    for name, err in unavailable.items():
+        print(f"{name}: {err}")
     print(f"{'operator':<16} {'n_obs':>7} {'forward ms':>11} {'fwd+bwd ms':>11} {'jvp ms':>8}")
-    for name, op in rows:
-        with torch.no_grad():
-            t_f = _time_ms(lambda op=op: op(x), args.repeats)
-        t_b = _time_ms(lambda op=op: fwd_bwd(op), args.repeats)
-        t_j = _time_ms(lambda op=op: jvp(op), args.repeats)
-        print(f"{name:<16} {op.n_obs:7d} {t_f:11.3f} {t_b:11.3f} {t_j:8.3f}")
+    for t in timings:
+        print(f"{t.name:<16} {t.n_obs:7d} {t.forward_ms:11.3f} {t.forward_backward_ms:11.3f} "
+              f"{t.jvp_ms:8.3f}")
 
     print("\naccuracy on smooth fields (max abs error; s: degree-3 polynomial on the sphere,"
           " u/v: tilted rotation + projected constant)")
-    rng = np.random.default_rng(0)
-    lat = np.concatenate([rng.uniform(-90, 90, 1000), rng.uniform(85, 90, 100)])
-    lon = rng.uniform(0, 360, len(lat))
-    exact = smooth_sphere_fields(lat, lon)
     print(f"{'grid':<8} {'keys-0.5 s':>11} {'keys-0.5 u,v':>13} {'grid_sample s':>14} "
           f"{'(|lat|<=85)':>12}")
-    for nlat in (32, 64, 128):
-        g = Grid(nlat, 2 * nlat)
-        la2, lo2 = np.meshgrid(g.lat, g.lon, indexing="ij")
-        f = smooth_sphere_fields(la2, lo2)
-        xs = torch.as_tensor(np.stack([f["s"], f["u"], f["v"]])[None])
-        n = len(lat)
-        op = PointOperator(g, ("s", "u", "v"), np.tile(lat, 3), np.tile(lon, 3),
-                           ["s"] * n + ["u"] * n + ["v"] * n)
-        y = op(xs)[0].numpy()
-        err_s = np.abs(y[:n] - exact["s"]).max()
-        err_uv = max(np.abs(y[n:2 * n] - exact["u"]).max(), np.abs(y[2 * n:] - exact["v"]).max())
-        inner = np.abs(lat) <= 85
-        ref = grid_sample_reference(xs, lat[inner], lon[inner])[0, 0].numpy()
-        err_ref = np.abs(ref - exact["s"][inner]).max()
-        print(f"{str(g):<8} {err_s:11.2e} {err_uv:13.2e} {err_ref:14.2e}")
+    for e in interpolation_errors():
+        print(f"{str(e.grid):<8} {e.keys_scalar:11.2e} {e.keys_vector:13.2e} "
+              f"{e.grid_sample_scalar:14.2e}")
     return 0

@@ -15,17 +15,13 @@ import dataclasses
 import json
 import time
 from pathlib import Path
-from typing import Any
 
 from diffda.core.config import parse_assignment, parse_overrides, parse_value
+from diffda.cycler.cycling.compare import DEFAULT_LEAD_DAYS, compare_runs, format_table
 from diffda.cycler.cycling.config import RunConfig, RuntimeConfig, load_run_config, read_resolved
-from diffda.cycler.cycling.plots import (
-    DEFAULT_LEAD_DAYS,
-    best_by_lead,
-    format_table,
-    lead_table,
-    plot_compare,
-)
+from diffda.cycler.cycling.driver import run_experiment
+from diffda.cycler.cycling.sweep import sweep as run_parameter_sweep
+from diffda.cycler.cycling.sweep import sweep_configs
 
 
 def _with_runtime(cfg: RunConfig, threads: int | None, workers: int | None = None
@@ -67,8 +63,6 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """``cycler run CONFIG.toml [--out DIR]``: all modes of the config, then the plots."""
-    from diffda.cycler.cycling.driver import run_experiment
-
     cfg = load_run_config(args.config, parse_overrides(args.overrides))
     cfg = _with_runtime(cfg, args.threads, args.workers)
     run_dir = args.out or Path("outputs") / cfg.name
@@ -90,8 +84,6 @@ def add_resume_arguments(parser: argparse.ArgumentParser) -> None:
 
 def resume(args: argparse.Namespace) -> int:
     """``cycler resume RUN_DIR``: continue from the last complete cycle of each mode."""
-    from diffda.cycler.cycling.driver import run_experiment
-
     cfg = _with_runtime(read_resolved(args.run_dir / "config.json"), args.threads, args.workers)
     run_experiment(cfg, args.run_dir, resume=True, plots=False if args.no_plots else None)
     _summarise(args.run_dir, plots=not args.no_plots)
@@ -125,23 +117,6 @@ def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
                         help="lead days of the table (default 1,3,5,7)")
 
 
-def compare_runs(run_dirs: list[Path], out: Path, leads: tuple[float, ...] = DEFAULT_LEAD_DAYS
-                 ) -> dict[str, Any]:
-    """The RMSE-by-lead table of several runs, written as ``compare.json`` and
-    ``compare.png`` in ``out``; returns the table."""
-    from diffda.core.io import atomic_write_text
-    from diffda.cycler.cycling.driver import read_metrics
-
-    runs = {d.resolve().name: read_metrics(d) for d in run_dirs}
-    if len(runs) != len(run_dirs):
-        runs = {str(d): read_metrics(d) for d in run_dirs}
-    table = lead_table(runs, leads)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "compare.json", json.dumps(table, indent=2) + "\n")
-    plot_compare(runs, out / "compare.png")
-    return table
-
-
 def compare(args: argparse.Namespace) -> int:
     """``cycler compare RUN_DIR...``: RMSE at days 1, 3, 5, 7 per mode; JSON and PNG."""
     out = args.out or args.run_dirs[0]
@@ -168,58 +143,9 @@ def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
                         help="sweep directory (default runs/sweep-<name>-<key>)")
 
 
-def sweep_configs(base: Path, key: str, values: list[Any], modes: list[str] | None,
-                  threads: int) -> list[tuple[str, RunConfig]]:
-    """One config per value: ``(label, config)``, labelled ``<last key part>=<value>``."""
-    short = key.rsplit(".", 1)[-1]
-    out = []
-    for value in values:
-        label = f"{short}={value}"
-        over: dict[str, Any] = {key: value, "runtime.threads": threads,
-                                "runtime.workers": 1, "runtime.progress": False}
-        if modes:
-            over["analysis.modes"] = modes
-        cfg = load_run_config(base, over)
-        out.append((label, dataclasses.replace(cfg, name=f"{cfg.name}-{label}")))
-    return out
-
-
-def _run_one(cfg: RunConfig, run_dir: str) -> list[dict[str, Any]]:
-    """One sweep member (runs in a dask worker): the run, resumed if it was started."""
-    from diffda.cycler.cycling.driver import run_experiment
-
-    summary = run_experiment(cfg, run_dir, resume=True, plots=False)
-    return [r for m in cfg.analysis.modes for r in summary.records[m]]
-
-
-def run_sweep(configs: list[tuple[str, RunConfig]], out: Path, scheduler: str | None,
-              workers: int) -> dict[str, list[dict[str, Any]]]:
-    """Run the configs as independent dask tasks; returns ``{label: records}``."""
-    from dask.distributed import Client, LocalCluster
-
-    out.mkdir(parents=True, exist_ok=True)
-    cluster = None
-    if scheduler is None:
-        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                               dashboard_address=None)
-        client = Client(cluster)
-    else:
-        client = Client(scheduler)
-    try:
-        futures = {label: client.submit(_run_one, cfg, str(out / label), pure=False)
-                   for label, cfg in configs}
-        return {label: f.result() for label, f in futures.items()}
-    finally:
-        client.close()
-        if cluster is not None:
-            cluster.close()
-
-
 def sweep(args: argparse.Namespace) -> int:
     """``cycler sweep CONFIG.toml --param KEY=V1,V2,...``: independent runs (dask), then a
     table of RMSE by lead time per value (paper Table 2)."""
-    from diffda.core.io import atomic_write_text
-
     key, values_text = parse_assignment(args.param)
     values = [parse_value(v) for v in values_text.split(",") if v.strip()]
     if not values:
@@ -228,12 +154,7 @@ def sweep(args: argparse.Namespace) -> int:
     configs = sweep_configs(args.config, key, values, modes, args.threads_per_run)
     out = args.out or Path("outputs") / f"sweep-{configs[0][1].name.rsplit('-', 1)[0]}-{key}"
     tic = time.perf_counter()
-    results = run_sweep(configs, out, args.scheduler, args.workers)
-    table = lead_table(results)
-    table["param"] = key
-    table["best"] = best_by_lead(table)
-    atomic_write_text(out / "sweep.json", json.dumps(table, indent=2) + "\n")
-    plot_compare(results, out / "sweep.png")
+    table = run_parameter_sweep(configs, key, out, args.scheduler, args.workers)
     print(format_table(table))
     for mode, per_var in table["best"].items():
         for var, picks in per_var.items():

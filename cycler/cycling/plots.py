@@ -1,4 +1,4 @@
-"""Figures and tables of cycling runs (from ``metrics.jsonl`` and the analysis netCDF files).
+"""Figures of cycling runs (from ``metrics.jsonl`` and the analysis netCDF files).
 
 - :func:`plot_rmse_by_lead`: RMSE of the ensemble mean vs lead time per mode (paper Fig. 18);
 - :func:`plot_spread_skill`: spread-skill ratio ``sqrt((M+1)/M) spread / RMSE`` by lead
@@ -6,8 +6,8 @@
 - :func:`plot_point_series`: time series at a point, truth and each mode's mean +- std
   (paper Fig. 19);
 - :func:`plot_maps`: ensemble mean and std of the last analysis per mode;
-- :func:`lead_table` / :func:`plot_compare`: RMSE at chosen lead days per (run, mode), for
-  ``cycler compare`` and ``cycler sweep`` (paper Table 2).
+- :func:`plot_compare`: RMSE by lead per (run, mode), for ``cycler compare`` and
+  ``cycler sweep`` (the tables are in :mod:`.compare`).
 """
 
 from __future__ import annotations
@@ -26,10 +26,8 @@ import numpy as np  # noqa: E402
 import xarray as xr  # noqa: E402
 from diffda.core.io import atomic_write_bytes  # noqa: E402
 
-DEFAULT_LEAD_DAYS: tuple[int, ...] = (1, 3, 5, 7)
 
-
-def _variables(records: Sequence[dict[str, Any]]) -> list[str]:
+def variables_of(records: Sequence[dict[str, Any]]) -> list[str]:
     """The variables of score records (the entries that hold an ``rmse``)."""
     return [k for k, v in records[0].items() if isinstance(v, dict) and "rmse" in v] \
         if records else []
@@ -62,7 +60,7 @@ def _axes(n: int) -> tuple[plt.Figure, np.ndarray]:
 def plot_rmse_by_lead(records: Sequence[dict[str, Any]], path: Path, units: dict[str, str]
                       | None = None, label_prefix: str = "") -> Path:
     """RMSE (latitude-weighted, ensemble mean) vs lead days per mode, one panel per variable."""
-    variables = _variables(records)
+    variables = variables_of(records)
     fig, axes = _axes(len(variables))
     for ax, v in zip(axes, variables, strict=False):
         for mode, rs in by_mode(records).items():
@@ -80,7 +78,7 @@ def plot_rmse_by_lead(records: Sequence[dict[str, Any]], path: Path, units: dict
 
 def plot_spread_skill(records: Sequence[dict[str, Any]], path: Path) -> Path:
     """Spread-skill ratio ``sqrt((M+1)/M) spread / rmse`` by lead, ensemble modes only."""
-    variables = _variables(records)
+    variables = variables_of(records)
     fig, axes = _axes(len(variables))
     for ax, v in zip(axes, variables, strict=False):
         for mode, rs in by_mode(records).items():
@@ -163,7 +161,7 @@ def plot_maps(run_dir: Path, path: Path, variable: str | None = None) -> Path:
 
 def plot_run(run_dir: str | Path) -> list[Path]:
     """All figures of one run directory, into ``RUN_DIR/plots``; returns their paths."""
-    from diffda.cycler.cycling.driver import read_metrics
+    from diffda.cycler.cycling.outputs import read_metrics
 
     run_dir = Path(run_dir)
     records = read_metrics(run_dir)
@@ -183,52 +181,10 @@ def plot_run(run_dir: str | Path) -> list[Path]:
     return paths
 
 
-def lead_table(runs: dict[str, Sequence[dict[str, Any]]],
-               lead_days: Sequence[float] = DEFAULT_LEAD_DAYS) -> dict[str, Any]:
-    """RMSE per (run label, mode, variable) at ``lead_days``: ``{"lead_days": [...],
-    "rows": [{"run", "mode", "variable", "rmse": [...]}]}`` (None where a lead is absent)."""
-    rows = []
-    for label, records in runs.items():
-        for mode, rs in by_mode(records).items():
-            at = {r["lead_hours"]: r for r in rs}
-            for v in _variables(rs):
-                rows.append({"run": label, "mode": mode, "variable": v, "rmse": [
-                    at[round(d * 24)][v]["rmse"] if round(d * 24) in at else None
-                    for d in lead_days]})
-    return {"lead_days": list(lead_days), "rows": rows}
-
-
-def format_table(table: dict[str, Any]) -> str:
-    """Plain-text rendering of :func:`lead_table`."""
-    head = f"{'run':<28} {'mode':<15} {'variable':<8} " + " ".join(
-        f"{'day ' + format(d, 'g'):>10}" for d in table["lead_days"])
-    lines = [head, "-" * len(head)]
-    for r in table["rows"]:
-        vals = " ".join(f"{x:>10.4g}" if x is not None else f"{'-':>10}" for x in r["rmse"])
-        lines.append(f"{r['run']:<28} {r['mode']:<15} {r['variable']:<8} {vals}")
-    return "\n".join(lines)
-
-
-def best_by_lead(table: dict[str, Any]) -> dict[str, dict[str, list[str | None]]]:
-    """For :func:`lead_table` output: per mode and variable, the run label with the lowest
-    RMSE at each lead (``{mode: {variable: [label or None per lead]}}``)."""
-    best: dict[str, dict[str, list[str | None]]] = {}
-    groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
-    for r in table["rows"]:
-        groups[(r["mode"], r["variable"])].append(r)
-    for (mode, var), rows in groups.items():
-        picks: list[str | None] = []
-        for i in range(len(table["lead_days"])):
-            have = [r for r in rows if r["rmse"][i] is not None]
-            picks.append(min(have, key=lambda r: r["rmse"][i])["run"] if have else None)
-        best.setdefault(mode, {})[var] = picks
-    return best
-
-
 def plot_compare(runs: dict[str, Sequence[dict[str, Any]]], path: Path) -> Path:
     """RMSE by lead time per (run, mode), one panel per variable."""
     first = next(iter(runs.values()))
-    variables = _variables(first)
+    variables = variables_of(first)
     fig, axes = _axes(len(variables))
     for ax, v in zip(axes, variables, strict=False):
         for label, records in runs.items():

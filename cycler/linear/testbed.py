@@ -20,8 +20,8 @@ exact in law (:func:`diffda.emulators.linear.advance`), so one draw stands for K
 
 Diffusion samplers (``sampler``): ``"em"`` steps the Euler-Maruyama chain with a draw at
 every step; ``"composed"`` (default) draws the same chain's output in one step, exactly in
-law, because the exact denoiser is affine (see :mod:`diffda.cycler.analysis.reverse_sde`). Both carry
-the EM discretisation error; the tests check that they agree.
+law, because the exact denoiser is affine (see :mod:`diffda.cycler.analysis.reverse_sde`).
+Both carry the EM discretisation error; the tests check that they agree.
 """
 
 from __future__ import annotations
@@ -281,7 +281,8 @@ def paper_alpha_beta(setup: LinearSetup, data: TruthAndObs) -> PaperFit:
     (alpha - 1)^2 x^2 + beta`` -> ``alpha_2 = 1 - sqrt(x^2 coefficient)`` and ``beta``;
     re-run with (alpha_1, beta) until ``|alpha_1 - alpha_2| < paper_tol`` ("agree to two
     decimal places"). Starts from ``setup.paper_init``, by default the regression of the
-    forecast of a perfect analysis (:func:`diffda.cycler.analysis.kalman.perfect_forecast_parameters`).
+    forecast of a perfect analysis
+    (:func:`diffda.cycler.analysis.kalman.perfect_forecast_parameters`).
 
     Note: for jointly Gaussian (x, f), ``E[(f - x)^2 | x]`` *is* ``(alpha_1 - 1)^2 x^2 +
     beta``, so the two estimates agree up to sampling error after any run: the stopping
@@ -402,3 +403,15 @@ def run_steady(setup: LinearSetup, methods: tuple[str, ...] = ("kalman", "diffus
         timings["reestimation"] = time.perf_counter() - tic
     out["seconds"] = timings
     return out
+
+
+def time_steady(setup: LinearSetup) -> dict[str, object]:
+    """Wall time of :func:`run_steady` in all (``seconds_total``, s) and per part
+    (``seconds``), with the size of the run (``cycles``, ``members``, ``n``, ``sampler``,
+    ``sde_steps``): the numbers of ``cycler bench linear``."""
+    tic = time.perf_counter()
+    res = run_steady(setup)
+    total = time.perf_counter() - tic
+    return {"seconds_total": total, "seconds": res["seconds"], "cycles": setup.cycles,
+            "members": setup.members, "n": setup.n, "sampler": setup.sampler,
+            "sde_steps": setup.sde_steps}

@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
-    from diffda.cycler.single.experiments import AblationResult, ExperimentResult
+    from diffda.cycler.single.ablation import AblationResult
+    from diffda.cycler.single.experiments import ExperimentResult
 
 EXTENT = (0.0, 360.0, -90.0, 90.0)
 DPI = 110

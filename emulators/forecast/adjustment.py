@@ -44,21 +44,19 @@ and records the iteration in its card.
 
 from __future__ import annotations
 
-import argparse
 import math
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 from diffda.core.config import require
-from diffda.cycler.cli.emulator import add_fit_arguments, export_fitted, load_for_fit
-from diffda.emulators.forecast.model import (
-    CoarseStates,
-    SFNOEmulator,
+from diffda.emulators.forecast.climate import (
     climate_errors,
     climatology_by_latitude,
     yearly_free_runs,
 )
+from diffda.emulators.forecast.data import CoarseStates
+from diffda.emulators.forecast.model import SFNOEmulator
 from torch import Tensor
 from tqdm.auto import tqdm
 
@@ -74,7 +72,7 @@ def free_run_bias(
     "median"``: the median over the runs of each run's zonal-time mean, so that one run in
     a regime of its own does not set the bias); the log ratio of
     their std (over time and longitude) to the data's, ``(var, lat)``, averaged over the
-    years; and each year's :func:`~diffda.emulators.forecast.model.climate_errors` of the pooled
+    years; and each year's :func:`~diffda.emulators.forecast.climate.climate_errors` of the pooled
     runs.
 
     Draws: member perturbations from ``torch_generator(seed, "adjust-members", year)``,
@@ -113,20 +111,10 @@ def fit_tendency_correction(
     variables corrected (default all; the others keep a zero row). ``noise_variables``:
     those whose noise amplitude by latitude is fitted too (module docstring; a stochastic
     emulator only). The emulator is left with the fitted correction (and noise)."""
-    require(iterations >= 1, "iterations", iterations, "must be >= 1")
-    require(tau > 0, "tau", tau, "must be > 0 (steps)")
-    require(noise_gain > 0, "noise_gain", noise_gain, "must be > 0")
+    chosen = _checked_variables(emulator, iterations, tau, variables, noise_variables,
+                                noise_gain, noise_scale_range)
     lo, hi = noise_scale_range
-    require(0 < lo <= 1 <= hi, "noise_scale_range", noise_scale_range,
-            "must satisfy 0 < low <= 1 <= high")
     names = list(emulator.variables)
-    chosen = names if variables is None else list(variables)
-    unknown = sorted(set(chosen) - set(names)) + sorted(set(noise_variables) - set(names))
-    if unknown:
-        raise ValueError(f"variables {unknown} are not the emulator's {names}")
-    if noise_variables and not emulator.stochastic:
-        raise ValueError(f"noise_variables {list(noise_variables)}: the emulator has no noise "
-                         "to rescale (cycler train emulator-noise makes one)")
     mask = torch.tensor([float(v in chosen) for v in names])[:, None]
     noise_mask = torch.tensor([float(v in noise_variables) for v in names])[:, None]
     c = emulator.tendency_correction
@@ -145,8 +133,7 @@ def fit_tendency_correction(
                         "max_abs_bias": float(bias.abs().max()),
                         "climate_errors": {str(y): e for y, e in errors.items()}})
         if base is not None:
-            history[-1]["noise_scale"] = {v: [round(float(x), 4) for x in log_s[i].exp()]
-                                          for i, v in enumerate(names) if v in noise_variables}
+            history[-1]["noise_scale"] = _by_latitude(log_s, names, noise_variables)
             log_s = (log_s - noise_gain * noise_mask * log_ratio).clamp(
                 math.log(lo), math.log(hi))
         c = c - mask * bias / tau
@@ -163,53 +150,37 @@ def fit_tendency_correction(
         info["noise_scale"] = {
             "variables": list(noise_variables), "gain": noise_gain,
             "range": [lo, hi],
-            "by_latitude": {v: [round(float(x), 4) for x in log_s[i].exp()]
-                            for i, v in enumerate(names) if v in noise_variables},
+            "by_latitude": _by_latitude(log_s, names, noise_variables),
             "note": "factor applied to the base noise modes, by latitude row "
                     "(south to north); rows with zero noise are unaffected"}
     return c, info
 
 
-# ----------------------------------------------------------------------------- CLI
+def _checked_variables(
+    emulator: SFNOEmulator, iterations: int, tau: float, variables: Sequence[str] | None,
+    noise_variables: Sequence[str], noise_gain: float, noise_scale_range: tuple[float, float],
+) -> list[str]:
+    """The variables :func:`fit_tendency_correction` corrects, after checking its
+    arguments (each bad one raises, naming it)."""
+    require(iterations >= 1, "iterations", iterations, "must be >= 1")
+    require(tau > 0, "tau", tau, "must be > 0 (steps)")
+    require(noise_gain > 0, "noise_gain", noise_gain, "must be > 0")
+    lo, hi = noise_scale_range
+    require(0 < lo <= 1 <= hi, "noise_scale_range", noise_scale_range,
+            "must satisfy 0 < low <= 1 <= high")
+    names = list(emulator.variables)
+    chosen = names if variables is None else list(variables)
+    unknown = sorted(set(chosen) - set(names)) + sorted(set(noise_variables) - set(names))
+    if unknown:
+        raise ValueError(f"variables {unknown} are not the emulator's {names}")
+    if noise_variables and not emulator.stochastic:
+        raise ValueError(f"noise_variables {list(noise_variables)}: the emulator has no noise "
+                         "to rescale (cycler train emulator-noise makes one)")
+    return chosen
 
 
-def add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    add_fit_arguments(parser, "emulator .safetensors (e.g. stochastic)",
-                      "years of the free runs",
-                      "output .safetensors (the emulator with its correction)")
-    parser.add_argument("--iterations", type=int, default=4, help="fixed-point updates")
-    parser.add_argument("--tau", type=float, default=80.0,
-                        help="relaxation time of the iteration, in steps")
-    parser.add_argument("--members", type=int, default=8, help="free runs per year")
-    parser.add_argument("--variables", nargs="+", default=None,
-                        help="variables corrected (default: all)")
-    parser.add_argument("--noise-variables", nargs="+", default=(),
-                        help="variables whose noise amplitude by latitude is fitted too "
-                             "(e.g. tracer; default: none)")
-    parser.add_argument("--noise-gain", type=float, default=1.0,
-                        help="gain of the noise-amplitude update (1)")
-    parser.add_argument("--bias-statistic", choices=("mean", "median"), default="mean",
-                        help="of the runs' zonal-time means: the mean, or the median (robust "
-                             "to a run in a regime of its own)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--no-progress", action="store_true")
-
-
-def train(args: argparse.Namespace) -> int:
-    """``cycler train emulator-adjust WEIGHTS --data PATH --out OUT.safetensors``."""
-    emulator, card, years, data = load_for_fit(args)
-    _, info = fit_tendency_correction(emulator, data, args.iterations, args.tau, args.members,
-                                      args.variables, args.seed, progress=not args.no_progress,
-                                      noise_variables=args.noise_variables,
-                                      noise_gain=args.noise_gain,
-                                      statistic=args.bias_statistic)
-    export_fitted(emulator, card, args, years, "adjustment", info)
-    last = info["history"][-1]["climate_errors"]
-    print(f"tendency correction after {args.iterations} iterations (tau {args.tau:g} steps, "
-          f"{args.members} runs per year, years {list(years)}); max |c| "
-          + ", ".join(f"{v} {x:.4f}" for v, x in info["max_abs_correction"].items())
-          + "; training-year mean errors before the last update: "
-          + "; ".join(f"{y}: " + ", ".join(f"{v} {e[v]['mean_error']:.3f}" for v in e)
-                      for y, e in last.items())
-          + f"; written: {args.out}")
-    return 0
+def _by_latitude(log_s: Tensor, names: list[str], noise_variables: Sequence[str]
+                 ) -> dict[str, list[float]]:
+    """The noise factors ``exp(log_s)`` by latitude of the ``noise_variables``, rounded."""
+    return {v: [round(float(x), 4) for x in log_s[i].exp()]
+            for i, v in enumerate(names) if v in noise_variables}

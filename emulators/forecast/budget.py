@@ -32,14 +32,13 @@ writes the emulator with the law (the network is unchanged); fit it before
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 from diffda.core.grid import lat_weighted_mean
-from diffda.cycler.cli.emulator import add_fit_arguments, export_fitted, load_for_fit
-from diffda.emulators.forecast.model import CoarseStates, SFNOEmulator, window_starts
+from diffda.emulators.forecast.data import CoarseStates, window_starts
+from diffda.emulators.forecast.model import SFNOEmulator
 from diffda.emulators.forecast.stochastic import one_step_residuals
 from torch import Tensor
 
@@ -105,32 +104,3 @@ def fit_global_budget(
             "relaxation_days": (emulator.dt_hours / 24.0 / -a) if a < 0 else None,
         }
     return coef.float(), mask, info
-
-
-# ----------------------------------------------------------------------------- CLI
-
-
-def add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    add_fit_arguments(parser, "emulator .safetensors (e.g. stochastic)",
-                      "years to fit the budget on",
-                      "output .safetensors (the emulator with its budget law)")
-    parser.add_argument("--variables", nargs="+", default=["height"],
-                        help="variables whose global mean is constrained (default: height)")
-
-
-def train(args: argparse.Namespace) -> int:
-    """``cycler train emulator-budget WEIGHTS --data PATH --out OUT.safetensors``."""
-    emulator, card, years, data = load_for_fit(args)
-    coef, mask, info = fit_global_budget(emulator, data, args.variables)
-    emulator.set_global_budget(coef, mask)
-    export_fitted(emulator, card, args, years, "global_budget", info)
-    for v in args.variables:
-        d = info[v]
-        tau = d["relaxation_days"]
-        print(f"{v}: global-mean budget from {info['n_pairs']} steps of years {list(years)}: "
-              f"law residual {d['residual_rms']:.4g} (R^2 {d['r2']:.4f}) against a 6-h change "
-              f"of {d['change_rms']:.4g} RMS; the network's own error {d['network_error_rms']:.4g}"
-              f" RMS, {d['network_error_mean']:+.4g} mean (physical units); relaxation time "
-              + (f"{tau:.1f} days" if tau is not None else "none (a >= 0)"))
-    print(f"written: {args.out}")
-    return 0

@@ -20,16 +20,13 @@ combination (``cycler train emulator-noise``, ``emulator-budget``, ``emulator-ad
 
 from __future__ import annotations
 
-import argparse
 import json
-import shlex
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from diffda.core.weights import update_card
-from diffda.cycler.cli.emulator import FITTED_SECTIONS, base_record
+from diffda.emulators.forecast.fitting import FITTED_SECTIONS, base_record
 from diffda.emulators.forecast.model import SFNOEmulator
 from diffda.emulators.forecast.sfno import SFNOEnsemble
 
@@ -74,34 +71,25 @@ def combine_emulators(emulators: Sequence[SFNOEmulator],
     ).eval()
 
 
-# ----------------------------------------------------------------------------- CLI
-
-
-def add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("weights", type=Path, nargs="+",
-                        help="two or more emulator .safetensors (single trained networks)")
-    parser.add_argument("--out", type=Path, required=True,
-                        help="output .safetensors (the combined emulator and its card)")
-
-
-def train(args: argparse.Namespace) -> int:
-    """``cycler train emulator-combine W1 W2 [...] --out OUT.safetensors``."""
-    if any(args.out.resolve() == Path(w).resolve() for w in args.weights):
-        raise ValueError(f"--out {args.out} would overwrite one of the weights it combines")
-    emulators = [SFNOEmulator.from_weights(w) for w in args.weights]
-    combined = combine_emulators(emulators, [str(w) for w in args.weights])
-    cards = [json.loads(Path(w).with_suffix(".json").read_text()) for w in args.weights]
+def combine_weights(weights: Sequence[Path], out: Path, command: str) -> SFNOEmulator:
+    """:func:`combine_emulators` of the emulators at ``weights``, written to ``out`` with the
+    first card's record (less the fitted additions, :data:`FITTED_SECTIONS`) and a
+    ``combination`` section: each member's file, seed and training record, the additions
+    dropped and the ``command`` line. Refuses an ``out`` that would overwrite one of them."""
+    if any(out.resolve() == Path(w).resolve() for w in weights):
+        raise ValueError(f"--out {out} would overwrite one of the weights it combines")
+    emulators = [SFNOEmulator.from_weights(w) for w in weights]
+    combined = combine_emulators(emulators, [str(w) for w in weights])
+    cards = [json.loads(Path(w).with_suffix(".json").read_text()) for w in weights]
     dropped = {str(w): [k for k in FITTED_SECTIONS if k in c]
-               for w, c in zip(args.weights, cards, strict=True)}
-    combined.export(args.out, **base_record(cards[0], combined, drop=FITTED_SECTIONS))
-    update_card(args.out, combination={
+               for w, c in zip(weights, cards, strict=True)}
+    combined.export(out, **base_record(cards[0], combined, drop=FITTED_SECTIONS))
+    update_card(out, combination={
         "members": [{"weights": str(w), "seed": c.get("training", {}).get("seed"),
-                     "training": c.get("training")} for w, c in zip(args.weights, cards,
+                     "training": c.get("training")} for w, c in zip(weights, cards,
                                                                     strict=True)],
         "rule": "mean of the members' normalised tendencies",
         "fitted_additions_dropped": {w: d for w, d in dropped.items() if d},
-        "command": "cycler " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+        "command": command,
     })
-    n_par = sum(p.numel() for p in combined.net.parameters())
-    print(f"combined {len(emulators)} networks ({n_par} parameters in all); written: {args.out}")
-    return 0
+    return combined

@@ -68,7 +68,32 @@ def default_lmax(nlat: int) -> int:
     return max(1, nlat // 2)
 
 
-class CellCentreRealSHT(RealSHT):
+class _OnCellCentres:
+    """The constructor of both cell-centre transforms: the library's set-up at truncation
+    ``lmax`` (default :func:`default_lmax`) and ``mmax`` (default ``min(lmax, nlon // 2 +
+    1)``), then the Legendre functions at the cell-centre colatitudes (those of the
+    synthesis when :attr:`inverse`) go in place of the library's Gauss-grid ones
+    (:meth:`_set_legendre`)."""
+
+    inverse: bool
+
+    def __init__(
+        self, nlat: int, nlon: int, lmax: int | None = None, mmax: int | None = None,
+        dtype: torch.dtype = torch.float32,
+    ):
+        lmax = default_lmax(nlat) if lmax is None else lmax
+        mmax = min(lmax, nlon // 2 + 1) if mmax is None else mmax
+        super().__init__(nlat, nlon, lmax=lmax, mmax=mmax, grid="legendre-gauss")
+        self.grid = "cell-centre (Fejer 1)"
+        x = torch.cos(cell_centre_colatitudes(nlat))
+        pct = legpoly(self.mmax, self.lmax, x, norm="ortho", inverse=self.inverse, csphase=True)
+        self._set_legendre(pct, nlat, dtype)
+
+    def _set_legendre(self, pct: torch.Tensor, nlat: int, dtype: torch.dtype) -> None:
+        raise NotImplementedError
+
+
+class CellCentreRealSHT(_OnCellCentres, RealSHT):
     """``torch_harmonics.RealSHT`` on WeatherBench cell centres (latitude ascending).
 
     ``(..., nlat, nlon)`` real -> ``(..., lmax, mmax)`` complex, orthonormal harmonics.
@@ -76,36 +101,22 @@ class CellCentreRealSHT(RealSHT):
     the library's; the forward pass is the library's.
     """
 
-    def __init__(
-        self, nlat: int, nlon: int, lmax: int | None = None, mmax: int | None = None,
-        dtype: torch.dtype = torch.float32,
-    ):
-        lmax = default_lmax(nlat) if lmax is None else lmax
-        mmax = min(lmax, nlon // 2 + 1) if mmax is None else mmax
-        super().__init__(nlat, nlon, lmax=lmax, mmax=mmax, grid="legendre-gauss")
-        self.grid = "cell-centre (Fejer 1)"
-        x = torch.cos(cell_centre_colatitudes(nlat))
-        pct = legpoly(self.mmax, self.lmax, x, norm="ortho", inverse=False, csphase=True)
+    inverse = False
+
+    def _set_legendre(self, pct: torch.Tensor, nlat: int, dtype: torch.dtype) -> None:
         w = 2.0 * math.pi * fejer1_weights(nlat)
         self.register_buffer("weights", (pct * w).to(dtype).contiguous(), persistent=False)
 
 
-class CellCentreInverseRealSHT(InverseRealSHT):
+class CellCentreInverseRealSHT(_OnCellCentres, InverseRealSHT):
     """``torch_harmonics.InverseRealSHT`` onto WeatherBench cell centres (latitude ascending).
 
     ``(..., lmax, mmax)`` complex -> ``(..., nlat, nlon)`` real.
     """
 
-    def __init__(
-        self, nlat: int, nlon: int, lmax: int | None = None, mmax: int | None = None,
-        dtype: torch.dtype = torch.float32,
-    ):
-        lmax = default_lmax(nlat) if lmax is None else lmax
-        mmax = min(lmax, nlon // 2 + 1) if mmax is None else mmax
-        super().__init__(nlat, nlon, lmax=lmax, mmax=mmax, grid="legendre-gauss")
-        self.grid = "cell-centre (Fejer 1)"
-        x = torch.cos(cell_centre_colatitudes(nlat))
-        pct = legpoly(self.mmax, self.lmax, x, norm="ortho", inverse=True, csphase=True)
+    inverse = True
+
+    def _set_legendre(self, pct: torch.Tensor, nlat: int, dtype: torch.dtype) -> None:
         self.register_buffer(
             "pct", pct.permute(0, 2, 1).to(dtype).contiguous(), persistent=False
         )

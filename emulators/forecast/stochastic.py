@@ -34,13 +34,12 @@ error). Deterministic forecasts and the diffusion modes never draw it.
 
 from __future__ import annotations
 
-import argparse
 from typing import Any
 
 import torch
 from diffda.core.config import require
-from diffda.cycler.cli.emulator import add_fit_arguments, export_fitted, load_for_fit
-from diffda.emulators.forecast.model import CoarseStates, SFNOEmulator, window_starts
+from diffda.emulators.forecast.data import CoarseStates, window_starts
+from diffda.emulators.forecast.model import SFNOEmulator
 from torch import Tensor
 
 
@@ -116,49 +115,3 @@ def fit_residual_noise(
         "units": "normalised (the emulator's state_mean / state_std)",
     }
     return modes.float(), info
-
-
-# ----------------------------------------------------------------------------- CLI
-
-
-def add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    add_fit_arguments(parser, "deterministic emulator .safetensors",
-                      "years to fit the residuals on",
-                      "output .safetensors (the emulator with its noise modes)")
-    parser.add_argument("--modes", type=int, default=256, help="number of EOFs kept")
-    parser.add_argument("--polar-rows", type=int, default=2,
-                        help="latitude rows at each pole where the noise is zero")
-    parser.add_argument("--scale", nargs="+", default=[], metavar="VAR=FACTOR",
-                        help="multiply a variable's noise by FACTOR (e.g. tracer=0.8)")
-    parser.add_argument("--bounds-margin", type=float, default=0.1,
-                        help="stochastic steps clamp each variable to its training range by "
-                             "latitude, widened by this fraction of it on each side")
-
-
-def parse_scale(items: list[str]) -> dict[str, float]:
-    """``["tracer=0.8", ...]`` -> ``{"tracer": 0.8, ...}`` (``--scale``)."""
-    out = {}
-    for item in items:
-        name, _, value = item.partition("=")
-        try:
-            out[name] = float(value)
-        except ValueError:
-            raise ValueError(f"--scale {item!r}: expected VAR=FACTOR, e.g. tracer=0.8") from None
-    return out
-
-
-def train(args: argparse.Namespace) -> int:
-    """``cycler train emulator-noise WEIGHTS --data PATH --out OUT.safetensors``."""
-    emulator, card, years, data = load_for_fit(args)
-    modes, info = fit_residual_noise(emulator, data, args.modes, args.polar_rows,
-                                     parse_scale(args.scale))
-    emulator.set_noise(modes, latitude_bounds(emulator, data, args.bounds_margin))
-    info["bounds_margin"] = args.bounds_margin
-    export_fitted(emulator, card, args, years, "stochastic", info)
-    print(f"{info['n_modes']} noise modes ({info['variance_fraction']:.1%} of the residual "
-          f"variance; {info['polar_rows_zeroed']} polar rows zeroed) from "
-          f"{info['n_residuals']} residuals of years {list(years)}; residual RMS "
-          + ", ".join(f"{v} {x:.3f}" for v, x in info["residual_rms"].items())
-          + f" (normalised); written: {args.out}")
-    return 0
-

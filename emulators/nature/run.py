@@ -1,4 +1,4 @@
-"""The nature run ("reanalysis") of the default world: run, coarsen, store, diagnose.
+"""The nature run ("reanalysis") of the default world: run, coarsen, store, continue.
 
 The forced shallow-water model (:mod:`diffda.emulators.nature.shallow_water`, 64x128 Legendre-Gauss
 grid, T42) is spun up, then stored every 6 hours on the WeatherBench 5.625 deg grid
@@ -6,7 +6,8 @@ grid, T42) is spun up, then stored every 6 hours on the WeatherBench 5.625 deg g
 :mod:`diffda.emulators.dataio`:
 
 - state ``height`` (free-surface height, m), ``u``, ``v`` (m s-1), ``tracer`` (kg kg-1);
-- forcing ``height_eq`` (m, the relaxation target of ``height``; :data:`FORCING_VARIABLES`);
+- forcing ``height_eq`` (m, the relaxation target of ``height``;
+  :data:`~diffda.emulators.nature.fields.FORCING_VARIABLES`);
 - static ``orography`` (m) and ``land_sea_mask`` (1 = land);
 - per-variable climatology (area-weighted mean and std) in each variable's attributes.
 
@@ -18,44 +19,48 @@ that each stored value is the area mean over the cell centred at the stored (lat
 made by the same operator as every other coarse field of the system. Winds go through
 ``u cos(lat)``, ``v cos(lat)`` (smooth scalars on the sphere). The tracer is clipped at zero.
 
-Forcing and static fields are pure functions of (time, point): :func:`forcing_fields` and
-:func:`static_fields` give them on any grid at any cftime time, and reproduce the stored ones
-exactly on :data:`OUTPUT_GRID` at the stored times.
+Forcing and static fields are pure functions of (time, point):
+:func:`~diffda.emulators.nature.fields.forcing_fields` and
+:func:`~diffda.emulators.nature.fields.static_fields` give them on any grid at any cftime
+time, and reproduce the stored ones exactly on :data:`OUTPUT_GRID` at the stored times.
 
 Long runs are written in chunks appended to a zarr store next to the output
 (``PATH.partial.zarr``) with a model checkpoint after each chunk, so a killed run resumes
 where it stopped and gives the same numbers as one that never stopped (:func:`run_nature`).
+A finished run keeps its final state (:func:`restart_path`), from which
+:func:`continuation` extends it. Its diagnostics are in
+:mod:`diffda.emulators.nature.diagnostics`.
 """
 
 from __future__ import annotations
 
 import datetime
 import json
-import math
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from functools import lru_cache
 from pathlib import Path
 
 import cftime
-import numpy as np
 import torch
 import xarray as xr
 from diffda.core.grid import Grid, coarsen_to
 from diffda.core.rng import torch_generator
 from diffda.emulators import dataio
-from diffda.emulators.nature.landmask import land_sea_mask, smooth_land
+from diffda.emulators.nature.fields import (
+    FORCING_VARIABLES,
+    STATIC_VARIABLES,
+    forcing_fields,
+    static_fields,
+)
+from diffda.emulators.nature.forcing import ForcingConfig
 from diffda.emulators.nature.shallow_water import (
     DAY,
-    ForcingConfig,
     ShallowWaterConfig,
     ShallowWaterModel,
     SWState,
-    equilibrium_height,
-    orography,
     synthesize,
 )
 from safetensors.torch import load_file, save_file
@@ -63,16 +68,10 @@ from torch import Tensor
 
 OUTPUT_GRID = Grid(32, 64)
 STATE_VARIABLES: tuple[str, ...] = ("height", "u", "v", "tracer")
-#: Forcing channels of :func:`forcing_fields`, in order: ``height_eq`` (m), the equilibrium
-#: free-surface height toward which ``height`` relaxes (season, time of day, land).
-FORCING_VARIABLES: tuple[str, ...] = ("height_eq",)
-STATIC_VARIABLES: tuple[str, ...] = ("orography", "land_sea_mask")
 CALENDAR = "noleap"
 EPOCH = cftime.DatetimeNoLeap(2000, 1, 1)
 STORE_HOURS = 6.0
 TIME_UNITS = "hours since 2000-01-01 00:00:00"
-#: rms white-noise height perturbation of the twin experiment, m (0.16% of the height std)
-TWIN_PERTURBATION_M = 1.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -105,47 +104,9 @@ class NatureConfig:
         return int(round(self.days * 24 / STORE_HOURS))
 
 
-# --------------------------------------------------------------------------- pure fields
-
-
-def day_of_year(times: Sequence[cftime.datetime]) -> Tensor:
-    """Fractional day of year (0 = Jan 1 00 UTC) of cftime ``times``, ``(time,)`` float64."""
-    return torch.tensor([t.dayofyr - 1 + (t.hour * 3600 + t.minute * 60 + t.second) / DAY
-                         for t in times], dtype=torch.float64)
-
-
 def time_of(seconds: float) -> cftime.datetime:
     """The noleap cftime ``seconds`` (rounded to whole seconds) after :data:`EPOCH`."""
     return EPOCH + datetime.timedelta(seconds=round(seconds))
-
-
-@lru_cache(maxsize=8)
-def _grid_points(grid: Grid) -> tuple[Tensor, Tensor, Tensor]:
-    lat2, lon2 = np.meshgrid(grid.lat, grid.lon, indexing="ij")
-    land = smooth_land(lat2, lon2)
-    return torch.as_tensor(lat2), torch.as_tensor(lon2), torch.as_tensor(land)
-
-
-def forcing_fields(times: Sequence[cftime.datetime], grid: Grid,
-                   cfg: ForcingConfig | None = None) -> Tensor:
-    """Forcing at cftime ``times`` on the cell centres of ``grid``.
-
-    Returns ``(time, n_forcing, nlat, nlon)`` float32 in physical units, channels
-    :data:`FORCING_VARIABLES` (``height_eq`` in m, :func:`shallow_water.equilibrium_height`).
-    Exactly the stored ``height_eq`` for the stored times on :data:`OUTPUT_GRID`.
-    """
-    lat2, lon2, land = _grid_points(grid)
-    h_eq = equilibrium_height(lat2, lon2, land, day_of_year(times), cfg or ForcingConfig())
-    return h_eq[:, None].to(torch.float32)
-
-
-def static_fields(grid: Grid, cfg: ForcingConfig | None = None) -> Tensor:
-    """``(2, nlat, nlon)`` float32: orography (m, smooth, at the cell centres) and the
-    land-sea mask (1 = land: land fraction >= 0.5), channels :data:`STATIC_VARIABLES`."""
-    _, _, land = _grid_points(grid)
-    oro = orography(land, cfg or ForcingConfig())
-    lsm = torch.as_tensor(land_sea_mask(grid), dtype=torch.float64)
-    return torch.stack([oro, lsm]).to(torch.float32)
 
 
 # --------------------------------------------------------------------------- model -> output
@@ -269,8 +230,6 @@ def run_nature(cfg: NatureConfig, out: Path, *, progress: bool = True,
     moved (or converted, for netCDF) to ``out`` atomically and the partial files removed.
     Returns ``out``.
     """
-    from tqdm import tqdm
-
     out = Path(out)
     if out.suffix not in (".zarr", ".nc"):
         raise ValueError(f"output path {out} must end in .zarr or .nc")
@@ -280,49 +239,83 @@ def run_nature(cfg: NatureConfig, out: Path, *, progress: bool = True,
     partial = out.with_name(out.name + ".partial.zarr")
     ckpt = out.with_name(out.name + ".checkpoint.safetensors")
     config_record = json.dumps(asdict(cfg), sort_keys=True)
-
     model = ShallowWaterModel(cfg.model)
+    if ckpt.exists():
+        state, n_done = _resume(ckpt, partial, config_record)
+    else:
+        _check_start(cfg, initial)
+        if partial.exists():
+            shutil.rmtree(partial)
+        state = initial if initial is not None else spin_up(cfg, model, "spin-up", progress,
+                                                             unit="step")
+        n_done = 0
+        save_checkpoint(ckpt, state, {"config": config_record, "n_done": 0}, None)
+    _store_chunks(cfg, model, state, n_done, ckpt, partial, config_record, progress, callback)
+    finalize(partial, out)
+    restart = restart_path(out)
+    os.replace(ckpt, restart)
+    os.replace(ckpt.with_suffix(".json"), restart.with_suffix(".json"))
+    return out
+
+
+def _resume(ckpt: Path, partial: Path, config_record: str) -> tuple[SWState, int]:
+    """The state and number of stored times of an interrupted run, after finishing the
+    append its checkpoint announced; refuses a checkpoint of another configuration."""
+    state, meta, pending = load_checkpoint(ckpt)
+    if meta["config"] != config_record:
+        raise ValueError(f"{ckpt} was written by a different configuration; remove it "
+                         f"and {partial} to start again")
+    n_done = int(meta["n_done"])
+    if pending is not None:  # finish the append that the checkpoint announced
+        have = _store_length(partial)
+        if have == n_done - len(pending):
+            _append(partial, chunk_dataset(pending, have), first=have == 0)
+        elif have != n_done:
+            raise ValueError(f"{partial} has {have} times, checkpoint expects {n_done}")
+        save_checkpoint(ckpt, state, {**meta}, None)
+    return state, n_done
+
+
+def _check_start(cfg: NatureConfig, initial: SWState | None) -> None:
+    """Refuse an ``initial`` state that is not at ``cfg.start_index``, and a
+    ``cfg.start_index`` without one."""
+    if initial is not None:
+        if abs(initial.seconds - cfg.start_index * STORE_HOURS * 3600.0) > 1e-3:
+            raise ValueError(f"the initial state is at {time_of(initial.seconds)}, the run "
+                             f"starts at {time_of(cfg.start_index * STORE_HOURS * 3600.0)}")
+    elif cfg.start_index != 0:
+        raise ValueError(f"start_index = {cfg.start_index} needs an initial state")
+
+
+def spin_up(cfg: NatureConfig, model: ShallowWaterModel, desc: str, progress: bool,
+            unit: str = "it") -> SWState:
+    """The model state after ``cfg.spinup_days`` from the seeded initial state
+    (``torch_generator(cfg.seed, "nature-initial")``): the first stored time of a run
+    (``desc``, ``unit``: of the progress bar)."""
+    from tqdm import tqdm
+
+    state = model.initial_state(-cfg.spinup_days * DAY,
+                                torch_generator(cfg.seed, "nature-initial"))
+    n_spin = int(round(cfg.spinup_days * DAY / cfg.model.dt_seconds))
+    with torch.no_grad():
+        for _ in tqdm(range(n_spin), desc=desc, unit=unit, disable=not progress,
+                      mininterval=2.0):
+            state = model.step(state)
+    return state
+
+
+def _store_chunks(cfg: NatureConfig, model: ShallowWaterModel, state: SWState, n_done: int,
+                  ckpt: Path, partial: Path, config_record: str, progress: bool,
+                  callback: Callable[[int, int], None] | None) -> None:
+    """Step the model from ``state`` (after ``n_done`` stored times) to the end of the run,
+    appending every ``chunk_days`` of stored fields to ``partial`` with a checkpoint before
+    (announcing the chunk) and after the append."""
+    from tqdm import tqdm
+
     output = OutputMap(model)
     steps_per_store = int(round(STORE_HOURS * 3600.0 / cfg.model.dt_seconds))
     chunk_times = max(1, int(round(cfg.chunk_days * 24 / STORE_HOURS)))
     n_total = cfg.n_times
-
-    if ckpt.exists():
-        state, meta, pending = load_checkpoint(ckpt)
-        if meta["config"] != config_record:
-            raise ValueError(f"{ckpt} was written by a different configuration; remove it "
-                             f"and {partial} to start again")
-        n_done = int(meta["n_done"])
-        if pending is not None:  # finish the append that the checkpoint announced
-            have = _store_length(partial)
-            if have == n_done - len(pending):
-                _append(partial, chunk_dataset(pending, have), first=have == 0)
-            elif have != n_done:
-                raise ValueError(f"{partial} has {have} times, checkpoint expects {n_done}")
-            save_checkpoint(ckpt, state, {**meta}, None)
-    elif initial is not None:
-        if abs(initial.seconds - cfg.start_index * STORE_HOURS * 3600.0) > 1e-3:
-            raise ValueError(f"the initial state is at {time_of(initial.seconds)}, the run "
-                             f"starts at {time_of(cfg.start_index * STORE_HOURS * 3600.0)}")
-        if partial.exists():
-            shutil.rmtree(partial)
-        state, n_done = initial, 0
-        save_checkpoint(ckpt, state, {"config": config_record, "n_done": 0}, None)
-    else:
-        if cfg.start_index != 0:
-            raise ValueError(f"start_index = {cfg.start_index} needs an initial state")
-        if partial.exists():
-            shutil.rmtree(partial)
-        gen = torch_generator(cfg.seed, "nature-initial")
-        state = model.initial_state(-cfg.spinup_days * DAY, gen)
-        n_spin = int(round(cfg.spinup_days * DAY / cfg.model.dt_seconds))
-        with torch.no_grad():
-            for _ in tqdm(range(n_spin), desc="spin-up", unit="step", disable=not progress,
-                          mininterval=2.0):
-                state = model.step(state)
-        n_done = 0
-        save_checkpoint(ckpt, state, {"config": config_record, "n_done": 0}, None)
-
     bar = tqdm(total=n_total, initial=n_done, desc="nature run", unit="x6h",
                disable=not progress, mininterval=2.0)
     buffer: list[Tensor] = []
@@ -350,11 +343,6 @@ def run_nature(cfg: NatureConfig, out: Path, *, progress: bool = True,
                 if callback is not None:
                     callback(n_done, n_total)
     bar.close()
-    finalize(partial, out)
-    restart = restart_path(out)
-    os.replace(ckpt, restart)
-    os.replace(ckpt.with_suffix(".json"), restart.with_suffix(".json"))
-    return out
 
 
 def restart_path(out: Path) -> Path:
@@ -384,236 +372,20 @@ def finalize(partial: Path, out: Path) -> None:
         shutil.rmtree(partial)
 
 
-# --------------------------------------------------------------------------- diagnostics
+def continuation(run: Path, days: float, chunk_days: float) -> tuple[NatureConfig, SWState]:
+    """The config and initial state that continue the finished nature run ``run`` for
+    ``days``: its model and seed, starting from its final state."""
+    restart = restart_path(run)
+    if not restart.exists():
+        raise FileNotFoundError(f"{restart}: no final state of {run} to continue from "
+                                "(written when a nature run finishes)")
+    state, meta, _ = load_checkpoint(restart)
+    prev = json.loads(meta["config"])
+    model = dict(prev["model"])
+    model["forcing"] = ForcingConfig(**model["forcing"])
+    cfg = NatureConfig(days=days, spinup_days=prev["spinup_days"], seed=prev["seed"],
+                       chunk_days=chunk_days, model=ShallowWaterConfig(**model),
+                       start_index=round(state.seconds / (STORE_HOURS * 3600.0)))
+    return cfg, state
 
 
-def global_mean(x: np.ndarray, grid: Grid) -> np.ndarray:
-    """Area-weighted mean over the last two dims ``(..., lat, lon)``."""
-    w = grid.area_weights()[:, None]
-    return (x * w).mean(axis=(-2, -1))
-
-
-def yearly_steadiness(ds: xr.Dataset, grid: Grid = OUTPUT_GRID) -> dict:
-    """Per year (365 days of stored data): global KE ``<(u^2+v^2)/2>`` and height variance
-    (spatial, area-weighted, averaged over time); and each year's relative deviation from the
-    mean of the *other* years: ``|X_y - mean_{k != y} X_k| / mean_{k != y} X_k``."""
-    per_year = int(round(365 * 24 / STORE_HOURS))
-    n_years = ds.sizes["time"] // per_year
-    ke, hv = [], []
-    for y in range(n_years):
-        sl = slice(y * per_year, (y + 1) * per_year)
-        u = ds["u"].isel(time=sl).values
-        v = ds["v"].isel(time=sl).values
-        h = ds["height"].isel(time=sl).values
-        ke.append(float(global_mean(0.5 * (u**2 + v**2), grid).mean()))
-        hm = global_mean(h, grid)[:, None, None]
-        hv.append(float(global_mean((h - hm) ** 2, grid).mean()))
-
-    def dev(x: list[float]) -> list[float]:
-        if len(x) < 2:
-            return []
-        return [abs(x[i] - np.mean(x[:i] + x[i + 1:])) / np.mean(x[:i] + x[i + 1:])
-                for i in range(len(x))]
-
-    return {"years": n_years, "kinetic_energy": ke, "height_variance": hv,
-            "kinetic_energy_rel_dev": dev(ke), "height_variance_rel_dev": dev(hv)}
-
-
-@dataclass(frozen=True)
-class TwinResult:
-    days: np.ndarray  # (n,) lead time in days
-    error: np.ndarray  # (member, n) global rms height difference, m
-    efold_days: float
-    saturation_days: float
-    saturation_m: float
-
-
-def error_growth(days: np.ndarray, err: np.ndarray) -> tuple[float, float, float]:
-    """e-folding time, saturation time and level of an error curve ``err(days)``.
-
-    Saturation level ``E_s``: mean of the last quarter. e-folding time: ``1 / slope`` of a
-    least-squares fit of ``log err`` over the exponential phase: from the smallest error
-    after day 0.5 (a white-noise perturbation first loses its damped small scales) to the
-    first time ``err > E_s / 4``. Saturation time: first day with ``err >= 0.8 E_s``.
-    """
-    sat = float(err[int(len(err) * 0.75):].mean())
-    reach = np.nonzero(err > sat / 4)[0]
-    end = int(reach[0]) if len(reach) else len(err)
-    first = int(np.nonzero(days >= 0.5)[0][0]) if np.any(days >= 0.5) else 0
-    start = first + int(np.argmin(err[first:max(end, first + 1)]))
-    idx = np.arange(len(days))
-    sel = (idx >= start) & (idx <= end)
-    if sel.sum() >= 3:
-        slope = np.polyfit(days[sel], np.log(err[sel]), 1)[0]
-        efold = float(1.0 / slope) if slope > 0 else math.inf
-    else:
-        efold = math.nan
-    hit = np.nonzero(err >= 0.8 * sat)[0]
-    sat_day = float(days[hit[0]]) if len(hit) else math.inf
-    return efold, sat_day, sat
-
-
-def twin_experiment(model: ShallowWaterModel, state: SWState, *, days: float = 30.0,
-                    members: int = 3, perturbation_m: float = 0.01, seed: int = 0,
-                    progress: bool = False) -> TwinResult:
-    """Identical twins: ``state`` (one member) and ``members`` copies with white height noise
-    of rms ``perturbation_m`` (seeded), run ``days``; error = area-weighted rms height
-    difference on the model grid every 6 h."""
-    from tqdm import tqdm
-
-    base = SWState(state.spec[:1].repeat(members + 1, 1, 1, 1), state.seconds,
-                   [h[:1].repeat(members + 1, 1, 1, 1) for h in state.history])
-    pert = model.perturb(base, torch_generator(seed, "nature-twin"), perturbation_m)
-    pert.spec[0] = base.spec[0]  # member 0 is the control
-    steps = int(round(STORE_HOURS * 3600.0 / model.cfg.dt_seconds))
-    n = int(round(days * 24 / STORE_HOURS))
-    w = torch.cos(torch.deg2rad(model.lat_deg)).to(model.dtype)[:, None]
-    errs, leads = [], []
-    s = pert
-    with torch.no_grad():
-        for i in tqdm(range(n), desc="twin", disable=not progress, mininterval=2.0):
-            for _ in range(steps):
-                s = model.step(s)
-            h = model.grid_fields(s.spec)[:, 0]
-            e = (((h[1:] - h[:1]) ** 2 * w).mean((-2, -1)) / w.mean()).sqrt()
-            errs.append(e.double().numpy())
-            leads.append((i + 1) * STORE_HOURS / 24)
-    err = np.stack(errs, 1)
-    d = np.asarray(leads)
-    efold, sat_day, sat = error_growth(d, np.exp(np.log(err).mean(0)))
-    return TwinResult(d, err, efold, sat_day, sat)
-
-
-def zonal_spectra(ds: xr.Dataset, variables: Sequence[str], lat_band: tuple[float, float] =
-                  (30.0, 60.0), n_samples: int = 200) -> dict[str, np.ndarray]:
-    """Mean zonal power spectrum ``|FFT_lon|^2`` per variable over ``lat_band`` (both
-    hemispheres) and ``n_samples`` evenly spaced times; returns ``{var: (nlon//2+1,)}``."""
-    idx = np.linspace(0, ds.sizes["time"] - 1, min(n_samples, ds.sizes["time"])).astype(int)
-    lat = np.abs(ds["lat"].values)
-    band = (lat >= lat_band[0]) & (lat <= lat_band[1])
-    out = {}
-    for v in variables:
-        x = ds[v].isel(time=idx).values[:, band]
-        x = x - x.mean(-1, keepdims=True)
-        out[v] = (np.abs(np.fft.rfft(x, axis=-1)) ** 2).mean((0, 1)) / x.shape[-1] ** 2
-    return out
-
-
-def diagnose(path: Path, cfg: NatureConfig, plots: Path | None, *, twin_days: float = 30.0,
-             progress: bool = True, state: SWState | None = None,
-             twin_perturbation_m: float = TWIN_PERTURBATION_M) -> dict:
-    """Acceptance numbers (and plots into ``plots``) of a nature run stored at ``path``.
-
-    The twin experiment starts from ``state``; by default from the run's final state
-    (:func:`restart_path`), or, when that file is absent, from the end of spin-up,
-    recomputed (deterministic).
-    """
-    ds = dataio.open_dataset(path)
-    summary: dict = {"path": str(path), "times": int(ds.sizes["time"]),
-                     "first_time": str(ds["time"].values[0]),
-                     "last_time": str(ds["time"].values[-1])}
-    summary["steadiness"] = yearly_steadiness(ds)
-    model = ShallowWaterModel(cfg.model)
-    if state is None and restart_path(path).exists():
-        state = load_checkpoint(restart_path(path))[0]
-    if state is None:
-        from tqdm import tqdm
-
-        state = model.initial_state(-cfg.spinup_days * DAY,
-                                    torch_generator(cfg.seed, "nature-initial"))
-        with torch.no_grad():
-            for _ in tqdm(range(int(round(cfg.spinup_days * DAY / cfg.model.dt_seconds))),
-                          desc="twin spin-up", disable=not progress, mininterval=2.0):
-                state = model.step(state)
-    summary["twin_start"] = str(time_of(state.seconds))
-    twin = twin_experiment(model, state, days=twin_days, seed=cfg.seed, progress=progress,
-                           perturbation_m=twin_perturbation_m)
-    summary["twin"] = {"efold_days": twin.efold_days, "saturation_days": twin.saturation_days,
-                       "saturation_height_rms_m": twin.saturation_m,
-                       "perturbation_height_rms_m": twin_perturbation_m,
-                       "members": int(twin.error.shape[0])}
-    spectra = zonal_spectra(ds, STATE_VARIABLES)
-    summary["stats"] = {v: {"mean": float(ds[v].mean()), "std": float(ds[v].std()),
-                            "min": float(ds[v].min()), "max": float(ds[v].max())}
-                        for v in STATE_VARIABLES}
-    if plots is not None:
-        write_plots(Path(plots), ds, summary, twin, spectra)
-    return summary
-
-
-# --------------------------------------------------------------------------- plots
-
-
-def write_plots(folder: Path, ds: xr.Dataset, summary: dict, twin: TwinResult,
-                spectra: dict[str, np.ndarray]) -> list[Path]:
-    """Acceptance plots: global KE and height variance time series with yearly means, twin
-    error growth, zonal spectra, snapshot maps. Returns the written PNG paths."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    folder.mkdir(parents=True, exist_ok=True)
-    grid = Grid(ds.sizes["lat"], ds.sizes["lon"])
-    written = []
-
-    def save(fig, name: str) -> None:
-        path = folder / name
-        fig.savefig(path.with_suffix(".tmp.png"), dpi=110, bbox_inches="tight")
-        os.replace(path.with_suffix(".tmp.png"), path)
-        plt.close(fig)
-        written.append(path)
-
-    # time series (daily means)
-    u, v, h = (ds[k].values for k in ("u", "v", "height"))
-    ke = global_mean(0.5 * (u**2 + v**2), grid)
-    hv = global_mean((h - global_mean(h, grid)[:, None, None]) ** 2, grid)
-    days = np.arange(len(ke)) * STORE_HOURS / 24
-    fig, ax = plt.subplots(2, 1, figsize=(9, 5), sharex=True)
-    ax[0].plot(days, ke, lw=0.6)
-    ax[0].set_ylabel("global KE (m2 s-2)")
-    ax[1].plot(days, hv, lw=0.6)
-    ax[1].set_ylabel("height variance (m2)")
-    ax[1].set_xlabel("days after spin-up")
-    st = summary["steadiness"]
-    for y in range(st["years"]):
-        for a, vals in ((ax[0], st["kinetic_energy"]), (ax[1], st["height_variance"])):
-            a.hlines(vals[y], 365 * y, 365 * (y + 1), color="k")
-    fig.suptitle("climate steadiness (black: yearly means)")
-    save(fig, "steadiness.png")
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for m in range(twin.error.shape[0]):
-        ax.semilogy(twin.days, twin.error[m], lw=0.8)
-    ax.axhline(twin.saturation_m, color="k", ls="--", lw=0.8)
-    ax.set_xlabel("lead (days)")
-    ax.set_ylabel("rms height difference (m)")
-    ax.set_title(f"twin experiment: e-folding {twin.efold_days:.2f} d, "
-                 f"saturation {twin.saturation_days:.1f} d")
-    save(fig, "twin_error.png")
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for k, p in spectra.items():
-        ax.loglog(np.arange(1, len(p)), p[1:] / p[1:].max(), label=k)
-    ax.set_xlabel("zonal wavenumber")
-    ax.set_ylabel("power (normalised)")
-    ax.set_title("zonal spectra, 30-60 deg (both hemispheres)")
-    ax.legend()
-    save(fig, "spectra.png")
-
-    t = -1
-    names = [*STATE_VARIABLES, *FORCING_VARIABLES, "orography"]
-    names = [n for n in names if n in ds]
-    fig, axs = plt.subplots(3, 2, figsize=(11, 9))
-    for a, k in zip(axs.ravel(), names, strict=False):
-        x = ds[k].isel(time=t) if "time" in ds[k].dims else ds[k]
-        im = a.pcolormesh(ds["lon"], ds["lat"], x, shading="nearest",
-                          cmap="RdBu_r" if k in ("u", "v") else "viridis")
-        if "land_sea_mask" in ds:
-            a.contour(ds["lon"], ds["lat"], ds["land_sea_mask"], [0.5], colors="k",
-                      linewidths=0.5)
-        a.set_title(f"{k} ({ds[k].attrs.get('units', '')})")
-        fig.colorbar(im, ax=a)
-    fig.suptitle(f"snapshot {ds['time'].values[t]}")
-    save(fig, "snapshot.png")
-    return written

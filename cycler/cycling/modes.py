@@ -1,0 +1,250 @@
+"""The modes of a cycling run: one class each, behind one seam (:class:`CyclingMode`).
+
+``mode.cycle(world, k, state) -> CycleResult``: the analysis at ``times[k]`` given the
+state the previous cycle left (``None`` at the first cycle, or for a mode that carries
+nothing). The diffusion modes run Algorithm 1 through
+:class:`~diffda.cycler.analysis.sampler.DiffusionAnalysis`, the EnKF through
+:class:`~diffda.cycler.analysis.letkf.LocalizedEnKF`: both implement the
+:class:`~diffda.core.protocols.Analysis` Protocol. The likelihood terms come from
+:mod:`diffda.cycler.terms`, the one place they are built.
+
+- ``climatological``: stations only (weight 1); every cycle independent.
+- ``precomputed``: the emulator's free forecast from the coarsened truth at ``t_0``, never
+  corrected; its value at ``t_k`` is the forecast term (weight 1) beside the stations
+  (weight ``lambda``) (the paper's IGRA+LUCIE).
+- ``reinitialized``: the previous analysis, coarsened to the emulator grid, restarts the
+  emulator for one cycle (``reinitialize_from = "mean"``: one forecast from the ensemble
+  mean, the same observation for all members; ``"members"``: one forecast per member, each
+  member guided by its own) (Fig. 17b). Cycle 1 starts from the truth, like ``precomputed``.
+- ``enkf``: the localized, inflated stochastic EnKF on the emulator grid: an ensemble of
+  emulator forecasts updated with the same station observations (bicubic point operator on
+  the emulator grid, same error std), in the prior's normalised units. Scored after
+  **bilinear** interpolation to the full grid.
+- reference lines: ``free`` (the emulator's free forecast from the truth, one member,
+  bilinear to the full grid) and ``unconditional`` (prior samples without observations,
+  drawn once: their law does not depend on time, so one ensemble is scored at every cycle).
+
+Random numbers: the sampler's members draw from ``(seed, "analysis", cycle, member)`` in
+every sampler mode (common random numbers make the modes' differences less noisy), the
+EnKF's perturbations from ``(seed, "enkf", cycle, member)`` and its model noise from
+``(seed, "enkf-model-noise", cycle)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import cftime
+import torch
+from diffda.core.grid import Grid, coarsen_to
+from diffda.core.rng import member_generators, torch_generator
+from diffda.cycler.analysis.letkf import LocalizedEnKF, PointObservations
+from diffda.cycler.analysis.sampler import DiffusionAnalysis, StepDiagnostics
+from diffda.cycler.cycling.world import World
+from diffda.cycler.terms import forecast_term, station_term
+from diffda.emulators.forecast.model import SFNOEmulator
+from diffda.emulators.regrid import bilinear_weights
+from diffda.observations.likelihood import ErrorModel, ObservationTerm
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class CycleState:
+    """What a cycle hands to the next: the analysis ``(member, var, lat, lon)`` (physical,
+    full grid) and, for a mode that cycles on another grid, its own ``native`` state
+    (the EnKF ensemble on the emulator grid)."""
+
+    analysis: Tensor
+    native: Tensor | None = None
+
+    @classmethod
+    def from_tensors(cls, tensors: Mapping[str, Tensor]) -> CycleState:
+        """The state kept in a cycle checkpoint's tensors."""
+        return cls(analysis=tensors["analysis"], native=tensors.get("native"))
+
+
+@dataclass
+class CycleResult:
+    """One cycle of one mode. ``analysis``: ``(member, var, lat, lon)`` physical on the full
+    grid (what is scored); ``native``: the state the mode carries on its own grid, if any;
+    ``tensors``: what else the checkpoint keeps (forecast, observations used, generator
+    states); ``info``: the method's diagnostics (stored in the record under ``"method"``)."""
+
+    analysis: Tensor
+    native: Tensor | None = None
+    tensors: dict[str, Tensor] = field(default_factory=dict)
+    info: dict[str, float] = field(default_factory=dict)
+
+    def checkpoint_tensors(self) -> dict[str, Tensor]:
+        """Everything the cycle checkpoint stores, the analysis (float32) first."""
+        native = {} if self.native is None else {"native": self.native}
+        return {"analysis": self.analysis.float(), **native, **self.tensors}
+
+
+class CyclingMode(Protocol):
+    """One analysis method of the cycle driver."""
+
+    def cycle(self, world: World, k: int, state: CycleState | None) -> CycleResult: ...
+
+
+# ------------------------------------------------------------------------------ helpers
+
+
+def bilinear_upsample(x: Tensor, fine: Grid) -> Tensor:
+    """Bilinear interpolation ``(..., lat_c, lon_c) -> (..., fine.nlat, fine.nlon)`` between
+    cell centres: periodic in longitude, constant beyond the outermost latitude centres."""
+    coarse = Grid(*x.shape[-2:])
+    i0, i1, wy = bilinear_weights(coarse.lat, fine.lat)
+    j0, j1, wx = bilinear_weights(coarse.lon, fine.lon, periodic=360.0)
+    wy_t = torch.as_tensor(wy, dtype=x.dtype)[:, None]
+    wx_t = torch.as_tensor(wx, dtype=x.dtype)
+    rows = x[..., i0, :] * (1 - wy_t) + x[..., i1, :] * wy_t
+    return rows[..., j0] * (1 - wx_t) + rows[..., j1] * wx_t
+
+
+def emulator_forecast(emulator: SFNOEmulator, state: Tensor, start: cftime.datetime,
+                      n_steps: int, generator: torch.Generator | None = None) -> Tensor:
+    """``(member, var, lat_e, lon_e)`` physical at ``start`` -> the state ``n_steps`` later
+    (with the emulator's stochastic term if it has one and ``generator`` is given)."""
+    states, _ = emulator.rollout(state, start, n_steps, every=n_steps, generator=generator)
+    return states[-1]
+
+
+def _error(cfg_error: ErrorModel | object) -> ErrorModel:
+    return ErrorModel(sigma_y=cfg_error.sigma_y, gamma=cfg_error.gamma)  # type: ignore[attr-defined]
+
+
+def _generator_states(gens: Sequence[torch.Generator]) -> Tensor:
+    return torch.stack([g.get_state() for g in gens])
+
+
+def _stations(world: World, k: int, weight: float, grid: Grid | None = None
+              ) -> tuple[ObservationTerm, dict[str, Tensor]]:
+    """The station term at ``times[k]`` (normalised) and the observations it used
+    (physical), as the checkpoint keeps them."""
+    stations = world.stations[k]
+    assert stations is not None
+    term = station_term(world.prior, stations, _error(world.config.analysis.station), weight,
+                        grid=grid)
+    op = term.operator
+    used = {"obs_value": torch.as_tensor(stations.value), "obs_lat": torch.as_tensor(op.obs_lat),
+            "obs_lon": torch.as_tensor(op.obs_lon),
+            "obs_variable_index": op.obs_variable_index.clone()}
+    return term, used
+
+
+def _sample(world: World, terms: Sequence[ObservationTerm], k: int, stream: str = "analysis"
+            ) -> tuple[Tensor, Tensor, dict[str, float]]:
+    """Algorithm 1 for cycle ``k``: the analysis (physical), the members' initial generator
+    states and a summary of the sampler's diagnostics (largest guidance/prior drift ratio:
+    above ~1 the observations drive the steps; fraction of clipped members)."""
+    cfg = world.config
+    gens = member_generators(cfg.seed, stream, k, cfg.members)
+    states = _generator_states(gens)
+    diagnostics: list[StepDiagnostics] = []
+    method = DiffusionAnalysis(shape=world.prior.state_shape, config=cfg.analysis.sampler)
+    z = method.analyse(world.prior, terms, gens, diagnostics=diagnostics)
+    info = {"nfe": cfg.analysis.sampler.nfe}
+    if terms:
+        info["guidance_ratio_max"] = max(d.guidance_ratio_max for d in diagnostics)
+        info["clipped_fraction_max"] = max(d.clipped_fraction for d in diagnostics)
+    return world.prior.denormalise(z), states, info
+
+
+def _guided(world: World, k: int, forecast: Tensor) -> CycleResult:
+    """Forecast term (weight 1) + stations (weight ``lambda``), Algorithm 1."""
+    fc = forecast_term(world.prior, forecast, world.emulator.grid,
+                       _error(world.config.analysis.forecast))
+    stations, used = _stations(world, k, world.config.analysis.lambda_)
+    analysis, states, info = _sample(world, [fc, stations], k)
+    return CycleResult(analysis, tensors={**used, "forecast": forecast,
+                                          "generator_states": states}, info=info)
+
+
+# -------------------------------------------------------------------------------- modes
+
+
+class Climatological:
+    """Stations only (weight 1), every cycle independent."""
+
+    def cycle(self, world: World, k: int, state: CycleState | None) -> CycleResult:
+        term, used = _stations(world, k, 1.0)
+        analysis, states, info = _sample(world, [term], k)
+        return CycleResult(analysis, tensors={**used, "generator_states": states}, info=info)
+
+
+class Precomputed:
+    """Forecast term from the uncorrected free forecast (weight 1) + stations (lambda)."""
+
+    def cycle(self, world: World, k: int, state: CycleState | None) -> CycleResult:
+        return _guided(world, k, world.free[k])
+
+
+class Reinitialized:
+    """The previous analysis restarts the emulator for one cycle (Fig. 17b)."""
+
+    def cycle(self, world: World, k: int, state: CycleState | None) -> CycleResult:
+        if k == 1 or state is None:
+            forecast = world.free[1]
+        else:
+            start = coarsen_to(state.analysis, world.emulator.grid)
+            if world.config.analysis.reinitialize_from == "mean":
+                start = start.mean(0, keepdim=True)
+            forecast = emulator_forecast(world.emulator, start, world.times[k - 1],
+                                         world.steps_per_cycle)
+        return _guided(world, k, forecast)
+
+
+class EnKF:
+    """Forecast the EnKF ensemble one cycle, then the localized inflated EnKF update."""
+
+    def cycle(self, world: World, k: int, state: CycleState | None) -> CycleResult:
+        cfg, p = world.config, world.prior
+        start = world.enkf_initial if state is None else state.native
+        assert start is not None
+        noise = (torch_generator(cfg.seed, "enkf-model-noise", k) if cfg.enkf.model_noise
+                 else None)
+        forecast = emulator_forecast(world.emulator, start, world.times[k - 1],
+                                     world.steps_per_cycle, generator=noise)
+        term, used = _stations(world, k, 1.0, grid=world.emulator.grid)
+        op = term.operator
+        obs = PointObservations(op.double(), term.y, term.sigma_y,
+                                torch.as_tensor(op.obs_lat), torch.as_tensor(op.obs_lon))
+        gens = member_generators(cfg.seed, "enkf", k, cfg.members)
+        states = _generator_states(gens)
+        enkf = LocalizedEnKF(grid=world.emulator.grid, radius_km=cfg.enkf.radius_km,
+                             inflation=cfg.enkf.inflation)
+        native = p.denormalise(enkf.analyse(p.normalise(forecast.double()), [obs], gens)).float()
+        return CycleResult(bilinear_upsample(native, world.grid), native=native, tensors={
+            "forecast": forecast, "generator_states": states, **used})
+
+
+class Free:
+    """The emulator's free forecast from the truth (one member), bilinear to the full grid."""
+
+    def cycle(self, world: World, k: int, state: CycleState | None) -> CycleResult:
+        return CycleResult(bilinear_upsample(world.free[k], world.grid),
+                           tensors={"forecast": world.free[k]})
+
+
+class Unconditional:
+    """Unconditional prior samples, drawn once (cycle key 0) and scored at every cycle."""
+
+    def cycle(self, world: World, k: int, state: CycleState | None) -> CycleResult:
+        if state is not None:
+            return CycleResult(state.analysis)
+        analysis, states, info = _sample(world, [], 0, stream="unconditional")
+        return CycleResult(analysis, tensors={"generator_states": states}, info=info)
+
+
+#: The modes by their config name (``analysis.modes``).
+MODES: dict[str, CyclingMode] = {
+    "climatological": Climatological(),
+    "precomputed": Precomputed(),
+    "reinitialized": Reinitialized(),
+    "enkf": EnKF(),
+    "free": Free(),
+    "unconditional": Unconditional(),
+}

@@ -1,0 +1,115 @@
+"""What a cycling run writes besides its checkpoints: ``metrics.jsonl`` (one record per
+mode and cycle, rewritten from the records after every cycle, so a resumed run's file
+equals an uninterrupted one's), CF netCDF of the analyses and the truth, and
+``timings.json``."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import cftime
+import numpy as np
+import torch
+import xarray as xr
+from diffda.core.io import atomic_write_bytes, atomic_write_text
+from diffda.cycler.cycling.config import SAMPLER_MODES, RunConfig
+from diffda.cycler.cycling.world import World
+from diffda.observations.synthetic import TIME_UNITS
+from torch import Tensor
+
+
+def write_metrics(run_dir: Path, records: dict[str, list[dict[str, Any]]],
+                  modes: Sequence[str]) -> Path:
+    """``metrics.jsonl``: one JSON object per (mode, cycle), modes in config order."""
+    lines = [json.dumps(r) for m in modes for r in records.get(m, [])]
+    return atomic_write_text(run_dir / "metrics.jsonl", "".join(s + "\n" for s in lines))
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """Records of a ``metrics.jsonl`` file (or of ``RUN_DIR/metrics.jsonl``)."""
+    path = Path(path)
+    path = path / "metrics.jsonl" if path.is_dir() else path
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no metrics (has the run started?)")
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _encoding(times: Sequence[cftime.datetime]) -> dict[str, Any]:
+    return {"units": TIME_UNITS, "calendar": times[0].calendar, "dtype": "float64"}
+
+
+def analyses_dataset(world: World, mode: str, analyses: Tensor, members: bool) -> xr.Dataset:
+    """CF Dataset of a mode's analyses ``(cycle, member, var, lat, lon)``: ensemble mean
+    ``<var>`` and standard deviation ``<var>_std`` per analysis time, optionally the members
+    ``<var>_members`` with a ``realization`` dim."""
+    g, times = world.grid, world.times[1:]
+    coords = {
+        "time": ("time", np.asarray(times, dtype=object), {"standard_name": "time", "axis": "T"}),
+        "lat": ("lat", g.lat, {"units": "degrees_north", "standard_name": "latitude", "axis": "Y"}),
+        "lon": ("lon", g.lon, {"units": "degrees_east", "standard_name": "longitude", "axis": "X"}),
+    }
+    data = {}
+    a = analyses.double()
+    n_members = a.shape[1]
+    for j, v in enumerate(world.variables):
+        base = {k: world.attrs[v][k] for k in ("units", "standard_name", "long_name")
+                if k in world.attrs[v]}
+        data[v] = (("time", "lat", "lon"), a[:, :, j].mean(1).float().numpy(),
+                   {**base, "cell_methods": "realization: mean"})
+        std = a[:, :, j].std(1, unbiased=True) if n_members > 1 else torch.zeros_like(a[:, 0, j])
+        data[f"{v}_std"] = (("time", "lat", "lon"), std.float().numpy(),
+                            {**{k: x for k, x in base.items() if k != "standard_name"},
+                             "long_name": f"ensemble standard deviation of {v}",
+                             "cell_methods": "realization: standard_deviation"})
+        if members:
+            coords["realization"] = ("realization", np.arange(n_members),
+                                     {"standard_name": "realization"})
+            data[f"{v}_members"] = (("time", "realization", "lat", "lon"),
+                                    a[:, :, j].float().numpy(), base)
+    ds = xr.Dataset(data, coords=coords)
+    ds["time"].encoding.update(_encoding(times))
+    ds.attrs.update({
+        "Conventions": "CF-1.8", "title": f"analyses of cycling mode {mode!r}",
+        "source": "diffda cycler", "mode": mode, "members": n_members,
+        "config_hash": world.config_hash,
+    })
+    return ds
+
+
+def write_netcdf(ds: xr.Dataset, path: Path) -> Path:
+    """Atomic netCDF write."""
+    return atomic_write_bytes(path, lambda tmp: ds.to_netcdf(tmp, engine="netcdf4"))
+
+
+def truth_dataset(world: World) -> xr.Dataset:
+    """The truth at the analysis times, CF (for plots and users)."""
+    g, times = world.grid, world.times[1:]
+    ds = xr.Dataset(
+        {v: (("time", "lat", "lon"), world.truth[1:, j].numpy(), world.attrs[v])
+         for j, v in enumerate(world.variables)},
+        coords={"time": ("time", np.asarray(times, dtype=object), {"standard_name": "time"}),
+                "lat": ("lat", g.lat, {"units": "degrees_north", "standard_name": "latitude"}),
+                "lon": ("lon", g.lon, {"units": "degrees_east", "standard_name": "longitude"})},
+        attrs={"Conventions": "CF-1.8", "title": "truth at the analysis times",
+               "source": world.config.data.path},
+    )
+    ds["time"].encoding.update(_encoding(times))
+    return ds
+
+
+def update_timings(run_dir: Path, mode: str, seconds: list[float], cfg: RunConfig) -> None:
+    path = run_dir / "timings.json"
+    data = json.loads(path.read_text()) if path.is_file() else {}
+    entry = data.get(mode, {"seconds_per_cycle": []})
+    entry["seconds_per_cycle"] = entry["seconds_per_cycle"] + [round(s, 3) for s in seconds]
+    entry["total_seconds"] = round(sum(entry["seconds_per_cycle"]), 3)
+    entry["mean_seconds_per_cycle"] = round(entry["total_seconds"]
+                                            / max(len(entry["seconds_per_cycle"]), 1), 3)
+    if mode in SAMPLER_MODES:
+        entry["nfe_per_analysis"] = cfg.analysis.sampler.nfe
+    entry["threads"] = cfg.runtime.threads
+    data[mode] = entry
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
