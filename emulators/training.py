@@ -421,7 +421,7 @@ class TrainDataConfig:
     (``path``: a store, or several, e.g. a run and its continuation; the calendar years),
     which variables, on which grid."""
 
-    path: str | tuple[str, ...] = "runs/data/nature.zarr"  # or several stores (a continuation)
+    path: str | tuple[str, ...] = "outputs/data/nature.zarr"  # or several stores (a continuation)
     train_years: tuple[int, ...] = (2000, 2001)  # nature run: from 2000-01-01
     valid_years: tuple[int, ...] = (2002,)
     variables: tuple[str, ...] = VARIABLES

@@ -162,10 +162,10 @@ paper's values are twice these). Defaults: lr 0.01 / 0.01; stations: each observ
 own error variance and Gamma 0.3.
 
 examples:
-  cycler experiment sample-lr --data runs/data/nature.zarr --time 0005-06-01T00
-  cycler experiment sample-igra-lr --data runs/data/nature.zarr --index -1 \\
+  cycler experiment sample-lr --data outputs/data/nature.zarr --time 2002-06-01T00
+  cycler experiment sample-igra-lr --data outputs/data/nature.zarr --index -1 \\
       --sigma-y lr=0.01 stations=0.005 --gamma lr=0.01 stations=0.3 --json
-  cycler experiment ablation --data runs/data/nature.zarr --time 0005-06-01T00 \\
+  cycler experiment ablation --data outputs/data/nature.zarr --time 2002-06-01T00 \\
       --sigma-y 0.05 0.01 --gamma 0.0025 0.01
 """
 
@@ -176,7 +176,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("name", choices=EXPERIMENTS, help="which experiment")
     parser.add_argument("--data", type=Path, required=True,
                         help="truth dataset, canonical zarr or netCDF (e.g. "
-                             "runs/data/nature.zarr; use a held-out year)")
+                             "outputs/data/nature.zarr; use a held-out year)")
     when = parser.add_mutually_exclusive_group(required=True)
     when.add_argument("--time", nargs="+",
                       help="valid time(s) of the truth state, YYYY-MM-DDTHH[:MM]; with several "

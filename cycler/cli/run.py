@@ -140,7 +140,7 @@ def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=2, help="LocalCluster worker processes")
     parser.add_argument("--threads-per-run", type=int, default=1, help="torch threads per run")
     parser.add_argument("--out", type=Path, default=None,
-                        help="sweep directory (default runs/sweep-<name>-<key>)")
+                        help="sweep directory (default outputs/sweep-<name>-<key>)")
 
 
 def sweep(args: argparse.Namespace) -> int:

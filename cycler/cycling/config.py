@@ -52,7 +52,7 @@ CALENDARS = ("noleap", "365_day", "standard", "gregorian", "proleptic_gregorian"
 class DataConfig:
     """The truth (nature run or reanalysis, canonical form) and the cycling window."""
 
-    path: str = "runs/data/nature.zarr"
+    path: str = "outputs/data/nature.zarr"
     start: str = "0005-01-01T00:00"  # first analysis time is start + cadence
     days: float = 7.0
     cadence_hours: int = 12

@@ -1,7 +1,10 @@
 """How much of v's small-scale error could geostrophic balance remove? A diagnostic of the
 super-resolution ensembles that `cycler experiment sample-lr` writes (`*_ensemble.nc`).
 
-    python runs/sr_balance_check.py OUT/*/sample-lr_ensemble.nc
+    python runs/experiments/sr_balance_check/sr_balance_check.py OUT/*/sample-lr_ensemble.nc
+
+(OUT: the folder of a `cycler experiment sample-lr` run with several --time values,
+default outputs/experiments/sample-lr.)
 
 Between 25 and 70 degrees of latitude (both hemispheres, cos-latitude weights) it prints,
 pooled over the files as mean squares, the RMS error against the truth's v of: the
@@ -19,7 +22,7 @@ import sys
 import numpy as np
 import torch
 import xarray as xr
-from diffda.cycler.single.experiments import zonal_high_pass
+from diffda.cycler.metrics import zonal_high_pass
 from diffda.emulators.nature.shallow_water import GRAVITY, OMEGA, RADIUS
 
 BLENDS = (0.1, 0.2, 0.3, 0.5)
@@ -42,6 +45,9 @@ def v_geostrophic(height: np.ndarray, lat_deg: np.ndarray) -> np.ndarray:
 
 
 def main(paths: list[str]) -> None:
+    if paths and paths[0] in ("-h", "--help"):
+        print(__doc__)
+        return
     if not paths:
         sys.exit(__doc__)
     sums: dict[tuple[str, str], list[float]] = {}
