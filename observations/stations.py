@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 from diffda.core.rng import numpy_generator
-from diffda.emulators.dataio import VARIABLE_ATTRS as CANONICAL_ATTRS
+from diffda.core.variables import VARIABLE_ATTRS as CANONICAL_ATTRS
 
 #: Columns (1-based, inclusive, as in ``igra2-list-format.txt``) of the station list.
 LIST_COLUMNS: dict[str, tuple[int, int]] = {

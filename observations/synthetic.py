@@ -221,26 +221,12 @@ def point_observations_at(
 # --------------------------------------------------------------------------- the recipe
 
 
-def open_truth(path: Path) -> xr.Dataset:
-    """Open a canonical truth dataset lazily (the data layer's reader when available)."""
-    if not path.exists():
-        raise FileNotFoundError(f"truth dataset {path} does not exist")
-    try:
-        from diffda.emulators.dataio import open_dataset  # the data layer's canonical reader
-    except ImportError:
-        coder = xr.coders.CFDatetimeCoder(use_cftime=True)
-        if path.is_dir() or path.suffix == ".zarr":
-            return xr.open_zarr(path, decode_times=coder)
-        return xr.open_dataset(path, decode_times=coder, chunks={"time": 16})
-    return open_dataset(path)
-
-
 def _quiet(message: str) -> None:
     """The default ``log`` of :func:`make_observations`: say nothing."""
 
 
 def make_observations(
-    truth_path: Path,
+    truth: xr.Dataset,
     out: Path,
     *,
     network: str = "default",
@@ -254,7 +240,7 @@ def make_observations(
     progress: bool = True,
     log: Callable[[str], None] = _quiet,
 ) -> Path:
-    """Synthetic station observations of the truth file ``truth_path``, written to ``out``.
+    """Synthetic station observations of the canonical ``truth`` dataset, written to ``out``.
 
     ``network``: ``"default"`` (``n_stations`` drawn with ``seed`` on the dataset's
     ``land_sea_mask`` land if it has one, else on ``global_land_mask`` land) or the path
@@ -263,7 +249,6 @@ def make_observations(
     IGRA v2 files there. ``log`` receives one line per step (the network, each file
     written). Returns the path of the netCDF file.
     """
-    truth = open_truth(truth_path)
     if network == "default":
         land = (grid_land(truth["land_sea_mask"].values) if "land_sea_mask" in truth
                 else None)

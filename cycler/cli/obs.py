@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from diffda.core.grid import Grid
 from diffda.cycler.cli.common import print_record
+from diffda.emulators.dataio import open_dataset
 from diffda.observations.bench import BENCH_VARIABLES, interpolation_errors, time_operators
 from diffda.observations.describe import describe
 from diffda.observations.synthetic import make_observations
@@ -106,8 +107,11 @@ def _print_description(d: dict[str, Any]) -> None:
 def make(args: argparse.Namespace) -> int:
     # --active-years filters a station list: with the default network it is not read
     years = parse_years(args.active_years) if args.network != "default" else None
+    truth = Path(args.truth)
+    if not truth.exists():
+        raise FileNotFoundError(f"truth dataset {truth} does not exist")
     make_observations(
-        Path(args.truth), args.out, network=args.network, n_stations=args.n_stations,
+        open_dataset(truth), args.out, network=args.network, n_stations=args.n_stations,
         active_years=years, seed=args.seed,
         variables=[v.strip() for v in args.variables.split(",") if v.strip()],
         error_std=parse_error_std(args.error_std),
