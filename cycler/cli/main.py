@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from diffda.cycler.cli import (
     analysis,
+    cases,
     emulator,
     emulator_fit,
     experiment,
@@ -42,8 +43,10 @@ COMMANDS: dict[str, Command] = {
                    run.add_run_arguments, run.run),
     "resume": Command("resume a run from its last complete cycle",
                       run.add_resume_arguments, run.resume),
-    "compare": Command("compare runs: RMSE by lead time per mode",
-                       run.add_compare_arguments, run.compare),
+    "cases": Command("an experiment of several cases (start times), resumable, in parallel",
+                     cases.add_arguments, cases.run),
+    "compare": Command("compare modes of runs or experiments: RMSE by lead, 95 % intervals",
+                       cases.add_compare_arguments, cases.compare),
     "sweep": Command("parallel runs over parameter values (dask)",
                      run.add_sweep_arguments, run.sweep),
     "experiment": Command("single-analysis experiments (sample-lr, sample-igra, ...)",

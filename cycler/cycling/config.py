@@ -44,6 +44,8 @@ MODES: tuple[str, ...] = (
 )
 #: Modes that run the posterior sampler (their cost dominates a run).
 SAMPLER_MODES: frozenset[str] = frozenset({"climatological", "precomputed", "reinitialized"})
+#: What a run starts from at t_0 (``data.init``).
+INITS: tuple[str, ...] = ("truth", "background", "climatology")
 CALENDARS = ("noleap", "365_day", "standard", "gregorian", "proleptic_gregorian", "360_day",
              "julian", "all_leap", "366_day")
 
@@ -57,8 +59,14 @@ class DataConfig:
     days: float = 7.0
     cadence_hours: int = 12
     calendar: str = "noleap"
+    # what the cycling starts from at t_0 (the free forecast, the precomputed and
+    # reinitialized modes' first forecast, the EnKF's ensemble centre): "truth" (the truth
+    # at t_0), "background" (the state of another date: one seeded draw among the data's
+    # times outside the window) or "climatology" (the mean of those states)
+    init: str = "truth"
 
     def __post_init__(self) -> None:
+        require(self.init in INITS, "data.init", self.init, f"expected one of {list(INITS)}")
         require(self.calendar in CALENDARS, "data.calendar", self.calendar,
                 f"expected one of {list(CALENDARS)}")
         require(self.cadence_hours > 0 and 24 % self.cadence_hours == 0, "data.cadence_hours",
@@ -280,9 +288,13 @@ def config_to_mapping(cfg: RunConfig) -> dict[str, Any]:
 
 
 def config_hash(cfg: RunConfig) -> str:
-    """SHA-256 (hex) of the canonical JSON of the resolved config without ``runtime``."""
+    """SHA-256 (hex) of the canonical JSON of the resolved config without ``runtime`` (and
+    without keys added later while they hold the value that means the old behaviour, so
+    that run directories of earlier versions still resume)."""
     data = config_to_mapping(cfg)
     data.pop("runtime", None)
+    if data["data"]["init"] == "truth":  # the default before data.init existed: same hash
+        del data["data"]["init"]
     text = json.dumps(data, sort_keys=True, separators=(",", ":"), allow_nan=True)
     return hashlib.sha256(text.encode()).hexdigest()
 

@@ -47,7 +47,9 @@ class World:
     """Everything a run reads once: truth on the schedule, observations, models.
 
     ``observation_file``: the station observations as a CF Dataset, kept only to be
-    written to the run directory; the cycles use ``stations``. ``enkf_initial``: the
+    written to the run directory; the cycles use ``stations``. ``initial``: the state the
+    cycling starts from at ``t_0``, ``(1, var, lat, lon)`` physical (``data.init``: the
+    truth, a background state of another date, or the climatology). ``enkf_initial``: the
     EnKF's initial ensemble ``(member, var, lat_e, lon_e)`` (empty unless the EnKF runs).
     """
 
@@ -65,6 +67,7 @@ class World:
     prior: DiffusionPrior
     config_hash: str
     weights: dict[str, str]
+    initial: Tensor = field(default_factory=lambda: torch.empty(0))
     free: Tensor = field(default_factory=lambda: torch.empty(0))
     enkf_initial: Tensor = field(default_factory=lambda: torch.empty(0))
 
@@ -166,6 +169,7 @@ def load_world(cfg: RunConfig, *, progress: bool = False) -> World:
     if abs(world.steps_per_cycle * emulator.dt_hours - cfg.data.cadence_hours) > 1e-9:
         raise ValueError(f"data.cadence_hours = {cfg.data.cadence_hours} is not a multiple of "
                          f"the emulator's step {emulator.dt_hours} h")
+    world.initial = initial_state(cfg, ds, times, variables, truth)
     world.free = free_forecast(world)
     if "enkf" in cfg.analysis.modes:
         world.enkf_initial = initial_enkf_ensemble(world, ds)
@@ -173,8 +177,9 @@ def load_world(cfg: RunConfig, *, progress: bool = False) -> World:
 
 
 def free_forecast(world: World) -> Tensor:
-    """The emulator's free run from the coarsened truth at ``t_0``: ``(N + 1, 1, var, ...)``."""
-    x0 = coarsen_to(world.truth[:1], world.emulator.grid)
+    """The emulator's free run from the coarsened initial state at ``t_0`` (the truth unless
+    ``data.init`` says otherwise): ``(N + 1, 1, var, ...)``."""
+    x0 = coarsen_to(world.initial, world.emulator.grid)
     s = world.steps_per_cycle
     states, _ = world.emulator.rollout(x0, world.times[0], s * world.n_cycles, every=s)
     return torch.cat([x0[None], states])
@@ -185,8 +190,7 @@ def initial_enkf_ensemble(world: World, ds: xr.Dataset) -> Tensor:
     ``initial_spread`` times the anomalies (about their mean) of ``member`` states at random
     dataset times outside the experiment window (seeded ``(seed, "enkf-initial")``)."""
     cfg = world.config
-    window = set(world.times)
-    candidates = [i for i, t in enumerate(ds["time"].values) if t not in window]
+    candidates = outside_window(ds, world.times)
     if len(candidates) < cfg.members:
         raise ValueError(f"{cfg.data.path}: {len(candidates)} times outside the window, the "
                          f"EnKF's initial ensemble needs {cfg.members}")
@@ -195,5 +199,33 @@ def initial_enkf_ensemble(world: World, ds: xr.Dataset) -> Tensor:
     states = states_at(ds, [candidates[i] for i in pick], world.variables, torch.float64)
     coarse = coarsen_to(states, world.emulator.grid)
     anomalies = coarse - coarse.mean(0, keepdim=True)
-    x0 = coarsen_to(world.truth[:1].double(), world.emulator.grid)
+    x0 = coarsen_to(world.initial.double(), world.emulator.grid)
     return (x0 + cfg.enkf.initial_spread * anomalies).float()
+
+
+def outside_window(ds: xr.Dataset, times: Sequence[cftime.datetime]) -> list[int]:
+    """Indices of the dataset's times that are not times of the experiment window."""
+    window = set(times)
+    return [i for i, t in enumerate(ds["time"].values) if t not in window]
+
+
+def initial_state(cfg: RunConfig, ds: xr.Dataset, times: Sequence[cftime.datetime],
+                  variables: Sequence[str], truth: Tensor) -> Tensor:
+    """The state the cycling starts from at ``t_0``, ``(1, var, lat, lon)`` float32:
+    ``data.init = "truth"``: the truth; ``"background"``: the state at one time outside
+    the window, drawn from ``(seed, "background-initial")`` (an analysis-free background:
+    right climate, wrong weather); ``"climatology"``: the mean of the states outside the
+    window."""
+    if cfg.data.init == "truth":
+        return truth[:1]
+    candidates = outside_window(ds, times)
+    if not candidates:
+        raise ValueError(f"{cfg.data.path}: data.init = {cfg.data.init!r} needs states outside "
+                         f"the window {iso(times[0])} .. {iso(times[-1])}; the data has none")
+    if cfg.data.init == "background":
+        rng = numpy_generator(cfg.seed, "background-initial")
+        return states_at(ds, [candidates[int(rng.integers(len(candidates)))]], variables,
+                         torch.float32)
+    sub = ds[list(variables)].isel(time=candidates).mean("time").load()
+    mean = np.stack([sub[v].transpose("lat", "lon").values for v in variables])
+    return torch.as_tensor(mean[None], dtype=torch.float32)

@@ -1,0 +1,105 @@
+"""``cycler cases`` (an experiment of several cases) and ``cycler compare`` (the modes of
+runs or experiments compared, with 95 % intervals over cases)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from diffda.core.config import parse_overrides
+from diffda.core.io import atomic_write_text
+from diffda.cycler.cycling.cases import load_experiment, run_cases
+from diffda.cycler.cycling.compare import DEFAULT_LEAD_DAYS, compare_runs, format_table
+from diffda.cycler.cycling.confidence import (
+    compare_cases,
+    format_confidence,
+    load_cases,
+    plot_confidence,
+)
+
+# --------------------------------------------------------------------------------- cases
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", type=Path,
+                        help="experiment file: a run config with a [cases] table "
+                             "(e.g. runs/cases.toml)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="experiment folder (default outputs/<name>[-tuning])")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="KEY=VALUE", help="override a config value, e.g. "
+                        "--set cases.workers=2 --set enkf.inflation=1.05 (repeatable)")
+    parser.add_argument("--cases", dest="which", default="verification",
+                        choices=("verification", "tuning"), help="which set of cases")
+    parser.add_argument("--scheduler", default=None,
+                        help="address of a running dask scheduler (default: cases.workers "
+                             "local processes)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads per case (default: runtime.threads)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """``cycler cases CONFIG``: every case (resuming those started), then the comparison."""
+    experiment = load_experiment(args.config, parse_overrides(args.overrides))
+    suffix = "" if args.which == "verification" else "-tuning"
+    out = args.out or Path("outputs") / f"{experiment.base.name}{suffix}"
+    run_cases(experiment, out, which=args.which, scheduler=args.scheduler, threads=args.threads)
+    labels, cases, steady = load_cases([out])
+    table = compare_cases(cases, 24.0 * (steady or 0.0))
+    atomic_write_text(out / "confidence.json", json.dumps(table, indent=1) + "\n")
+    plot = plot_confidence(table, out / "confidence.png")
+    print(format_confidence(table))
+    print(f"{len(labels)} cases in {out}; written: {out / 'confidence.json'}, {plot}")
+    return 0
+
+
+# ------------------------------------------------------------------------------- compare
+
+
+def _leads(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected days like 1,3,5,7, got {text!r}") from None
+
+
+def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_dirs", type=Path, nargs="+",
+                        help="run directories or experiment folders (cycler cases)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="where compare.json/.png go (default: the first folder)")
+    parser.add_argument("--leads", type=_leads, default=DEFAULT_LEAD_DAYS,
+                        help="lead days of the table (default 1,3,5,7)")
+    parser.add_argument("--steady-from", type=float, default=None, metavar="DAYS",
+                        help="spin-up excluded from the steady part (default: the "
+                             "experiment's cases.steady_from_days, else 2)")
+    parser.add_argument("--json", action="store_true",
+                        help="print the comparison with intervals as one JSON object")
+
+
+def compare(args: argparse.Namespace) -> int:
+    """``cycler compare DIR...``: RMSE by lead per mode (``compare.json``, ``.png``) and,
+    over the cases, means with 95 % intervals and paired differences
+    (``confidence.json``)."""
+    out = args.out or args.run_dirs[0]
+    _, cases, steady = load_cases(args.run_dirs)
+    steady_days = args.steady_from if args.steady_from is not None else (
+        steady if steady is not None else 2.0)
+    confidence = compare_cases(cases, 24.0 * steady_days)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "confidence.json", json.dumps(confidence, indent=1) + "\n")
+    if args.json:
+        print(json.dumps(confidence))
+        return 0
+    written = [out / "confidence.json"]
+    if all((d / "metrics.jsonl").is_file() for d in args.run_dirs):
+        table = compare_runs(list(args.run_dirs), out, args.leads)
+        written += [out / "compare.json", out / "compare.png"]
+        if confidence["n_cases"] == 1:
+            print(format_table(table))
+    if confidence["n_cases"] > 1:
+        written.append(plot_confidence(confidence, out / "confidence.png"))
+        print(format_confidence(confidence, args.leads))
+    print("written: " + ", ".join(map(str, written)))
+    return 0
