@@ -204,6 +204,12 @@ def test_subset_keeps_the_window_background_statics_and_climatology(tmp_path, ti
     np.testing.assert_array_equal(sub["orography"].values, full["orography"].values)
     assert (dataio.Climatology.from_dataset(sub, ["height"]).std
             == dataio.Climatology.from_dataset(full, ["height"]).std)
+    # the windows of several cases, analysis times only (12-hourly)
+    cases = tmp_path / "cases.nc"
+    assert main(["subset", str(tiny_run), "--start", "2000-01-01T00:00", "2000-01-01T12:00",
+                 "--days", "0.25", "--every-hours", "12", "--background", "0",
+                 "--out", str(cases)]) == 0
+    assert [t.hour for t in dataio.open_dataset(cases)["time"].values] == [0, 12]
     assert main(["subset", str(tiny_run), "--start", "2000-01-01T06:00", "--days", "5",
                  "--out", str(tmp_path / "x.nc")]) == 2  # beyond the last time
     assert not (tmp_path / "x.nc").exists()

@@ -141,11 +141,16 @@ def bench(args: argparse.Namespace) -> int:
 
 def add_subset_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("data", type=Path, help="canonical dataset (.zarr or .nc)")
-    parser.add_argument("--start", required=True, help="first time of the window, YYYY-MM-DDTHH:MM")
+    parser.add_argument("--start", required=True, nargs="+",
+                        help="first time of the window, YYYY-MM-DDTHH:MM; several: one window "
+                             "each (the cases of an experiment)")
     parser.add_argument("--days", type=float, required=True, help="length of the window, days")
     parser.add_argument("--out", type=Path, required=True, help="output netCDF file (.nc)")
     parser.add_argument("--background", type=int, default=32,
                         help="extra states outside the window, same calendar year (32)")
+    parser.add_argument("--every-hours", type=int, default=None,
+                        help="keep only the times on this schedule (e.g. 12: the analysis "
+                             "times), for a smaller file")
 
 
 def subset(args: argparse.Namespace) -> int:
@@ -155,7 +160,8 @@ def subset(args: argparse.Namespace) -> int:
     if args.days <= 0 or args.background < 0:
         raise ValueError(f"--days {args.days} must be positive, --background {args.background} "
                          f"not negative")
-    sub, n_window, n_pick = truth_window(args.data, args.start, args.days, args.background)
+    sub, n_window, n_pick = truth_window(args.data, args.start, args.days, args.background,
+                                        args.every_hours)
     write_window(sub, args.out)
     print(f"wrote {args.out} ({sub.sizes['time']} times: {n_window} in the window, "
           f"{n_pick} background; {args.out.stat().st_size / 1e6:.2f} MB)")

@@ -19,13 +19,43 @@ from diffda.core.times import parse_time
 from diffda.emulators import dataio
 
 
-def truth_window(data: Path, start: str, days: float, background: int
-                 ) -> tuple[xr.Dataset, int, int]:
-    """The window of ``days`` from ``start`` (``YYYY-MM-DDTHH:MM``, a stored time) of the
-    dataset ``data`` and ``background`` states of the same year outside it, in memory,
-    with a title, source and history; and the numbers of window and background times."""
+def truth_window(data: Path, start: str | list[str], days: float, background: int,
+                 every_hours: int | None = None) -> tuple[xr.Dataset, int, int]:
+    """The windows of ``days`` from each ``start`` (``YYYY-MM-DDTHH:MM``, a stored time) of
+    the dataset ``data`` and ``background`` states of the same years outside them, in
+    memory, with a title, source and history; and the numbers of window and background
+    times. ``every_hours``: keep only the times on that schedule (e.g. 12: the analysis
+    times of a 12-hourly cycling), to keep the file small."""
+    starts = [start] if isinstance(start, str) else list(start)
     ds = dataio.open_dataset(data)
     times = ds["time"].values
+    in_window: set[int] = set()
+    for s in starts:
+        in_window |= set(_window(data, times, s, days))
+    if every_hours:
+        in_window = {i for i in in_window
+                     if (times[i].hour % every_hours, times[i].minute) == (0, 0)}
+    years = {parse_time(s, times[0].calendar).year for s in starts}
+    rest = [i for i, t in enumerate(times) if t.year in years and i not in in_window
+            and (not every_hours or (t.hour % every_hours, t.minute) == (0, 0))]
+    if len(rest) < background:
+        raise ValueError(f"{data}: only {len(rest)} times outside the windows in "
+                         f"{sorted(years)}, --background {background} asked")
+    pick = [rest[int(j)] for j in np.linspace(0, len(rest) - 1, background).round()]
+    sub = ds.isel(time=sorted(in_window | set(pick))).load()
+    sub.attrs.update({
+        "title": f"truth windows {', '.join(starts)} + {days:g} d with {background} "
+                 f"background states",
+        "source": Path(data).name,
+        "history": f"cycler subset {Path(data).name} --start {' '.join(starts)} --days {days:g} "
+                   f"--background {background}"
+                   + (f" --every-hours {every_hours}" if every_hours else ""),
+    })
+    return sub, len(in_window), len(pick)
+
+
+def _window(data: Path, times: np.ndarray, start: str, days: float) -> list[int]:
+    """Indices of the stored times ``start .. start + days``; errors name the data."""
     first = parse_time(start, times[0].calendar, key="--start")
     end = first + timedelta(days=days)
     window = [i for i, t in enumerate(times) if first <= t <= end]
@@ -35,21 +65,7 @@ def truth_window(data: Path, start: str, days: float, background: int
     if times[window[-1]] < end:
         raise ValueError(f"{data}: the window {first} + {days:g} days ends after the "
                          f"last stored time {times[-1]}")
-    in_window = set(window)
-    rest = [i for i, t in enumerate(times) if t.year == first.year and i not in in_window]
-    if len(rest) < background:
-        raise ValueError(f"{data}: only {len(rest)} times outside the window in "
-                         f"{first.year}, --background {background} asked")
-    pick = [rest[int(j)] for j in np.linspace(0, len(rest) - 1, background).round()]
-    sub = ds.isel(time=sorted(in_window | set(pick))).load()
-    sub.attrs.update({
-        "title": f"truth window {first.isoformat()} + {days:g} d with {background} "
-                 f"background states",
-        "source": str(data),
-        "history": f"cycler subset {data} --start {start} --days {days:g} "
-                   f"--background {background}",
-    })
-    return sub, len(window), len(pick)
+    return window
 
 
 def write_window(sub: xr.Dataset, out: Path) -> None:
