@@ -137,3 +137,24 @@ def test_a_run_can_start_from_a_state_that_is_not_the_truth(tmp_path, init):
     assert not torch.equal(world.free[1], truth_world.free[1])  # the free run starts there
     with pytest.raises(ConfigError, match="data.init = 'analysis'"):
         load_run_config(path, {"data.init": "analysis"})
+
+
+def test_tuning_on_the_tuning_cases_and_a_tuned_file_for_another_config_refused(tmp_path):
+    torch.set_num_threads(1)
+    path = _experiment_file(tmp_path / "world", ["0001-01-02T00:00"], ["0001-01-04T00:00"])
+    out = tmp_path / "tune"
+    assert cli_main(["tune", str(path), "--param", "enkf.inflation=1.0,1.3",
+                     "--param", "enkf.radius_km=3000", "--mode", "enkf",
+                     "--variable", "height", "--out", str(out)]) == 0
+    record = json.loads((out / "tuned.json").read_text())
+    assert [g["values"] for g in record["grid"]] == [
+        {"enkf.inflation": 1.0, "enkf.radius_km": 3000}, {"enkf.inflation": 1.3,
+                                                          "enkf.radius_km": 3000}]
+    assert record["score"] == min(g["score"] for g in record["grid"])
+    assert (out / "inflation=1.0,radius_km=3000" / "case_0001-01-04T00" / "metrics.jsonl").is_file()
+    tuned = {"cases.tuned": str(out / "tuned.json")}
+    exp = load_experiment(path, tuned)
+    assert exp.base.enkf.inflation == record["values"]["enkf.inflation"]
+    assert exp.base.analysis.modes == ("climatological", "enkf", "free")  # only values change
+    with pytest.raises(ConfigError, match=r"tuned for another configuration: members \(4 here"):
+        load_experiment(path, {**tuned, "members": 4})

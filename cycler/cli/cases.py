@@ -7,9 +7,10 @@ import argparse
 import json
 from pathlib import Path
 
-from diffda.core.config import parse_overrides
+from diffda.core.config import parse_assignment, parse_overrides, parse_value
 from diffda.core.io import atomic_write_text
 from diffda.cycler.cycling.cases import load_experiment, run_cases
+from diffda.cycler.cycling.cases import tune as run_tuning
 from diffda.cycler.cycling.compare import DEFAULT_LEAD_DAYS, compare_runs, format_table
 from diffda.cycler.cycling.confidence import (
     compare_cases,
@@ -17,6 +18,7 @@ from diffda.cycler.cycling.confidence import (
     load_cases,
     plot_confidence,
 )
+from diffda.cycler.cycling.tuning import point_label
 
 # --------------------------------------------------------------------------------- cases
 
@@ -102,4 +104,46 @@ def compare(args: argparse.Namespace) -> int:
         written.append(plot_confidence(confidence, out / "confidence.png"))
         print(format_confidence(confidence, args.leads))
     print("written: " + ", ".join(map(str, written)))
+    return 0
+
+
+# ---------------------------------------------------------------------------------- tune
+
+
+def add_tune_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", type=Path, help="experiment file with cases.tuning")
+    parser.add_argument("--param", action="append", required=True, metavar="KEY=V1,V2,...",
+                        help="a tuned key and its values (repeatable: a grid), e.g. "
+                             "--param enkf.inflation=1.0,1.1,1.2 --param enkf.radius_km=1000,2000")
+    parser.add_argument("--mode", required=True, help="the mode tuned (only it runs)")
+    parser.add_argument("--variable", default="all",
+                        help="the steady RMSE minimised: a variable, or 'all' (the mean of "
+                             "the variables' RMSE in climate standard deviations; default)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="tuning folder (default outputs/<name>-tune-<mode>)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="KEY=VALUE", help="override a config value (repeatable)")
+    parser.add_argument("--scheduler", default=None, help="a running dask scheduler")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads per case")
+
+
+def tune(args: argparse.Namespace) -> int:
+    """``cycler tune EXPERIMENT --param K=V1,V2 ... --mode M``: the grid on the tuning
+    cases; the best values in ``tuned.json`` (read by ``cases.tuned``)."""
+    params: dict[str, list[object]] = {}
+    for text in args.param:
+        key, values = parse_assignment(text)
+        params[key] = [parse_value(v) for v in values.split(",") if v.strip()]
+        if not params[key]:
+            raise ValueError(f"--param {text!r}: no values")
+    overrides = parse_overrides(args.overrides)
+    name = load_experiment(args.config, overrides).base.name
+    out = args.out or Path("outputs") / f"{name}-tune-{args.mode}"
+    record = run_tuning(args.config, params, mode=args.mode, variable=args.variable, out=out,
+                        overrides=overrides, scheduler=args.scheduler, threads=args.threads)
+    print(f"{'point':<40} steady RMSE ({args.variable})")
+    for s in record["grid"]:
+        print(f"{point_label(s['values']):<40} {s['score']:.4g}")
+    print(f"best: {point_label(record['values'])}; written: {out / 'tuned.json'} "
+          f"(read it with --set cases.tuned={out / 'tuned.json'})")
     return 0

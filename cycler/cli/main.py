@@ -11,10 +11,12 @@ module paths in strings), so a reader and static tools can follow each command t
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from diffda.core.lock import LockHeld
 from diffda.cycler.cli import (
     analysis,
     cases,
@@ -47,6 +49,8 @@ COMMANDS: dict[str, Command] = {
                      cases.add_arguments, cases.run),
     "compare": Command("compare modes of runs or experiments: RMSE by lead, 95 % intervals",
                        cases.add_compare_arguments, cases.compare),
+    "tune": Command("tune parameters (a grid) on an experiment's tuning cases",
+                    cases.add_tune_arguments, cases.tune),
     "sweep": Command("parallel runs over parameter values (dask)",
                      run.add_sweep_arguments, run.sweep),
     "experiment": Command("single-analysis experiments (sample-lr, sample-igra, ...)",
@@ -113,11 +117,45 @@ def _run(command: Command, prog: str, rest: list[str]) -> int:
     args = parser.parse_args(rest)
     try:
         return int(command.run(args) or 0)
-    except (ValueError, FileNotFoundError, KeyError) as err:
-        # User errors (bad arguments, bad files) end with a message, not a traceback.
+    except (ValueError, FileNotFoundError, KeyError, LockHeld) as err:
+        # User errors (bad arguments, bad files, a busy run directory) end with a message,
+        # not a traceback.
         msg = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"{prog}: error: {msg}", file=sys.stderr)
         return 2
+    except OSError as err:
+        # A file the user named is of the wrong kind or cannot be used: the error names it.
+        # Other OSErrors (no file named) are not the user's and keep their traceback.
+        if err.filename is None:
+            raise
+        print(f"{prog}: error: {_describe_os_error(err)}", file=sys.stderr)
+        return 2
+
+
+#: What an OSError about a named file means to the person who named it.
+_OS_ERRORS: dict[type[OSError], str] = {
+    IsADirectoryError: "is a directory, expected a file",
+    NotADirectoryError: "is not a directory (it, or a folder above it, is a file)",
+    FileExistsError: "already exists",
+    PermissionError: "permission denied",
+}
+
+
+def _describe_os_error(err: OSError) -> str:
+    """``PATH: what is wrong`` for an OSError that names a file (the first one for a rename
+    or link)."""
+    what = next((text for kind, text in _OS_ERRORS.items() if isinstance(err, kind)),
+                err.strerror or type(err).__name__)
+    if isinstance(err, FileExistsError) and os.path.isfile(err.filename):
+        what = "already exists and is a file, not a directory"
+    if isinstance(err.errno, int) and err.errno < 0:  # the netCDF library's own codes
+        what = f"not a readable netCDF/HDF5 file ({err.strerror})"
+    return _one_line(f"{err.filename}: {what}")
+
+
+def _one_line(text: str) -> str:
+    """An error message on one line (nested messages may carry newlines)."""
+    return " ".join(text.split())
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,6 +44,15 @@ from diffda.cycler.cycling.config import (
     run_config_from_mapping,
 )
 from diffda.cycler.cycling.driver import run_experiment
+from diffda.cycler.cycling.tuning import (
+    FORMAT,
+    apply_tuned,
+    grid,
+    identity,
+    identity_hash,
+    point_label,
+    read_tuned,
+)
 
 EXPERIMENT_FILE = "experiment.json"
 
@@ -56,6 +65,8 @@ class CasesConfig:
     rule ``start`` + ``every_days`` x ``count``. ``tuning``: start times of the tuning
     cases (for ``cycler sweep``), disjoint in time from the verification cases.
     ``steady_from_days``: leads up to this are spin-up; the steady part is the rest.
+    ``tuned``: a tuning file (``cycler tune``) whose values the runs use; refused if it was
+    tuned for another configuration (:func:`diffda.cycler.cycling.tuning.read_tuned`).
     ``workers``: cases in parallel worker processes on this machine (1: in this process,
     one after the other); ``retries``: how often a failed case is tried again.
     """
@@ -66,6 +77,7 @@ class CasesConfig:
     count: int = 0
     tuning: tuple[str, ...] = ()
     steady_from_days: float = 2.0
+    tuned: str = ""
     workers: int = 1
     retries: int = 1
 
@@ -148,6 +160,11 @@ def load_experiment(path: str | Path, overrides: dict[str, Any] | None = None) -
     try:
         base = run_config_from_mapping(data)
         cases = from_mapping(CasesConfig, cases_table, prefix="cases")
+        if cases.tuned:  # the tuned values, then the explicit overrides again on top
+            data = apply_tuned(data, read_tuned(cases.tuned, base))
+            for key, value in run_over.items():
+                data = set_dotted(data, key, value)
+            base = run_config_from_mapping(data)
     except ConfigError as err:
         raise ConfigError(f"{path}: {err}") from None
     return Experiment(base, cases)
@@ -310,3 +327,51 @@ def case_dirs(out: str | Path) -> list[Path]:
         return [out]
     raise FileNotFoundError(f"{out}: neither an experiment folder ({EXPERIMENT_FILE}) nor a "
                             "run directory (metrics.jsonl)")
+
+
+# ------------------------------------------------------------------------------- tuning
+
+
+def tune(
+    path: str | Path, params: Mapping[str, Sequence[Any]], *, mode: str, variable: str,
+    out: str | Path, overrides: Mapping[str, Any] | None = None, scheduler: str | None = None,
+    threads: int | None = None,
+) -> dict[str, Any]:
+    """Run the grid on the tuning cases of the experiment file ``path`` into
+    ``out/<point>/``; write and return ``out/tuned.json`` (see the module docstring)."""
+    from diffda.cycler.cycling.confidence import compare_cases, load_cases
+
+    out = Path(out)
+    base_over = {**dict(overrides or {}), "analysis.modes": [mode]}
+    reference = load_experiment(path, base_over)
+    if not reference.cases.tuning:
+        raise ConfigError(f"{path}: no tuning cases (cases.tuning)")
+    scores: list[dict[str, Any]] = []
+    for point in grid(params):
+        experiment = load_experiment(path, {**base_over, **point})
+        folder = out / point_label(point)
+        run_cases(experiment, folder, which="tuning", scheduler=scheduler, threads=threads)
+        _, cases, _ = load_cases([folder])
+        table = compare_cases(cases, 24.0 * experiment.cases.steady_from_days)
+        scores.append({"values": point, "steady_rmse": {
+            v: s["steady_rmse"] for v, s in table["modes"][mode].items()}})
+    std = _climate_std(reference.base)
+    for s in scores:
+        r = s["steady_rmse"]
+        s["score"] = (sum(r[v] / std[v] for v in r) / len(r) if variable == "all"
+                      else r[variable])
+    best = min(scores, key=lambda s: s["score"])
+    ident = identity(reference.base, list(params))
+    record = {"format": FORMAT, "mode": mode, "variable": variable,
+              "values": best["values"], "score": best["score"], "grid": scores,
+              "tuning_cases": list(reference.cases.tuning),
+              "identity": ident, "identity_hash": identity_hash(ident)}
+    atomic_write_text(out / "tuned.json", json.dumps(record, indent=1) + "\n")
+    return record
+
+
+def _climate_std(cfg: RunConfig) -> dict[str, float]:
+    from diffda.emulators.prior.model import DiffusionPrior
+
+    prior = DiffusionPrior.load(cfg.models.prior)
+    return {v: float(s) for v, s in zip(prior.variables, prior.std.tolist(), strict=True)}
