@@ -249,3 +249,68 @@ def zonal_spectra(fields: Tensor, grid: Grid) -> np.ndarray:
     x = fields.double().numpy()
     w = grid.area_weights()
     return np.stack([zonal_power_spectrum(x[:, v], w) for v in range(x.shape[1])])
+
+
+# ------------------------------------------------------------------ calibration diagnostics
+
+
+def rank_histogram(ensemble: Tensor, truth: Tensor, mask: Tensor | None = None) -> Tensor:
+    """Counts of the truth's rank among the ``M`` members, ``(var, M + 1)``: rank ``r``
+    means ``r`` members lie below the truth (a tie counts as not below; continuous fields
+    have none). Over the grid cells of ``mask`` (``(lat, lon)`` bool; default all). A
+    reliable ensemble has a flat histogram (Hamill 2001); a U shape means too little
+    spread, a dome too much."""
+    _check(ensemble, truth)
+    rank = (ensemble < truth).sum(0)  # (var, lat, lon)
+    if mask is not None:
+        rank = rank[:, mask]
+    flat = rank.reshape(rank.shape[0], -1)
+    m = ensemble.shape[0]
+    return torch.stack([torch.bincount(r, minlength=m + 1) for r in flat])
+
+
+def station_innovations(
+    y: Tensor, error_var: Tensor, variable_index: Tensor, variables: Sequence[str],
+    analysis: Tensor, forecast: Tensor | None = None, forecast_var: Tensor | None = None,
+) -> dict[str, dict[str, float]]:
+    """Innovation statistics at the stations, per variable (physical units), for the
+    Desroziers et al. (2005) consistency checks.
+
+    ``y``: ``(n_obs,)`` observations; ``error_var``: their assumed error variance ``R``;
+    ``analysis``, ``forecast``: the ensemble means at the observations, ``(n_obs,)``;
+    ``forecast_var``: the forecast ensemble's variance there (``H B H^T`` of the ensemble).
+    With ``d_ob = y - H x_b`` and ``d_oa = y - H x_a``: ``E[d_ob^2] = H B H^T + R`` and
+    ``E[d_oa d_ob] = R`` when the error model is right. Returns per variable ``n``,
+    ``oma_mean``, ``oma_var`` and, with a forecast, ``omf_mean``, ``omf_var``,
+    ``r_assumed`` (mean ``R``), ``desroziers_r`` (mean ``d_oa d_ob``), ``hbh_ensemble``."""
+    d_oa = (y - analysis).double()
+    d_ob = None if forecast is None else (y - forecast).double()
+    out: dict[str, dict[str, float]] = {}
+    for k, v in enumerate(variables):
+        sel = variable_index == k
+        if not bool(sel.any()):
+            continue
+        row = {"n": int(sel.sum()), "oma_mean": float(d_oa[sel].mean()),
+               "oma_var": float(d_oa[sel].square().mean()),
+               "r_assumed": float(error_var[sel].double().mean())}
+        if d_ob is not None:
+            row.update({"omf_mean": float(d_ob[sel].mean()),
+                        "omf_var": float(d_ob[sel].square().mean()),
+                        "desroziers_r": float((d_oa[sel] * d_ob[sel]).mean())})
+        if forecast_var is not None:
+            row["hbh_ensemble"] = float(forecast_var[sel].double().mean())
+        out[v] = row
+    return out
+
+
+def calibration(analysis: Tensor, truth: Tensor, variables: Sequence[str],
+                station_mask: np.ndarray) -> dict[str, dict[str, dict[str, list[int]]]]:
+    """``{"rank_histogram": {var: {"grid": counts, "station": counts}}}`` of an ensemble of
+    two or more members (:func:`rank_histogram` over all cells and over station cells);
+    empty for one member."""
+    if analysis.shape[0] < 2:
+        return {}
+    mask = torch.as_tensor(station_mask, dtype=torch.bool)
+    grid, station = rank_histogram(analysis, truth), rank_histogram(analysis, truth, mask)
+    return {"rank_histogram": {v: {"grid": grid[k].tolist(), "station": station[k].tolist()}
+                               for k, v in enumerate(variables)}}

@@ -95,3 +95,42 @@ def test_station_mask_and_schema():
         float(((err2 * w)[~m].sum() / w[~m].sum()).sqrt()))
     with pytest.raises(ValueError, match="ensemble must be"):
         rmse(ens[0], truth)
+
+
+def test_rank_histogram_is_flat_for_a_reliable_ensemble_and_u_shaped_for_a_narrow_one():
+    from diffda.cycler.metrics import rank_histogram
+
+    g = torch.Generator().manual_seed(0)
+    truth = torch.randn(2, 40, 80, generator=g, dtype=torch.float64)
+    reliable = torch.randn(9, 2, 40, 80, generator=g, dtype=torch.float64)
+    counts = rank_histogram(reliable, truth)
+    assert counts.shape == (2, 10) and int(counts.sum()) == 2 * 40 * 80
+    freq = counts.double() / counts.sum(1, keepdim=True)
+    assert float((freq - 0.1).abs().max()) < 0.02  # 3200 cells per variable
+    narrow = rank_histogram(0.2 * reliable, truth).double()
+    assert float(narrow[:, [0, -1]].sum() / narrow.sum()) > 0.6  # the truth falls outside
+    mask = torch.zeros(40, 80, dtype=torch.bool)
+    mask[3, 5] = True
+    assert int(rank_histogram(reliable, truth, mask).sum()) == 2
+
+
+def test_desroziers_statistics_recover_the_error_variances_of_an_optimal_analysis():
+    """With y = x + e_o (R), x_b = x + e_b (B) and x_a = x_b + B / (B + R) (y - x_b):
+    E[d_ob^2] = B + R and E[d_oa d_ob] = R (Desroziers et al. 2005)."""
+    from diffda.cycler.metrics import station_innovations
+
+    g = torch.Generator().manual_seed(1)
+    n, r, b = 200_000, 4.0, 9.0
+    x = 50 * torch.randn(n, generator=g, dtype=torch.float64)
+    y = x + r ** 0.5 * torch.randn(n, generator=g, dtype=torch.float64)
+    xb = x + b ** 0.5 * torch.randn(n, generator=g, dtype=torch.float64)
+    xa = xb + b / (b + r) * (y - xb)
+    idx = torch.zeros(n, dtype=torch.long)
+    s = station_innovations(y, torch.full((n,), r), idx, ["height", "u"], xa, xb,
+                            torch.full((n,), b))
+    assert set(s) == {"height"}  # no observation of u
+    h = s["height"]
+    assert h["n"] == n and h["r_assumed"] == r and h["hbh_ensemble"] == b
+    assert h["omf_var"] == pytest.approx(b + r, rel=0.02)
+    assert h["desroziers_r"] == pytest.approx(r, rel=0.03)
+    assert abs(h["omf_mean"]) < 0.05 and h["oma_var"] < h["omf_var"]

@@ -117,6 +117,7 @@ def compare_cases(cases: Sequence[Sequence[Mapping[str, Any]]], steady_from_hour
                   for m in modes},
         "paired": {},
     }
+    out["calibration"] = calibration_summary(cases, steady_from_hours)
     for i, a in enumerate(modes):
         for b in modes[i + 1:]:
             pair = {}
@@ -130,6 +131,41 @@ def compare_cases(cases: Sequence[Sequence[Mapping[str, Any]]], steady_from_hour
                            "rmse_diff_ci95": [bootstrap_mean_ci(by_lead[:, j], seed)
                                               for j in range(by_lead.shape[1])]}
             out["paired"][f"{a}-{b}"] = pair
+    return out
+
+
+def calibration_summary(cases: Sequence[Sequence[Mapping[str, Any]]],
+                        steady_from_hours: float) -> dict[str, Any]:
+    """Over every case and steady cycle, per mode and variable: the rank histograms
+    (relative frequencies at grid and station cells) and the mean innovation statistics at
+    the stations with the Desroziers ratios ``E[d_oa d_ob] / R`` (1 when the observation
+    error is what the term assumes) and ``E[d_ob^2] / (H B H^T + R)`` (1 when the forecast
+    ensemble's spread is its error; ensemble forecasts only)."""
+    ranks: dict[tuple[str, str, str], np.ndarray] = {}
+    innov: dict[tuple[str, str], dict[str, list[float]]] = {}
+    for records in cases:
+        for r in records:
+            if float(r["lead_hours"]) <= steady_from_hours:
+                continue
+            for v, h in r.get("rank_histogram", {}).items():
+                for where, counts in h.items():
+                    key = (r["mode"], v, where)
+                    ranks[key] = ranks.get(key, 0) + np.asarray(counts, dtype=np.float64)
+            for v, s in r.get("innovations", {}).items():
+                acc = innov.setdefault((r["mode"], v), {})
+                for name, value in s.items():
+                    acc.setdefault(name, []).append(float(value))
+    out: dict[str, Any] = {}
+    for (mode, v, where), counts in ranks.items():
+        row = out.setdefault(mode, {}).setdefault(v, {})
+        row.setdefault("rank_histogram", {})[where] = (counts / counts.sum()).tolist()
+    for (mode, v), acc in innov.items():
+        mean = {name: float(np.mean(values)) for name, values in acc.items() if name != "n"}
+        if "desroziers_r" in mean and mean["r_assumed"] > 0:
+            mean["desroziers_r_ratio"] = mean["desroziers_r"] / mean["r_assumed"]
+        if "hbh_ensemble" in mean and "omf_var" in mean:
+            mean["omf_var_ratio"] = mean["omf_var"] / (mean["hbh_ensemble"] + mean["r_assumed"])
+        out.setdefault(mode, {}).setdefault(v, {})["innovations"] = mean
     return out
 
 

@@ -43,6 +43,7 @@ from diffda.core.rng import member_generators, torch_generator
 from diffda.cycler.analysis.letkf import LocalizedEnKF, PointObservations
 from diffda.cycler.analysis.sampler import DiffusionAnalysis, StepDiagnostics
 from diffda.cycler.cycling.world import World
+from diffda.cycler.metrics import station_innovations
 from diffda.cycler.terms import forecast_term, station_term
 from diffda.emulators.forecast.model import SFNOEmulator
 from diffda.emulators.regrid import bilinear_weights
@@ -70,12 +71,15 @@ class CycleResult:
     """One cycle of one mode. ``analysis``: ``(member, var, lat, lon)`` physical on the full
     grid (what is scored); ``native``: the state the mode carries on its own grid, if any;
     ``tensors``: what else the checkpoint keeps (forecast, observations used, generator
-    states); ``info``: the method's diagnostics (stored in the record under ``"method"``)."""
+    states); ``info``: the method's diagnostics (stored in the record under ``"method"``);
+    ``innovations``: statistics of observation minus forecast and minus analysis at the
+    stations (:func:`~diffda.cycler.metrics.station_innovations`)."""
 
     analysis: Tensor
     native: Tensor | None = None
     tensors: dict[str, Tensor] = field(default_factory=dict)
     info: dict[str, float] = field(default_factory=dict)
+    innovations: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def checkpoint_tensors(self) -> dict[str, Tensor]:
         """Everything the cycle checkpoint stores, the analysis (float32) first."""
@@ -153,6 +157,30 @@ def _sample(world: World, terms: Sequence[ObservationTerm], k: int, stream: str 
     return world.prior.denormalise(z), states, info
 
 
+def innovations(world: World, k: int, analysis: Tensor, forecast: Tensor | None = None
+                ) -> dict[str, dict[str, float]]:
+    """Observation minus analysis (full grid) and minus forecast (emulator grid) at the
+    stations of cycle ``k``, physical units, with the error variance the station term
+    assumes (the file's error std, else ``Sigma_y`` times the climate variance)."""
+    stations = world.stations[k]
+    assert stations is not None
+    op = stations.operator(world.grid, world.variables)
+    idx = op.obs_variable_index
+    std = world.prior.std.double()[idx]
+    err = torch.as_tensor(stations.error_std)
+    r = torch.where(torch.isfinite(err), err.square(),
+                    world.config.analysis.station.sigma_y * std.square())
+    hf = hf_var = None
+    with torch.no_grad():
+        ha = op(analysis.double().mean(0, keepdim=True))[0]
+        if forecast is not None:
+            f = stations.operator(world.emulator.grid, world.variables)(forecast.double())
+            hf = f.mean(0)
+            hf_var = f.var(0) if f.shape[0] > 1 else None
+    return station_innovations(torch.as_tensor(stations.value), r, idx, world.variables, ha,
+                               hf, hf_var)
+
+
 def _guided(world: World, k: int, forecast: Tensor) -> CycleResult:
     """Forecast term (weight 1) + stations (weight ``lambda``), Algorithm 1."""
     fc = forecast_term(world.prior, forecast, world.emulator.grid,
@@ -160,7 +188,8 @@ def _guided(world: World, k: int, forecast: Tensor) -> CycleResult:
     stations, used = _stations(world, k, world.config.analysis.lambda_)
     analysis, states, info = _sample(world, [fc, stations], k)
     return CycleResult(analysis, tensors={**used, "forecast": forecast,
-                                          "generator_states": states}, info=info)
+                                          "generator_states": states}, info=info,
+                       innovations=innovations(world, k, analysis, forecast))
 
 
 # -------------------------------------------------------------------------------- modes
@@ -172,7 +201,8 @@ class Climatological:
     def cycle(self, world: World, k: int, state: CycleState | None) -> CycleResult:
         term, used = _stations(world, k, 1.0)
         analysis, states, info = _sample(world, [term], k)
-        return CycleResult(analysis, tensors={**used, "generator_states": states}, info=info)
+        return CycleResult(analysis, tensors={**used, "generator_states": states}, info=info,
+                           innovations=innovations(world, k, analysis))
 
 
 class Precomputed:
@@ -217,16 +247,19 @@ class EnKF:
         enkf = LocalizedEnKF(grid=world.emulator.grid, radius_km=cfg.enkf.radius_km,
                              inflation=cfg.enkf.inflation)
         native = p.denormalise(enkf.analyse(p.normalise(forecast.double()), [obs], gens)).float()
-        return CycleResult(bilinear_upsample(native, world.grid), native=native, tensors={
-            "forecast": forecast, "generator_states": states, **used})
+        analysis = bilinear_upsample(native, world.grid)
+        return CycleResult(analysis, native=native, tensors={
+            "forecast": forecast, "generator_states": states, **used},
+            innovations=innovations(world, k, analysis, forecast))
 
 
 class Free:
     """The emulator's free forecast from the truth (one member), bilinear to the full grid."""
 
     def cycle(self, world: World, k: int, state: CycleState | None) -> CycleResult:
-        return CycleResult(bilinear_upsample(world.free[k], world.grid),
-                           tensors={"forecast": world.free[k]})
+        analysis = bilinear_upsample(world.free[k], world.grid)
+        return CycleResult(analysis, tensors={"forecast": world.free[k]},
+                           innovations=innovations(world, k, analysis, world.free[k]))
 
 
 class Unconditional:
