@@ -16,8 +16,8 @@ import torch
 from diffda.core.config import ConfigError
 from diffda.cycler.cli.main import main as cli_main
 from diffda.cycler.cycling.cases import CasesFailed, load_experiment, run_cases
-from diffda.cycler.cycling.config import load_run_config
 from diffda.cycler.cycling.confidence import bootstrap_mean_ci, compare_cases
+from diffda.cycler.cycling.config import load_run_config
 from diffda.cycler.cycling.world import load_world
 
 _spec = importlib.util.spec_from_file_location(
@@ -158,3 +158,16 @@ def test_tuning_on_the_tuning_cases_and_a_tuned_file_for_another_config_refused(
     assert exp.base.analysis.modes == ("climatological", "enkf", "free")  # only values change
     with pytest.raises(ConfigError, match=r"tuned for another configuration: members \(4 here"):
         load_experiment(path, {**tuned, "members": 4})
+
+
+def test_an_experiment_file_states_only_what_it_changes_of_its_base(tmp_path):
+    base = helpers.tiny_world(tmp_path / "world", modes=("free",))
+    path = tmp_path / "world" / "exp.toml"
+    path.write_text(f'base = "{base.name}"\nname = "exp"\n[analysis]\nlambda = 3.0\n'
+                    '[cases]\nstart = "0001-01-02T00:00"\nevery_days = 2\ncount = 2\n')
+    exp = load_experiment(path)
+    ref = load_run_config(base)
+    assert exp.base.name == "exp" and exp.base.analysis.lambda_ == 3.0
+    assert exp.base.members == ref.members and exp.base.analysis.modes == ("free",)
+    assert [label for label, _ in exp.case_configs()] == ["case_0001-01-02T00",
+                                                          "case_0001-01-04T00"]

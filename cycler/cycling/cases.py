@@ -1,15 +1,16 @@
 """Experiments as sets of cases: the same cycling run from several start times.
 
 A comparison of prior types is only as good as its sample (DESIGN.md, "Experiments are
-sets of cases"). An experiment file is a run config (``runs/sevenday.toml``'s tables) plus
-a ``[cases]`` table: the start times of the verification cases (a list, or a rule
-``start``, ``every_days``, ``count``), optionally disjoint tuning cases, and the lead from
-which the cycling counts as spun up (``steady_from_days``). Each case is an independent
-run in ``OUT/<case>/`` (a normal run directory, resumable on its own), so the cases run
-one after the other, in parallel worker processes of one machine, or on a dask cluster
-(``scheduler``) with no code change. A case that fails is retried (``retries``) and, if it
-fails again, reported by name with its error; the experiment then stops with an error
-instead of comparing fewer cases.
+sets of cases"). An experiment file is a run config (``runs/sevenday.toml``'s tables, or
+``base = "sevenday.toml"`` and only the tables that change) plus a ``[cases]`` table: the
+start times of the verification cases (a list, or a rule ``start``, ``every_days``,
+``count``), optionally disjoint tuning cases, and the lead from which the cycling counts
+as spun up (``steady_from_days``). Each case is an independent run in ``OUT/<case>/``
+(a normal run directory, resumable on its own), so the cases run one after the other, in
+parallel worker processes of one machine, or on a dask cluster (``scheduler``) with no
+code change. A case that fails is retried (``retries``) and, if it fails again, reported
+by name with its error; the experiment then stops with an error instead of comparing
+fewer cases.
 
 Layout of ``OUT``: ``experiment.json`` (the base config's hash, the cases and which set
 was run), one run directory per case (``case_<start>``), and what
@@ -143,10 +144,15 @@ def case_label(t0: cftime.datetime) -> str:
 
 
 def load_experiment(path: str | Path, overrides: dict[str, Any] | None = None) -> Experiment:
-    """Read an experiment file: a run config plus a ``[cases]`` table. ``overrides`` maps
-    dotted keys to values (``cases.workers``, ``analysis.lambda``, ...)."""
+    """Read an experiment file: a run config plus a ``[cases]`` table. ``base = "FILE"``
+    (relative to the experiment file) names a run config whose tables the experiment's own
+    are laid over, so an experiment states only what it changes. ``overrides`` maps dotted
+    keys to values (``cases.workers``, ``analysis.lambda``, ...)."""
     path = Path(path)
     data = read_toml(path)
+    base_file = data.pop("base", None)
+    if base_file is not None:  # the run config this experiment varies, tables laid over it
+        data = deep_merge(read_toml(path.parent / str(base_file)), data)
     cases_table = data.pop("cases", {})
     if not isinstance(cases_table, dict):
         raise ConfigError(f"{path}: cases must be a table")
