@@ -33,7 +33,7 @@ import numpy as np
 import torch
 import xarray as xr
 from diffda.core.grid import Grid
-from diffda.core.variables import VARIABLE_ATTRS
+from diffda.core.variables import VARIABLE_ATTRS, global_attrs
 from torch import Tensor
 
 TIME_CODER = xr.coders.CFDatetimeCoder(use_cftime=True)
@@ -266,12 +266,20 @@ def write_climatology_attrs(store: str | os.PathLike, clim: Climatology) -> None
 
 
 def write_netcdf(ds: xr.Dataset, path: str | os.PathLike) -> None:
-    """Write ``ds`` to netCDF4 atomically (temp file in the same folder, then rename)."""
+    """Write ``ds`` to netCDF4 atomically (temp file in the same folder, then rename), with
+    the global attributes of :func:`~diffda.core.variables.global_attrs` (``Conventions``,
+    a ``history`` line of this command, no absolute ``source`` path) and the permissions
+    of the user's umask (not ``0600``)."""
     path = Path(path)
+    out = ds.copy()
+    out.attrs = global_attrs(ds.attrs)
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".nc.tmp")
     os.close(fd)
     try:
-        ds.to_netcdf(tmp, engine="netcdf4")
+        out.to_netcdf(tmp, engine="netcdf4")
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -47,7 +47,7 @@ import torch.distributed as dist
 from diffda.core.config import require, to_mapping
 from diffda.core.io import atomic_write_bytes, atomic_write_text
 from diffda.core.rng import torch_generator
-from diffda.core.weights import WeightsError
+from diffda.core.weights import WeightsError, load_plain_torch_file
 from diffda.emulators.forecast.data import VARIABLES
 from torch import Tensor, nn
 from tqdm.auto import tqdm
@@ -202,12 +202,7 @@ def load_checkpoint(
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such checkpoint")
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any failure means "not a checkpoint"
-        raise WeightsError(
-            f"{path}: not a diffda checkpoint ({type(err).__name__}: {err})"
-        ) from None
+    state = load_plain_torch_file(path, "checkpoint", map_location=map_location)
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise WeightsError(f"{path}: not a diffda checkpoint (no format {CHECKPOINT_FORMAT!r})")
     unwrap(model).load_state_dict(state["model"])

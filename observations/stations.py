@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 from diffda.core.rng import numpy_generator
+from diffda.core.variables import CONVENTIONS
 from diffda.core.variables import VARIABLE_ATTRS as CANONICAL_ATTRS
 
 #: Columns (1-based, inclusive, as in ``igra2-list-format.txt``) of the station list.
@@ -427,18 +428,28 @@ def station_observations_dataset(
             "lon": ("station", network.lon, {"units": "degrees_east",
                                             "standard_name": "longitude"}),
         },
-        attrs={"Conventions": "CF-1.8", "featureType": "timeSeries"},
+        attrs={"Conventions": CONVENTIONS, "featureType": "timeSeries"},
     )
     for name in values:
         ds[name].encoding["_FillValue"] = np.nan
     return ds
 
 
+def station_id_text(value: object) -> str:
+    """A station id read from a file as ``str``: fixed-width characters come back as
+    ``bytes`` when a reader does not decode them (padding dropped)."""
+    if isinstance(value, bytes | np.bytes_):
+        return value.decode("utf-8").rstrip("\x00 ")
+    return str(value)
+
+
 def network_from_dataset(ds: xr.Dataset) -> StationNetwork:
-    """The station network stored in a station-observation Dataset."""
+    """The station network stored in a station-observation Dataset (ids as variable-length
+    strings or fixed-width characters)."""
     for name in ("station_id", "lat", "lon"):
         if name not in ds.variables:
             raise KeyError(f"station dataset has no variable {name!r}")
     return StationNetwork.from_arrays(
-        [str(s) for s in ds["station_id"].values], ds["lat"].values, ds["lon"].values
+        [station_id_text(s) for s in ds["station_id"].values], ds["lat"].values,
+        ds["lon"].values
     )

@@ -30,6 +30,7 @@ import torch
 import xarray as xr
 from diffda.core.grid import Grid
 from diffda.core.rng import numpy_generator
+from diffda.core.variables import global_attrs
 from diffda.observations.operators import PointOperator
 from diffda.observations.soundings import write_igra_directory
 from diffda.observations.station_arrays import station_observations
@@ -39,6 +40,7 @@ from diffda.observations.stations import (
     default_network,
     grid_land,
     read_station_list,
+    station_id_text,
     station_observations_dataset,
 )
 from tqdm import tqdm
@@ -180,15 +182,33 @@ def synthetic_station_observations(
 
 
 def write_observations(ds: xr.Dataset, path: str | os.PathLike[str]) -> Path:
-    """Write a station-observation Dataset to netCDF atomically (temp file + os.replace)."""
+    """Write a station-observation Dataset to netCDF atomically (temp file + os.replace).
+
+    CF as checkers read it: station ids as fixed-width characters (``char`` with a
+    ``strlen`` dimension, not the variable-length string type CF rejects), the global
+    attributes of :func:`~diffda.core.variables.global_attrs` (``Conventions``, a
+    ``history`` line), and the permissions of the user's umask (not ``0600``).
+    :func:`read_observations` reads these files and older ones with variable-length ids.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     cal = ds["time"].values[0].calendar if ds.sizes.get("time") else "standard"
-    encoding = {"time": {"units": TIME_UNITS, "calendar": cal, "dtype": "float64"}}
+    encoding: dict[str, dict] = {
+        "time": {"units": TIME_UNITS, "calendar": cal, "dtype": "float64"}}
+    out = ds.copy()
+    out.attrs = global_attrs(ds.attrs)
+    if "station_id" in out.variables:
+        ids = np.array([str(s) for s in np.asarray(out["station_id"].values).ravel()],
+                       dtype=object).reshape(out["station_id"].shape)
+        out["station_id"] = out["station_id"].copy(data=ids)
+        encoding["station_id"] = {"dtype": "S1", "char_dim_name": "strlen"}
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        ds.to_netcdf(tmp, encoding=encoding)
+        out.to_netcdf(tmp, encoding=encoding)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -197,12 +217,19 @@ def write_observations(ds: xr.Dataset, path: str | os.PathLike[str]) -> Path:
 
 
 def read_observations(path: str | os.PathLike[str]) -> xr.Dataset:
-    """Read a station-observation netCDF file (times as cftime)."""
+    """Read a station-observation netCDF file (times as cftime; station ids as ``str``,
+    whether stored as characters or, in older files, as variable-length strings)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"observation file {path} does not exist")
     ds = xr.open_dataset(path, decode_times=xr.coders.CFDatetimeCoder(use_cftime=True))
-    return ds.load()
+    ds = ds.load()
+    if "station_id" in ds.variables:
+        ids = np.asarray(ds["station_id"].values)
+        ds = ds.assign_coords(station_id=ds["station_id"].copy(
+            data=np.array([station_id_text(s) for s in ids.ravel()], dtype=object
+                          ).reshape(ids.shape)))
+    return ds
 
 
 def point_observations_at(

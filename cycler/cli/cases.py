@@ -9,13 +9,12 @@ from pathlib import Path
 
 from diffda.core.config import parse_assignment, parse_overrides, parse_value
 from diffda.core.io import atomic_write_text
-from diffda.cycler.cycling.cases import load_experiment, run_cases
+from diffda.cycler.cycling.cases import load_cases, load_experiment, run_cases
 from diffda.cycler.cycling.cases import tune as run_tuning
 from diffda.cycler.cycling.compare import DEFAULT_LEAD_DAYS, compare_runs, format_table
 from diffda.cycler.cycling.confidence import (
     compare_cases,
     format_confidence,
-    load_cases,
     plot_confidence,
 )
 from diffda.cycler.cycling.tuning import point_label

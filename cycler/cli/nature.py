@@ -33,12 +33,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import tempfile
 from dataclasses import replace
 from pathlib import Path
 
 import torch
+from diffda.core.io import atomic_write_text
 from diffda.emulators.nature.bench import bench_shallow_water
 from diffda.emulators.nature.diagnostics import TWIN_PERTURBATION_M, diagnose
 from diffda.emulators.nature.run import NatureConfig, continuation, run_nature
@@ -104,13 +103,9 @@ def run(args: argparse.Namespace) -> int:
                            twin_perturbation_m=args.twin_perturbation)
         text = json.dumps(summary, indent=2, default=float)
         if args.json is not None:
-            args.json.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=args.json.parent, suffix=".tmp")
-            with os.fdopen(fd, "w") as f:
-                f.write(text)
-            os.replace(tmp, args.json)
+            atomic_write_text(args.json, text)
         if args.plots is not None:
-            (args.plots / "summary.json").write_text(text)
+            atomic_write_text(args.plots / "summary.json", text)
         print(text)
     return 0
 

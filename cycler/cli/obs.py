@@ -6,7 +6,7 @@ science lives in :mod:`~diffda.observations.describe` (inspect),
 
 Usage::
 
-    cycler obs inspect FILE [--json] [--active-years 2000:2026]
+    cycler obs inspect FILE [--json] [--active-years 2000:2026] [--lenient]
     cycler obs make --truth TRUTH.nc --out OBS.nc [--network default|IGRA_LIST]
                     [--n-stations 200] [--seed 0] [--variables height,u,v,tracer]
                     [--error-std height=20,u=1.5,v=1.5] [--hours 0,12]
@@ -18,6 +18,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -101,6 +102,19 @@ def _print_description(d: dict[str, Any]) -> None:
                 print(f"  line {k['line']}: {k['reason']}")
 
 
+def inspect(args: argparse.Namespace) -> int:
+    """Describe the file; exit 1 if some of its lines could not be read (unless
+    ``--lenient``), 2 (a ValueError) if it is not an observation file at all."""
+    d = describe(args.file, parse_years(args.active_years))
+    print_record(d, args.json, _print_description, indent=1)
+    problems = d.get("n_problems", 0)
+    if problems and not args.lenient:
+        print(f"cycler obs inspect: {args.file}: {problems} line(s) could not be read (listed "
+              "above); --lenient accepts the file as it is", file=sys.stderr)
+        return 1
+    return 0
+
+
 # --------------------------------------------------------------------------- make
 
 
@@ -131,6 +145,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("file", type=Path)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--active-years", default=None, help="station lists: FIRST:LAST")
+    p.add_argument("--lenient", action="store_true",
+                   help="exit 0 even if some lines could not be read (they are listed)")
     m = sub.add_parser("make", help="synthetic station observations from a truth run")
     m.add_argument("--truth", required=True, help="canonical truth dataset (netCDF or zarr)")
     m.add_argument("--out", required=True, type=Path, help="output netCDF file")
@@ -150,9 +166,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.action == "inspect":
-        d = describe(args.file, parse_years(args.active_years))
-        print_record(d, args.json, _print_description, indent=1)
-        return 0
+        return inspect(args)
     return make(args)
 
 

@@ -13,23 +13,32 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import sys
 import time
 from pathlib import Path
 
 from diffda.core.config import parse_assignment, parse_overrides, parse_value
-from diffda.cycler.cycling.compare import DEFAULT_LEAD_DAYS, compare_runs, format_table
-from diffda.cycler.cycling.config import RunConfig, RuntimeConfig, load_run_config, read_resolved
+from diffda.core.lock import check_unlocked
+from diffda.cycler.cycling.compare import (
+    DEFAULT_LEAD_DAYS,
+    compare_runs,
+    format_table,
+    lead_table,
+)
+from diffda.cycler.cycling.config import RunConfig, load_run_config, read_resolved
 from diffda.cycler.cycling.driver import run_experiment
+from diffda.cycler.cycling.outputs import read_metrics
 from diffda.cycler.cycling.sweep import sweep as run_parameter_sweep
 from diffda.cycler.cycling.sweep import sweep_configs
 
 
 def _with_runtime(cfg: RunConfig, threads: int | None, workers: int | None = None
                   ) -> RunConfig:
+    """``cfg`` with ``threads``/``workers`` where given; every other runtime setting kept."""
     rt = cfg.runtime
-    return dataclasses.replace(cfg, runtime=RuntimeConfig(
-        threads=rt.threads if threads is None else threads,
-        workers=rt.workers if workers is None else workers, progress=rt.progress))
+    return dataclasses.replace(cfg, runtime=dataclasses.replace(
+        rt, threads=rt.threads if threads is None else threads,
+        workers=rt.workers if workers is None else workers))
 
 
 def _report(run_dir: Path) -> None:
@@ -41,9 +50,10 @@ def _report(run_dir: Path) -> None:
             print(f"{mode:<15} {len(t['seconds_per_cycle']):>6} "
                   f"{t['mean_seconds_per_cycle']:>9.2f} {t['total_seconds']:>9.1f}")
     print(f"run directory: {run_dir}")
-    for name in ("metrics.jsonl", "timings.json", "compare.json", "analyses", "plots"):
+    for name in ("metrics.jsonl", "timings.json", "analyses", "truth.nc", "observations.nc",
+                 "plots", "compare.json", "compare.png"):
         if (run_dir / name).exists():
-            print(f"  {name:<14} {run_dir / name}")
+            print(f"  {name:<15} {run_dir / name}")
 
 
 # --------------------------------------------------------------------------------- run
@@ -76,26 +86,40 @@ def run(args: argparse.Namespace) -> int:
 def add_resume_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_dir", type=Path, help="a run directory (holds config.json)")
     parser.add_argument("--threads", type=int, default=None,
-                        help="torch threads (bit-identical results need the original count)")
+                        help="torch threads (default: the run's recorded count; another "
+                             "count changes the numbers slightly, with a warning)")
     parser.add_argument("--workers", type=int, default=None,
                         help="run the modes in this many processes at once")
     parser.add_argument("--no-plots", action="store_true", help="skip the figures")
 
 
 def resume(args: argparse.Namespace) -> int:
-    """``cycler resume RUN_DIR``: continue from the last complete cycle of each mode."""
-    cfg = _with_runtime(read_resolved(args.run_dir / "config.json"), args.threads, args.workers)
+    """``cycler resume RUN_DIR``: continue from the last complete cycle of each mode, with
+    the run's recorded settings (``runtime`` of its ``config.json``, which is kept) unless
+    ``--threads``/``--workers`` say otherwise; other threads than recorded are warned about
+    (the numbers then differ slightly from an uninterrupted run's)."""
+    check_unlocked(args.run_dir)  # "in use by ..." rather than "no config.json" while it starts
+    recorded = read_resolved(args.run_dir / "config.json")
+    if args.threads is not None and args.threads != recorded.runtime.threads:
+        print(f"cycler resume: warning: --threads {args.threads} differs from the "
+              f"{recorded.runtime.threads} recorded in {args.run_dir / 'config.json'}: the "
+              "resumed cycles will not be bit-identical to an uninterrupted run",
+              file=sys.stderr)
+    cfg = _with_runtime(recorded, args.threads, args.workers)
     run_experiment(cfg, args.run_dir, resume=True, plots=False if args.no_plots else None)
     _summarise(args.run_dir, plots=not args.no_plots)
     return 0
 
 
 def _summarise(run_dir: Path, plots: bool) -> None:
-    """The comparison of the run's modes (``compare.json``, ``compare.png``), then where the
-    outputs are."""
+    """The comparison table of the run's modes, printed once (``compare.json``, and
+    ``compare.png`` with ``plots``), then where the outputs are. ``cycler compare`` prints
+    the same table again only when asked."""
     if plots:
         table = compare_runs([run_dir], run_dir)
-        print(format_table(table))
+    else:
+        table = lead_table({run_dir.resolve().name: read_metrics(run_dir)})
+    print(format_table(table))
     _report(run_dir)
 
 

@@ -28,14 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import cftime
-from diffda.core.config import (
-    ConfigError,
-    deep_merge,
-    from_mapping,
-    read_toml,
-    require,
-    set_dotted,
-)
+from diffda.core.config import ConfigError, deep_merge, from_mapping, read_toml, require, set_dotted
 from diffda.core.io import atomic_write_text
 from diffda.core.times import iso, parse_time
 from diffda.cycler.cycling.config import (
@@ -45,6 +38,8 @@ from diffda.cycler.cycling.config import (
     run_config_from_mapping,
 )
 from diffda.cycler.cycling.driver import run_experiment
+from diffda.cycler.cycling.outputs import read_metrics
+from diffda.cycler.cycling.sweep import dask_client
 from diffda.cycler.cycling.tuning import (
     FORMAT,
     apply_tuned,
@@ -297,17 +292,10 @@ def _run_serially(configs: list[tuple[str, RunConfig]], out: Path, retries: int
 
 def _run_on_dask(configs: list[tuple[str, RunConfig]], out: Path, scheduler: str | None,
                  workers: int, retries: int) -> dict[str, str]:
-    from dask.distributed import Client, LocalCluster, as_completed
+    from dask.distributed import as_completed
 
-    cluster = None
-    if scheduler is None:
-        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                               dashboard_address=None)
-        client = Client(cluster)
-    else:
-        client = Client(scheduler)
     failures: dict[str, str] = {}
-    try:
+    with dask_client(scheduler, workers) as client:
         futures = {client.submit(_run_case, cfg, str(out / label), pure=False,
                                  retries=retries, key=f"{label}-{out.name}"): label
                    for label, cfg in configs}
@@ -315,10 +303,6 @@ def _run_on_dask(configs: list[tuple[str, RunConfig]], out: Path, scheduler: str
             if future.status == "error":
                 err = future.exception()
                 failures[futures[future]] = f"{type(err).__name__}: {err}"
-    finally:
-        client.close()
-        if cluster is not None:
-            cluster.close()
     return failures
 
 
@@ -345,7 +329,7 @@ def tune(
 ) -> dict[str, Any]:
     """Run the grid on the tuning cases of the experiment file ``path`` into
     ``out/<point>/``; write and return ``out/tuned.json`` (see the module docstring)."""
-    from diffda.cycler.cycling.confidence import compare_cases, load_cases
+    from diffda.cycler.cycling.confidence import compare_cases
 
     out = Path(out)
     base_over = {**dict(overrides or {}), "analysis.modes": [mode]}
@@ -381,3 +365,41 @@ def _climate_std(cfg: RunConfig) -> dict[str, float]:
 
     prior = DiffusionPrior.load(cfg.models.prior)
     return {v: float(s) for v, s in zip(prior.variables, prior.std.tolist(), strict=True)}
+
+
+def load_cases(dirs: Sequence[str | Path]) -> tuple[list[str], list[list[dict[str, Any]]],
+                                                  float | None]:
+    """The records of the cases of experiment folders or run directories ``dirs``, merged
+    by case: ``(case labels, records per case, steady_from_days or None)``. Several folders
+    must hold the same cases (e.g. the diffusion modes and a tuned EnKF run on the same
+    start times); a mode that appears in two of them is renamed ``<folder>/<mode>``. Single
+    run directories count as one case together."""
+    per_dir: list[tuple[str, dict[str, list[dict[str, Any]]]]] = []
+    steady = None
+    for d in map(Path, dirs):
+        record = d / EXPERIMENT_FILE
+        if record.is_file():
+            steady = json.loads(record.read_text()).get("steady_from_days", steady)
+            cases = {c.name: read_metrics(c) for c in case_dirs(d)}
+        else:
+            cases = {"run": read_metrics(d)}
+        per_dir.append((d.resolve().name, cases))
+    labels = list(per_dir[0][1])
+    for name, cases in per_dir[1:]:
+        if list(cases) != labels:
+            raise ValueError(f"{name} holds other cases ({list(cases)[:3]} ...) than "
+                             f"{per_dir[0][0]} ({labels[:3]} ...): paired comparisons need "
+                             "the same cases")
+    counts: dict[str, int] = {}
+    for _, cases in per_dir:
+        for m in dict.fromkeys(r["mode"] for r in next(iter(cases.values()))):
+            counts[m] = counts.get(m, 0) + 1
+    merged = []
+    for label in labels:
+        records = []
+        for name, cases in per_dir:
+            for r in cases[label]:
+                mode = r["mode"] if counts[r["mode"]] == 1 else f"{name}/{r['mode']}"
+                records.append({**r, "mode": mode})
+        merged.append(records)
+    return labels, merged, steady

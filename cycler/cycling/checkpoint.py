@@ -13,11 +13,12 @@ code):
   SHA-256 of the model weights and the cycle's metrics record;
 - ``checksum``: SHA-256 over the tensors' bytes and the meta text.
 
-A file is written to a temporary name and renamed (``os.replace``), so a run killed during
-a write leaves the previous checkpoints intact and at most a stray ``.tmp`` file, which
-:func:`complete_cycles` ignores. :func:`load_cycle` refuses, with a :class:`CheckpointError`
-that names the file and what differs, a file that does not load, fails its checksum, or was
-written by another config or other model weights.
+A file is written to a temporary name, flushed to disk and renamed (``os.replace``, then the
+folder is flushed), so a run killed during a write leaves the previous checkpoints intact and
+at most a stray ``.tmp`` file, which :func:`complete_cycles` ignores and a resume deletes.
+:func:`load_cycle` refuses, with a :class:`CheckpointError` that names the file and what
+differs, a file that does not load (or holds pickled objects other than tensors and plain
+containers), fails its checksum, or was written by another config or other model weights.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from typing import Any
 
 import torch
 from diffda.core.io import atomic_write_bytes
+from diffda.core.weights import NotPlainTorchFile, load_plain_torch_file
 from torch import Tensor
 
 FORMAT = "diffda-cycle-checkpoint-v1"
@@ -85,18 +87,18 @@ def save_cycle(run_dir: Path, ckpt: CycleCheckpoint) -> Path:
     obj = {"format": FORMAT, "meta": meta, "tensors": tensors,
            "checksum": _checksum(tensors, meta)}
     path = cycle_path(run_dir, ckpt.mode, ckpt.cycle)
-    return atomic_write_bytes(path, lambda tmp: _dump(obj, tmp))
+    return atomic_write_bytes(path, lambda tmp: _dump(obj, tmp), sync_folder=True)
 
 
 def load_cycle(path: Path, config_hash: str, weights: Mapping[str, str]) -> CycleCheckpoint:
     """Read and verify one checkpoint against this run's config hash and weights hashes."""
     path = Path(path)
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any failure to load means a corrupt file
+        obj = load_plain_torch_file(path, "cycle checkpoint")
+    except NotPlainTorchFile as err:
         raise CheckpointError(
-            f"{path}: corrupt checkpoint, cannot be read ({type(err).__name__}: {err}); "
-            "delete it (and later cycles) to recompute from the previous cycle"
+            f"{path}: corrupt checkpoint, cannot be read: not a diffda cycle checkpoint "
+            f"({err.reason}); delete it (and later cycles) to recompute from the previous cycle"
         ) from None
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a cycle checkpoint (no format {FORMAT!r})")

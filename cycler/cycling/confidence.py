@@ -18,7 +18,6 @@ two cases an interval is ``None``.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -200,47 +199,6 @@ def format_confidence(table: Mapping[str, Any], days: Sequence[float] = (1, 3, 5
                  for v, s in per_var.items()]
         lines.append(f"  {pair:<30}" + "  ".join(cells))
     return "\n".join(lines)
-
-
-def load_cases(dirs: Sequence[str | Path]) -> tuple[list[str], list[list[dict[str, Any]]],
-                                                  float | None]:
-    """The records of the cases of experiment folders or run directories ``dirs``, merged
-    by case: ``(case labels, records per case, steady_from_days or None)``. Several folders
-    must hold the same cases (e.g. the diffusion modes and a tuned EnKF run on the same
-    start times); a mode that appears in two of them is renamed ``<folder>/<mode>``. Single
-    run directories count as one case together."""
-    from diffda.cycler.cycling.cases import EXPERIMENT_FILE, case_dirs
-    from diffda.cycler.cycling.outputs import read_metrics
-
-    per_dir: list[tuple[str, dict[str, list[dict[str, Any]]]]] = []
-    steady = None
-    for d in map(Path, dirs):
-        record = d / EXPERIMENT_FILE
-        if record.is_file():
-            steady = json.loads(record.read_text()).get("steady_from_days", steady)
-            cases = {c.name: read_metrics(c) for c in case_dirs(d)}
-        else:
-            cases = {"run": read_metrics(d)}
-        per_dir.append((d.resolve().name, cases))
-    labels = list(per_dir[0][1])
-    for name, cases in per_dir[1:]:
-        if list(cases) != labels:
-            raise ValueError(f"{name} holds other cases ({list(cases)[:3]} ...) than "
-                             f"{per_dir[0][0]} ({labels[:3]} ...): paired comparisons need "
-                             "the same cases")
-    counts: dict[str, int] = {}
-    for _, cases in per_dir:
-        for m in dict.fromkeys(r["mode"] for r in next(iter(cases.values()))):
-            counts[m] = counts.get(m, 0) + 1
-    merged = []
-    for label in labels:
-        records = []
-        for name, cases in per_dir:
-            for r in cases[label]:
-                mode = r["mode"] if counts[r["mode"]] == 1 else f"{name}/{r['mode']}"
-                records.append({**r, "mode": mode})
-        merged.append(records)
-    return labels, merged, steady
 
 
 def plot_confidence(table: Mapping[str, Any], path: str | Path) -> Path:

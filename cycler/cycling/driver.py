@@ -21,6 +21,7 @@ cycle_<k>.pt`` (atomic, verified on resume, :mod:`.checkpoint`), ``metrics.jsonl
 from __future__ import annotations
 
 import json
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,6 +29,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from diffda.core.io import remove_stale_temporaries
+from diffda.core.lock import LockInfo, check_unlocked, describe_holder, directory_lock
 from diffda.core.times import iso
 from diffda.cycler.cycling.checkpoint import (
     CycleCheckpoint,
@@ -46,7 +49,7 @@ from diffda.cycler.cycling.outputs import (
     write_netcdf,
 )
 from diffda.cycler.cycling.world import World, load_world
-from diffda.cycler.metrics import ensemble_scores
+from diffda.cycler.metrics import calibration, ensemble_scores
 from diffda.observations.synthetic import write_observations
 from torch import Tensor
 from tqdm.auto import tqdm
@@ -97,6 +100,9 @@ def run_mode(world: World, mode: str, run_dir: Path, records: dict[str, list[dic
         }
         if result.info:
             record["method"] = result.info
+        record.update(calibration(analysis, world.truth[k], world.variables, world.station_mask))
+        if result.innovations:
+            record["innovations"] = result.innovations
         tensors = result.checkpoint_tensors()
         save_cycle(run_dir, CycleCheckpoint(
             mode=mode, cycle=k, time=iso(world.times[k]), tensors=tensors, record=record,
@@ -108,26 +114,56 @@ def run_mode(world: World, mode: str, run_dir: Path, records: dict[str, list[dic
         if write_jsonl:
             write_metrics(run_dir, records, cfg.analysis.modes)
         seconds.append(time.perf_counter() - tic)
-        bar.set_postfix(rmse_height=f"{record[world.variables[0]]['rmse']:.3g}")
+        v0 = world.variables[0]  # refresh=False: shown with the count when the bar advances
+        bar.set_postfix({f"rmse_{v0}": f"{record[v0]['rmse']:.3g} "
+                         f"{world.attrs[v0].get('units', '')}".rstrip()}, refresh=False)
         if on_checkpoint is not None:
             on_checkpoint(mode, k)
     return torch.stack(analyses), seconds
 
 
-def prepare_run_dir(cfg: RunConfig, run_dir: Path, resume: bool) -> None:
-    """Create ``run_dir`` with the resolved config; refuse to overwrite another run."""
-    run_dir.mkdir(parents=True, exist_ok=True)
+def prepare_run_dir(cfg: RunConfig, run_dir: Path, resume: bool) -> bool:
+    """Check that ``run_dir`` (already created and locked) may take this run; returns whether
+    its ``config.json`` is to be written (once the run has really started, i.e. the world
+    is loaded: a run that fails before leaves no identity behind).
+
+    Refused: a run directory of another config that holds checkpoints (one without any
+    complete cycle is replaced: nothing is lost), and, unless ``resume``, one of this config
+    with checkpoints. A resume keeps the recorded ``config.json`` (its runtime settings
+    included); a new run writes its own.
+    """
     path = run_dir / "config.json"
-    if path.is_file():
+    has_cycles = any((run_dir / "checkpoints").glob("*/cycle_*.pt"))
+    if not path.is_file():
+        return True
+    try:
         theirs = json.loads(path.read_text()).get("config_hash")
-        if theirs != config_hash(cfg):
+    except (json.JSONDecodeError, AttributeError):
+        theirs = None
+    if theirs != config_hash(cfg):
+        if has_cycles:
             raise ValueError(
                 f"{run_dir} holds a run of another config (hash {str(theirs)[:12]}..., this "
                 f"{config_hash(cfg)[:12]}...): choose another --out or delete it")
-        if not resume and any((run_dir / "checkpoints").glob("*/cycle_*.pt")):
-            raise ValueError(f"{run_dir} already holds checkpoints of this run: use "
-                             f"'cycler resume {run_dir}' (or another --out)")
-    write_resolved(cfg, path)
+        return True  # no complete cycle: a failed start of another config is replaced
+    if not resume and has_cycles:
+        raise ValueError(f"{run_dir} already holds checkpoints of this run: use "
+                         f"'cycler resume {run_dir}' (or another --out)")
+    return not resume
+
+
+def _check_run_dir(run_dir: Path) -> None:
+    """Refuse a run directory path that names a file (``--out`` pointing at a file)."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ValueError(f"{run_dir}: is a file, not a run directory; choose another --out")
+
+
+def _remove_stale_temporaries(run_dir: Path, lock: LockInfo) -> None:
+    """Delete the temporaries of writes killed before this process took the lock."""
+    removed = remove_stale_temporaries(run_dir, older_than=lock.started)
+    if removed:
+        print(f"{run_dir}: removed {len(removed)} temporary file(s) left by an interrupted "
+              "write", file=sys.stderr)
 
 
 def run_experiment(
@@ -135,11 +171,32 @@ def run_experiment(
     on_checkpoint: Callable[[str, int], None] | None = None, plots: bool | None = None,
 ) -> RunSummary:
     """Run every mode of ``cfg`` into ``run_dir`` (continuing from checkpoints if
-    ``resume``), then write the analyses, truth, timings and plots."""
+    ``resume``), then write the analyses, truth, timings and plots.
+
+    The run holds an exclusive lock on ``run_dir`` throughout (:func:`~diffda.core.lock.
+    directory_lock`): a second run or resume of the same directory stops at once with
+    :class:`~diffda.core.lock.LockHeld` naming the holder; temporaries of writes killed
+    earlier are removed first."""
     run_dir = Path(run_dir)
-    prepare_run_dir(cfg, run_dir, resume)
+    _check_run_dir(run_dir)
+    with directory_lock(run_dir) as lock:
+        if lock.taken_over:
+            print(f"{run_dir}: took over the lock of {describe_holder(lock.taken_over)}, "
+                  "which is no longer running", file=sys.stderr)
+        _remove_stale_temporaries(run_dir, lock)
+        return _run_locked(cfg, run_dir, resume=resume, on_checkpoint=on_checkpoint,
+                           plots=plots)
+
+
+def _run_locked(cfg: RunConfig, run_dir: Path, *, resume: bool,
+                on_checkpoint: Callable[[str, int], None] | None, plots: bool | None
+                ) -> RunSummary:
+    """:func:`run_experiment` once the run directory is locked."""
+    write_config = prepare_run_dir(cfg, run_dir, resume)
     progress = cfg.runtime.progress
     world = load_world(cfg, progress=progress)
+    if write_config:
+        write_resolved(cfg, run_dir / "config.json")
     write_observations(world.observation_file, run_dir / "observations.nc")
     write_netcdf(truth_dataset(world), run_dir / "truth.nc")
     records: dict[str, list[dict[str, Any]]] = {}
@@ -197,9 +254,12 @@ def _run_modes_in_processes(cfg: RunConfig, run_dir: Path
 
 
 def resume_experiment(run_dir: str | Path, **kwargs: Any) -> RunSummary:
-    """Continue the run in ``run_dir`` from its resolved config and checkpoints."""
+    """Continue the run in ``run_dir`` from its resolved config (its recorded runtime
+    settings included) and checkpoints."""
     from diffda.cycler.cycling.config import read_resolved
 
     run_dir = Path(run_dir)
+    _check_run_dir(run_dir)
+    check_unlocked(run_dir)  # "in use by ..." rather than "no config.json" while it starts
     cfg = read_resolved(run_dir / "config.json")
     return run_experiment(cfg, run_dir, resume=True, **kwargs)

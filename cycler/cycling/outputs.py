@@ -15,8 +15,10 @@ import numpy as np
 import torch
 import xarray as xr
 from diffda.core.io import atomic_write_bytes, atomic_write_text
+from diffda.core.variables import global_attrs, portable_path, variable_attrs
 from diffda.cycler.cycling.config import SAMPLER_MODES, RunConfig
 from diffda.cycler.cycling.world import World
+from diffda.emulators.forecast.data import open_nature
 from diffda.observations.synthetic import TIME_UNITS
 from torch import Tensor
 
@@ -55,14 +57,17 @@ def analyses_dataset(world: World, mode: str, analyses: Tensor, members: bool) -
     a = analyses.double()
     n_members = a.shape[1]
     for j, v in enumerate(world.variables):
-        base = {k: world.attrs[v][k] for k in ("units", "standard_name", "long_name")
-                if k in world.attrs[v]}
+        named = variable_attrs(v, world.attrs[v])
+        base = {k: named[k] for k in ("units", "standard_name", "long_name", "comment",
+                                      "diffda_name") if k in named}
         data[v] = (("time", "lat", "lon"), a[:, :, j].mean(1).float().numpy(),
                    {**base, "cell_methods": "realization: mean"})
         std = a[:, :, j].std(1, unbiased=True) if n_members > 1 else torch.zeros_like(a[:, 0, j])
         data[f"{v}_std"] = (("time", "lat", "lon"), std.float().numpy(),
-                            {**{k: x for k, x in base.items() if k != "standard_name"},
-                             "long_name": f"ensemble standard deviation of {v}",
+                            {**{k: x for k, x in base.items()
+                                if k not in ("standard_name", "comment", "diffda_name")},
+                             "long_name": "ensemble standard deviation of "
+                                          f"{base.get('long_name', v)}",
                              "cell_methods": "realization: standard_deviation"})
         if members:
             coords["realization"] = ("realization", np.arange(n_members),
@@ -72,7 +77,7 @@ def analyses_dataset(world: World, mode: str, analyses: Tensor, members: bool) -
     ds = xr.Dataset(data, coords=coords)
     ds["time"].encoding.update(_encoding(times))
     ds.attrs.update({
-        "Conventions": "CF-1.8", "title": f"analyses of cycling mode {mode!r}",
+        "title": f"analyses of cycling mode {mode!r}",
         "source": "diffda cycler", "mode": mode, "members": n_members,
         "config_hash": world.config_hash,
     })
@@ -80,22 +85,38 @@ def analyses_dataset(world: World, mode: str, analyses: Tensor, members: bool) -
 
 
 def write_netcdf(ds: xr.Dataset, path: Path) -> Path:
-    """Atomic netCDF write."""
-    return atomic_write_bytes(path, lambda tmp: ds.to_netcdf(tmp, engine="netcdf4"))
+    """Atomic netCDF write, with the global attributes every output carries
+    (``Conventions``, a ``history`` line of this command, no absolute ``source`` path:
+    :func:`~diffda.core.variables.global_attrs`); readable by others (umask)."""
+    out = ds.copy()
+    out.attrs = global_attrs(ds.attrs)
+    return atomic_write_bytes(path, lambda tmp: out.to_netcdf(tmp, engine="netcdf4"))
 
 
 def truth_dataset(world: World) -> xr.Dataset:
-    """The truth at the analysis times, CF (for plots and users)."""
+    """The truth at the analysis times and the world's land-sea mask, CF (for plots and
+    users)."""
     g, times = world.grid, world.times[1:]
     ds = xr.Dataset(
-        {v: (("time", "lat", "lon"), world.truth[1:, j].numpy(), world.attrs[v])
-         for j, v in enumerate(world.variables)},
-        coords={"time": ("time", np.asarray(times, dtype=object), {"standard_name": "time"}),
-                "lat": ("lat", g.lat, {"units": "degrees_north", "standard_name": "latitude"}),
-                "lon": ("lon", g.lon, {"units": "degrees_east", "standard_name": "longitude"})},
-        attrs={"Conventions": "CF-1.8", "title": "truth at the analysis times",
-               "source": world.config.data.path},
+        {v: (("time", "lat", "lon"), world.truth[1:, j].numpy(),
+             variable_attrs(v, world.attrs[v])) for j, v in enumerate(world.variables)},
+        coords={"time": ("time", np.asarray(times, dtype=object),
+                         {"standard_name": "time", "axis": "T"}),
+                "lat": ("lat", g.lat, {"units": "degrees_north", "standard_name": "latitude",
+                                       "axis": "Y"}),
+                "lon": ("lon", g.lon, {"units": "degrees_east", "standard_name": "longitude",
+                                       "axis": "X"})},
+        attrs={"title": "truth at the analysis times",
+               "source": portable_path(world.config.data.path)},
     )
+    data = open_nature(world.config.data.path)  # the world's land: coastlines of the maps
+    try:
+        if "land_sea_mask" in data:
+            land = data["land_sea_mask"].transpose("lat", "lon").values.astype(np.float32)
+            ds["land_sea_mask"] = (("lat", "lon"), land,
+                                   variable_attrs("land_sea_mask", data["land_sea_mask"].attrs))
+    finally:
+        data.close()
     ds["time"].encoding.update(_encoding(times))
     return ds
 

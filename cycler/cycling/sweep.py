@@ -4,8 +4,10 @@ table of RMSE by lead per value with the best value per lead."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,27 +41,33 @@ def _run_one(cfg: RunConfig, run_dir: str) -> list[dict[str, Any]]:
     return [r for m in cfg.analysis.modes for r in summary.records[m]]
 
 
-def run_sweep(configs: list[tuple[str, RunConfig]], out: Path, scheduler: str | None,
-              workers: int) -> dict[str, list[dict[str, Any]]]:
-    """Run the configs as independent dask tasks; returns ``{label: records}``."""
+@contextlib.contextmanager
+def dask_client(scheduler: str | None, workers: int) -> Iterator[Any]:
+    """A dask ``Client``: of the running scheduler at ``scheduler``, or of a LocalCluster
+    of ``workers`` single-threaded processes (closed on exit)."""
     from dask.distributed import Client, LocalCluster
 
-    out.mkdir(parents=True, exist_ok=True)
     cluster = None
     if scheduler is None:
         cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                                dashboard_address=None)
-        client = Client(cluster)
-    else:
-        client = Client(scheduler)
+    client = Client(cluster if cluster is not None else scheduler)
     try:
-        futures = {label: client.submit(_run_one, cfg, str(out / label), pure=False)
-                   for label, cfg in configs}
-        return {label: f.result() for label, f in futures.items()}
+        yield client
     finally:
         client.close()
         if cluster is not None:
             cluster.close()
+
+
+def run_sweep(configs: list[tuple[str, RunConfig]], out: Path, scheduler: str | None,
+              workers: int) -> dict[str, list[dict[str, Any]]]:
+    """Run the configs as independent dask tasks; returns ``{label: records}``."""
+    out.mkdir(parents=True, exist_ok=True)
+    with dask_client(scheduler, workers) as client:
+        futures = {label: client.submit(_run_one, cfg, str(out / label), pure=False)
+                   for label, cfg in configs}
+        return {label: f.result() for label, f in futures.items()}
 
 
 def sweep(configs: list[tuple[str, RunConfig]], key: str, out: Path, scheduler: str | None,

@@ -85,9 +85,9 @@ def figure1(base: LinearSetup, out: Path) -> dict:
         ax.hlines(res[f"{name}_var"], i - 0.45, i + 0.45, colors="k", linestyles=":",
                   label="exact steady variance" if i == 0 else None)
     ax.set_xticks(range(3), [p.replace("extended", "extended\n(fixed point)") for p in POSTERIORS])
-    ax.set_ylabel("time-averaged value")
+    ax.set_ylabel("time-averaged MSE and variance (state units²)")
     ax.set_title(f"Posterior MSE vs variance (dt={setup.dt}, obs every step, r={setup.obs_var})")
-    ax.legend(fontsize=7, ncol=2)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))  # hides no data
     _savefig(fig, out / "fig1_posteriors.png")
     _write_csv(out / "fig1_posteriors.csv", rows)
     return {"setup": res["setup"], "rows": rows, "alpha": res["alpha"], "beta": res["beta"]}
@@ -119,10 +119,10 @@ def figure2a(base: LinearSetup, out: Path) -> dict:
                 label=f"climatological, r={r}")
     ax.set_xscale("log")
     ax.set_xlabel("time between observations (model time units)")
-    ax.set_ylabel("steady-state posterior variance")
-    ax.set_title("Cycling -> climatological as observations thin out\n"
+    ax.set_ylabel("steady-state posterior variance (state units²)")
+    ax.set_title("Cycling → climatological as observations thin out\n"
                  "(lines: closed form; circles: MSE of a Kalman run)")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))  # hides no data
     _savefig(fig, out / "fig2a_interval.png")
     _write_csv(out / "fig2a_interval.csv", rows)
     return {"rows": rows}
@@ -150,7 +150,7 @@ def figure2b(base: LinearSetup, out: Path) -> dict:
     ax.plot(r, [row["climatological_var"] for row in rows], "k--", label="climatological")
     ax.plot(r, [row["cycling_var"] for row in rows], "C0-", lw=3, alpha=0.5, label="cycling")
     ax.plot(r, [row["extended_var"] for row in rows], "C1o-", ms=4,
-            label="extended, self-consistent (alpha, beta)")
+            label="extended, self-consistent (α, β)")
     ax.plot(r, [row["extended_paper_var"] for row in rows], "C3s:", ms=4,
             label="extended, paper's recipe: assumed variance")
     mse = [row["extended_paper_mse"] if np.isfinite(row["extended_paper_mse"]) else np.nan
@@ -158,10 +158,10 @@ def figure2b(base: LinearSetup, out: Path) -> dict:
     ax.plot(r, mse, "C3x", ms=6, label="extended, paper's recipe: true MSE (unstable: absent)")
     ax.set_xscale("log")
     ax.set_yscale("log")
-    ax.set_xlabel("observation error variance r")
-    ax.set_ylabel("steady-state posterior variance")
+    ax.set_xlabel("observation error variance r (state units²)")
+    ax.set_ylabel("steady-state posterior variance (state units²)")
     ax.set_title(f"Extended likelihood, obs every {base.obs_every} steps (dt={base.dt})")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))  # hides no data
     _savefig(fig, out / "fig2b_extended.png")
     _write_csv(out / "fig2b_extended.csv", rows)
     return {"rows": rows}

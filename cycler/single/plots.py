@@ -13,7 +13,8 @@ One function per figure kind of the paper, each taking plain arrays from an
   the unconditional ensemble mean (Figs. 7-9);
 - :func:`plot_ablation`: RMSE relative to bicubic per ``(Sigma_y, Gamma)`` (Table 1).
 
-Maps are drawn with latitude ascending (``origin="lower"``), longitude 0..360.
+Maps are drawn on each field's cell centres with lat/lon ticks, longitude 0..360;
+stations as triangles (the style of :mod:`diffda.cycler.cycling.plots`).
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ if TYPE_CHECKING:
     from diffda.cycler.single.ablation import AblationResult
     from diffda.cycler.single.experiments import ExperimentResult
 
-EXTENT = (0.0, 360.0, -90.0, 90.0)
 DPI = 110
 
 
@@ -60,11 +60,21 @@ def _save(fig: Any, path: Path) -> Path:
 
 def _map(ax: Any, img: np.ndarray, title: str, vmin: float | None = None,
          vmax: float | None = None, cmap: str = "viridis") -> Any:
-    im = ax.imshow(img, origin="lower", extent=EXTENT, vmin=vmin, vmax=vmax, cmap=cmap,
-                   aspect="auto", interpolation="nearest")
+    """``img`` ``(lat, lon)`` on its own WeatherBench grid, with lat/lon ticks."""
+    from diffda.core.grid import Grid
+    from diffda.cycler.cycling.plots import map_axes
+
+    g = Grid(*img.shape)
+    im = ax.pcolormesh(g.lon, g.lat, img, vmin=vmin, vmax=vmax, cmap=cmap, shading="nearest")
+    map_axes(ax, g.lat, g.lon)
     ax.set_title(title, fontsize=8)
-    ax.tick_params(labelsize=6)
     return im
+
+
+def _units(v: str) -> str:
+    from diffda.core.variables import VARIABLE_ATTRS
+
+    return VARIABLE_ATTRS.get(v, {}).get("units", "physical units")
 
 
 def _weighted_rms(e: np.ndarray) -> float:
@@ -75,10 +85,16 @@ def _weighted_rms(e: np.ndarray) -> float:
     return float(np.sqrt((w * e**2).mean()))
 
 
+def _stations_note(fields: dict[str, Any]) -> str:
+    return (f" (triangles: the {len(fields['station_lat'])} stations)"
+            if "station_lat" in fields else "")
+
+
 def _stations(ax: Any, fields: dict[str, Any]) -> None:
     if "station_lat" in fields:
-        ax.scatter(fields["station_lon"], fields["station_lat"], s=7, facecolors="none",
-                   edgecolors="lime", linewidths=0.6)
+        from diffda.cycler.cycling.plots import STATION_STYLE
+
+        ax.scatter(fields["station_lon"], fields["station_lat"], **STATION_STYLE)
 
 
 def plot_super_resolution(result: ExperimentResult, path: Path) -> Path:
@@ -105,14 +121,15 @@ def plot_super_resolution(result: ExperimentResult, path: Path) -> Path:
         for img, title in zip(imgs, panels, strict=False):
             im = _map(ax[k, c], img, f"{v}: {title}", lo, hi)
             c += 1
-        fig.colorbar(im, ax=ax[k, c - 1], shrink=0.8)
+        fig.colorbar(im, ax=ax[k, c - 1], shrink=0.8, label=f"{v} ({_units(v)})")
         for e, title in zip(errs, panels[c:], strict=True):
             rms = _weighted_rms(e)
             ime = _map(ax[k, c], e, f"{v}: {title} (rms {rms:.3g})", -emax, emax, "RdBu_r")
             _stations(ax[k, c], f)
             c += 1
-        fig.colorbar(ime, ax=ax[k, c - 1], shrink=0.8)
-    fig.suptitle(f"{result.name} at {result.time}, {result.members} members", fontsize=9)
+        fig.colorbar(ime, ax=ax[k, c - 1], shrink=0.8, label=f"error ({_units(v)})")
+    fig.suptitle(f"{result.name}: fields and errors against the truth, valid {result.time}, "
+                 f"{result.members} members" + _stations_note(f), fontsize=9)
     fig.tight_layout()
     return _save(fig, path)
 
@@ -129,7 +146,7 @@ def plot_spectra(result: ExperimentResult, path: Path) -> Path:
     styles = {"truth": "k-", "members": "r--", "ensemble_mean": "b:", "bicubic": "g-."}
     k = np.arange(1, next(iter(spectra.values())).shape[1])
 
-    def draw(a: Any, get: Any, title: str) -> None:
+    def draw(a: Any, get: Any, title: str, unit: str) -> None:
         top = float(get(spectra["truth"])[1:].max()) or 1.0
         floor = 1e-8 * top  # power below this is round-off: drawn at the floor
         for key, style in styles.items():
@@ -139,14 +156,16 @@ def plot_spectra(result: ExperimentResult, path: Path) -> Path:
         a.set_ylim(bottom=floor)
         a.set_title(title, fontsize=8)
         a.set_xlabel("zonal wavenumber", fontsize=7)
+        a.set_ylabel(f"power ({unit})", fontsize=7)
         a.tick_params(labelsize=6)
 
     for i, v in enumerate(names):
-        draw(ax[0, i], lambda s, i=i: s[i], f"{v}: zonal power")
+        draw(ax[0, i], lambda s, i=i: s[i], f"{v}: zonal power", f"({_units(v)})²")
     if ke:
         iu, iv = names.index("u"), names.index("v")
-        draw(ax[0, -1], lambda s: 0.5 * (s[iu] + s[iv]), "kinetic energy (u, v)")
+        draw(ax[0, -1], lambda s: 0.5 * (s[iu] + s[iv]), "kinetic energy (u, v)", "m2 s-2")
     ax[0, 0].legend(fontsize=6)
+    fig.suptitle(f"{result.name}: zonal power spectra, valid {result.time}", fontsize=9)
     fig.tight_layout()
     return _save(fig, path)
 
@@ -165,16 +184,17 @@ def plot_mean_std(result: ExperimentResult, path: Path) -> Path:
         lo, hi = float(truth[k].min()), float(truth[k].max())
         _map(ax[k, 0], truth[k], f"{v}: truth", lo, hi)
         im = _map(ax[k, 1], mean[k], f"{v}: ensemble mean", lo, hi)
-        fig.colorbar(im, ax=ax[k, 1], shrink=0.8)
+        fig.colorbar(im, ax=ax[k, 1], shrink=0.8, label=f"{v} ({_units(v)})")
         im = _map(ax[k, 2], std[k], f"{v}: ensemble std", 0.0, None, "magma")
         _stations(ax[k, 2], f)
-        fig.colorbar(im, ax=ax[k, 2], shrink=0.8)
+        fig.colorbar(im, ax=ax[k, 2], shrink=0.8, label=f"std ({_units(v)})")
         e = mean[k] - truth[k]
         emax = float(np.abs(e).max()) or 1.0
-        im = _map(ax[k, 3], e, f"{v}: mean - truth", -emax, emax, "RdBu_r")
+        im = _map(ax[k, 3], e, f"{v}: mean − truth", -emax, emax, "RdBu_r")
         _stations(ax[k, 3], f)
-        fig.colorbar(im, ax=ax[k, 3], shrink=0.8)
-    fig.suptitle(f"{result.name} at {result.time}, {result.members} members", fontsize=9)
+        fig.colorbar(im, ax=ax[k, 3], shrink=0.8, label=f"error ({_units(v)})")
+    fig.suptitle(f"{result.name}: ensemble mean and std, valid {result.time}, "
+                 f"{result.members} members" + _stations_note(f), fontsize=9)
     fig.tight_layout()
     return _save(fig, path)
 
@@ -197,11 +217,15 @@ def plot_station_scatter(result: ExperimentResult, path: Path) -> Path:
         lo, hi = float(np.nanmin(t)), float(np.nanmax(t))
         a.plot([lo, hi], [lo, hi], "k-", lw=0.8)
         a.set_title(f"{v} at stations", fontsize=8)
-        a.set_xlabel("truth", fontsize=7)
+        a.set_xlabel(f"truth ({_units(v)})", fontsize=7)
+        a.set_ylabel(f"estimate ({_units(v)})", fontsize=7)
         a.tick_params(labelsize=6)
-    ax[0, 0].set_ylabel("estimate", fontsize=7)
-    ax[0, 0].legend(fontsize=6)
-    fig.tight_layout()
+    handles, labels = ax[0, 0].get_legend_handles_labels()
+    fig.suptitle(f"{result.name}: estimates at the stations against the truth, valid "
+                 f"{result.time}", fontsize=9)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=7,
+               frameon=False)
     return _save(fig, path)
 
 
@@ -223,10 +247,11 @@ def plot_ablation(result: AblationResult, path: Path) -> Path:
     ax.axhline(1.0, color="k", lw=0.8)
     ax.axhline(0.6, color="k", lw=0.8, ls="--")
     ax.set_xticks(x, [f"Σy={r['sigma_y']:.3g}\nΓ={r['gamma']:.3g}" for r in rows], fontsize=7)
-    ax.set_ylabel("RMSE / RMSE bicubic")
+    ax.set_xlabel("(Σy, Γ): normalised error variances of Eq. 13 (1)")
+    ax.set_ylabel("RMSE / RMSE of bicubic (1)")
     ax.set_title(f"(Σy, Γ) ablation on the LR task at {result.time}, {result.members} members",
                  fontsize=9)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
     return _save(fig, path)
 

@@ -8,6 +8,18 @@ from typing import Any
 
 import numpy as np
 from diffda.core.io import atomic_write_bytes
+from diffda.core.variables import VARIABLE_ATTRS
+
+
+def _units(v: str) -> str:
+    return VARIABLE_ATTRS.get(v, {}).get("units", "physical units")
+
+
+def _legend_below(fig: Any, ax: Any) -> None:
+    """The legend of ``ax`` below the panels, where it hides no data."""
+    handles, labels = ax.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 5), fontsize=7,
+               frameon=False)
 
 
 def _save_figure(fig: Any, path: Path, title: str = "") -> Path:
@@ -16,7 +28,7 @@ def _save_figure(fig: Any, path: Path, title: str = "") -> Path:
 
     if title:
         fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
     atomic_write_bytes(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
     plt.close(fig)
     return path
@@ -43,12 +55,13 @@ def plot_rmse(scores: dict[str, Any], path: Path, title: str = "") -> Path:
         ax.axhline(scores["rmse_saturation"][v], color="0.5", lw=0.8, ls=":",
                    label=r"$\sqrt{2}\,\sigma$ (saturation)")
         ax.set_title(v)
-        ax.set_xlabel("lead time (days)")
+        ax.set_xlabel("forecast lead time (days)")
+        ax.set_ylabel(f"area-weighted RMSE ({_units(v)})")
         ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("area-weighted RMSE (physical units)")
-    axes[0][0].legend(fontsize=7)
-    return _save_figure(fig, path, title)
+    _legend_below(fig, axes[0][0])
+    return _save_figure(fig, path, title or "emulator forecast RMSE against the nature run "
+                        "by lead time")
 
 
 def plot_free_run_climate(scores: dict[str, Any], lats: np.ndarray, path: Path,
@@ -67,15 +80,19 @@ def plot_free_run_climate(scores: dict[str, Any], lats: np.ndarray, path: Path,
         for i, stat in enumerate(("mean", "std")):
             ax = axes[i][j]
             for run, c in clim.items():
-                style = ({"color": "k", "lw": 2.0, "label": "truth (held out)"} if run == "truth"
-                         else {"color": "C3", "lw": 1.6, "label": "emulator free run"}
+                style = ({"color": "k", "lw": 2.4, "label": "truth (held out)", "zorder": 1}
+                         if run == "truth"
+                         else {"color": "C3", "lw": 1.4, "label": "emulator free run",
+                               "zorder": 3}
                          if run == "emulator" else
                          {"color": "0.6", "lw": 1.0, "ls": "--", "label": f"nature {run}"})
                 ax.plot(lats, c[v][stat], **style)
-            ax.set_title(f"{v}: {stat}", fontsize=9)
+            ax.set_title(f"{v}: zonal-time {stat}", fontsize=9)
+            ax.set_ylabel(f"{stat} ({_units(v)})", fontsize=8)
             ax.grid(alpha=0.3)
             if i == 1:
-                ax.set_xlabel("latitude")
-    axes[0][0].legend(fontsize=7)
-    return _save_figure(fig, path, title)
+                ax.set_xlabel("latitude (°N)")
+    _legend_below(fig, axes[0][0])
+    return _save_figure(fig, path, title or "free-run climate by latitude: emulator, "
+                        "held-out truth and nature-run years")
 

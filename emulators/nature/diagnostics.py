@@ -234,7 +234,7 @@ def _steadiness_figure(ds: xr.Dataset, grid: Grid, st: dict):
     for y in range(st["years"]):
         for a, vals in ((ax[0], st["kinetic_energy"]), (ax[1], st["height_variance"])):
             a.hlines(vals[y], 365 * y, 365 * (y + 1), color="k")
-    fig.suptitle("climate steadiness (black: yearly means)")
+    fig.suptitle("climate steadiness: global means at every stored time (black: yearly means)")
     return fig
 
 
@@ -245,8 +245,8 @@ def _twin_figure(twin: TwinResult):
     for m in range(twin.error.shape[0]):
         ax.semilogy(twin.days, twin.error[m], lw=0.8)
     ax.axhline(twin.saturation_m, color="k", ls="--", lw=0.8)
-    ax.set_xlabel("lead (days)")
-    ax.set_ylabel("rms height difference (m)")
+    ax.set_xlabel("time since the perturbation (days)")
+    ax.set_ylabel("rms height difference of the twins (m)")
     ax.set_title(f"twin experiment: e-folding {twin.efold_days:.2f} d, "
                  f"saturation {twin.saturation_days:.1f} d")
     return fig
@@ -259,8 +259,8 @@ def _spectra_figure(spectra: dict[str, np.ndarray]):
     for k, p in spectra.items():
         ax.loglog(np.arange(1, len(p)), p[1:] / p[1:].max(), label=k)
     ax.set_xlabel("zonal wavenumber")
-    ax.set_ylabel("power (normalised)")
-    ax.set_title("zonal spectra, 30-60 deg (both hemispheres)")
+    ax.set_ylabel("power / its maximum (1)")
+    ax.set_title("zonal spectra, 30-60° latitude (both hemispheres)")
     ax.legend()
     return fig
 
@@ -272,7 +272,7 @@ def _snapshot_figure(ds: xr.Dataset):
     t = -1
     names = [*STATE_VARIABLES, *FORCING_VARIABLES, "orography"]
     names = [n for n in names if n in ds]
-    fig, axs = plt.subplots(3, 2, figsize=(11, 9))
+    fig, axs = plt.subplots(3, 2, figsize=(11, 9), layout="constrained")
     for a, k in zip(axs.ravel(), names, strict=False):
         x = ds[k].isel(time=t) if "time" in ds[k].dims else ds[k]
         im = a.pcolormesh(ds["lon"], ds["lat"], x, shading="nearest",
@@ -280,7 +280,9 @@ def _snapshot_figure(ds: xr.Dataset):
         if "land_sea_mask" in ds:
             a.contour(ds["lon"], ds["lat"], ds["land_sea_mask"], [0.5], colors="k",
                       linewidths=0.5)
-        a.set_title(f"{k} ({ds[k].attrs.get('units', '')})")
-        fig.colorbar(im, ax=a)
-    fig.suptitle(f"snapshot {ds['time'].values[t]}")
+        a.set_title(k)
+        a.set_xlabel("longitude (°E)")
+        a.set_ylabel("latitude (°N)")
+        fig.colorbar(im, ax=a, label=f"{k} ({ds[k].attrs.get('units', '')})")
+    fig.suptitle(f"nature run at {ds['time'].values[t]} (black: coastlines, land-sea mask 0.5)")
     return fig

@@ -38,7 +38,6 @@ import datetime
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -47,6 +46,7 @@ import cftime
 import torch
 import xarray as xr
 from diffda.core.grid import Grid, coarsen_to
+from diffda.core.io import atomic_write_bytes, fsync_path
 from diffda.core.rng import torch_generator
 from diffda.emulators import dataio
 from diffda.emulators.nature.fields import (
@@ -63,6 +63,7 @@ from diffda.emulators.nature.shallow_water import (
     SWState,
     synthesize,
 )
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
@@ -144,17 +145,16 @@ class OutputMap:
 # --------------------------------------------------------------------------- checkpoints
 
 
-def _atomic_json(path: Path, obj: dict) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=2)
-    os.replace(tmp, path)
+CHECKPOINT_FORMAT = "diffda-nature-checkpoint-v2"
 
 
 def save_checkpoint(path: Path, state: SWState, meta: dict, pending: Tensor | None) -> None:
-    """Write the model state (+ the chunk of output not yet appended) atomically.
+    """Write the model state (+ the chunk of output not yet appended) atomically, as one file.
 
-    Tensors go to ``path`` (safetensors, no pickled code), metadata to ``path.json``.
+    Tensors and metadata (JSON, in the safetensors header) go to ``path`` together (no
+    pickled code), so a kill can never leave the state of one time beside the metadata of
+    another; the file is flushed to disk with its folder. An older checkpoint's separate
+    ``path.json`` is removed once this is written.
     """
     tensors = {"spec_real": state.spec.real.contiguous(), "spec_imag": state.spec.imag.contiguous()}
     for i, h in enumerate(state.history):
@@ -162,17 +162,31 @@ def save_checkpoint(path: Path, state: SWState, meta: dict, pending: Tensor | No
         tensors[f"hist{i}_imag"] = h.imag.contiguous()
     if pending is not None:
         tensors["pending"] = pending.contiguous()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    save_file(tensors, tmp)
-    os.replace(tmp, path)
-    _atomic_json(path.with_suffix(".json"), {**meta, "seconds": state.seconds,
-                                             "n_history": len(state.history)})
+    record = {**meta, "seconds": state.seconds, "n_history": len(state.history)}
+    header = {"format": CHECKPOINT_FORMAT, "meta": json.dumps(record)}
+    atomic_write_bytes(path, lambda tmp: save_file(tensors, str(tmp), metadata=header),
+                       sync_folder=True)
+    path.with_suffix(".json").unlink(missing_ok=True)
 
 
 def load_checkpoint(path: Path) -> tuple[SWState, dict, Tensor | None]:
+    """Read :func:`save_checkpoint`'s file: ``(state, meta, pending)``. A checkpoint of the
+    earlier two-file form (``path`` + ``path.json``) is read if its parts agree."""
+    with safe_open(str(path), framework="pt") as f:
+        header = f.metadata() or {}
     t = load_file(path)
-    meta = json.loads(path.with_suffix(".json").read_text())
+    if header.get("format") == CHECKPOINT_FORMAT:
+        meta = json.loads(header["meta"])
+    else:  # the earlier form: metadata beside the tensors
+        side = path.with_suffix(".json")
+        if not side.is_file():
+            raise ValueError(f"{path}: a nature-run checkpoint without its metadata "
+                             f"({side} is missing)")
+        meta = json.loads(side.read_text())
+    n_hist = sum(1 for k in t if k.startswith("hist") and k.endswith("_real"))
+    if n_hist != meta.get("n_history"):
+        raise ValueError(f"{path}: holds {n_hist} history states, its metadata says "
+                         f"{meta.get('n_history')}: the two were written at different times")
     spec = torch.complex(t["spec_real"], t["spec_imag"])
     hist = [torch.complex(t[f"hist{i}_real"], t[f"hist{i}_imag"])
             for i in range(meta["n_history"])]
@@ -253,8 +267,9 @@ def run_nature(cfg: NatureConfig, out: Path, *, progress: bool = True,
     _store_chunks(cfg, model, state, n_done, ckpt, partial, config_record, progress, callback)
     finalize(partial, out)
     restart = restart_path(out)
-    os.replace(ckpt, restart)
-    os.replace(ckpt.with_suffix(".json"), restart.with_suffix(".json"))
+    os.replace(ckpt, restart)  # one file (save_checkpoint): state and metadata move together
+    restart.with_suffix(".json").unlink(missing_ok=True)  # an earlier form's metadata
+    fsync_path(restart.parent)
     return out
 
 

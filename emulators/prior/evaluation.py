@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 from diffda.core.grid import Grid
+from diffda.core.io import atomic_write_bytes
 from diffda.core.rng import member_generators
 from diffda.emulators.forecast.data import load_coarse_states
 from diffda.emulators.prior.model import DiffusionPrior, negative_fraction
@@ -193,8 +194,10 @@ def plot_climates(
 def _save(fig: Any, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    try:  # atomically: a killed evaluation never leaves half a PNG under the final name
+        atomic_write_bytes(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    finally:
+        plt.close(fig)
     return path
 
 
@@ -208,9 +211,12 @@ def _plot_mean_std(s: dict[str, np.ndarray], t: dict[str, np.ndarray], grid: Gri
         for row, key in enumerate(("mean_by_lat", "std_by_lat")):
             ax[row, v].plot(grid.lat, t[key][v], "k-", label="held-out nature run")
             ax[row, v].plot(grid.lat, s[key][v], "r--", label="prior samples")
-            ax[row, v].set_title(f"{name}: {key.replace('_by_lat', '')} by latitude")
-            ax[row, v].set_xlabel("latitude (deg)")
+            stat = key.replace("_by_lat", "")
+            ax[row, v].set_title(f"{name}: {stat} by latitude", fontsize=9)
+            ax[row, v].set_xlabel("latitude (°N)")
+            ax[row, v].set_ylabel(f"{stat} ({_units(name)})", fontsize=8)
     ax[0, 0].legend(fontsize=7)
+    fig.suptitle("prior samples against the held-out nature run: zonal mean and std")
     fig.tight_layout()
     return _save(fig, path)
 
@@ -225,9 +231,11 @@ def _plot_spectra(s: dict[str, np.ndarray], t: dict[str, np.ndarray],
     for v, name in enumerate(variables):
         ax[0, v].loglog(k, t["spectrum"][v, 1:], "k-", label="nature run")
         ax[0, v].loglog(k, s["spectrum"][v, 1:], "r--", label="prior")
-        ax[0, v].set_title(f"{name}: zonal power")
+        ax[0, v].set_title(f"{name}: zonal power", fontsize=9)
         ax[0, v].set_xlabel("zonal wavenumber")
+        ax[0, v].set_ylabel(f"power (({_units(name)})²)", fontsize=8)
     ax[0, 0].legend(fontsize=7)
+    fig.suptitle("zonal power spectra: prior samples and the held-out nature run")
     fig.tight_layout()
     return _save(fig, path)
 
@@ -237,7 +245,8 @@ def _plot_maps(samples: np.ndarray, truth: np.ndarray, variables: tuple[str, ...
     import matplotlib.pyplot as plt
 
     nv = len(variables)
-    fig, ax = plt.subplots(nv, 3, figsize=(10, 2.2 * nv), squeeze=False)
+    fig, ax = plt.subplots(nv, 3, figsize=(10, 2.2 * nv + 0.6), squeeze=False,
+                           layout="constrained")
     for v, name in enumerate(variables):
         lo, hi = np.percentile(truth[:, v], [1, 99])
         for c, (img, label) in enumerate(((truth[-1, v], "nature run"),
@@ -246,5 +255,19 @@ def _plot_maps(samples: np.ndarray, truth: np.ndarray, variables: tuple[str, ...
             im = ax[v, c].imshow(img, origin="lower", extent=(0, 360, -90, 90), vmin=lo, vmax=hi,
                                  cmap="viridis", aspect="auto")
             ax[v, c].set_title(f"{name}: {label}", fontsize=8)
-        fig.colorbar(im, ax=ax[v].tolist(), shrink=0.8)
+            ax[v, c].set_xticks(np.arange(0, 361, 60))
+            ax[v, c].set_yticks(np.arange(-60, 61, 30))
+            ax[v, c].tick_params(labelsize=6)
+        ax[v, 0].set_ylabel("latitude (°N)", fontsize=7)
+        fig.colorbar(im, ax=ax[v].tolist(), shrink=0.8, label=f"{name} ({_units(name)})")
+    for c in range(3):
+        ax[-1, c].set_xlabel("longitude (°E)", fontsize=7)
+    fig.suptitle("the nature run's last held-out state next to two prior samples "
+                 "(colours: the nature run's 1-99 % range)")
     return _save(fig, path)
+
+
+def _units(name: str) -> str:
+    from diffda.core.variables import VARIABLE_ATTRS
+
+    return VARIABLE_ATTRS.get(name, {}).get("units", "physical units")
