@@ -2,7 +2,8 @@
 imports it back (DESIGN.md, "Layers").
 
 Folders, top to bottom: ``cycler`` (with its CLI ``cycler/cli``) -> ``observations`` and
-``emulators`` (side by side, neither imports the other) -> ``core``. Every ``import`` counts, also those inside functions.
+``emulators`` (side by side, neither imports the other) -> ``core``. Every ``import``
+counts, also those inside functions.
 """
 
 from __future__ import annotations
