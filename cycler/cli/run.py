@@ -1,9 +1,9 @@
-"""``cycler run | resume | compare | sweep``: thin entry points around :mod:`.driver`.
+"""``cycler run | resume | sweep``: thin entry points around :mod:`.driver` (``cycler compare``
+and ``cycler cases`` are in :mod:`.cases`).
 
 - ``cycler run CONFIG.toml [--out DIR] [--set KEY=VALUE ...] [--threads N] [--workers N]
   [--no-plots]``
 - ``cycler resume RUN_DIR [--threads N] [--workers N] [--no-plots]``
-- ``cycler compare RUN_DIR... [--out DIR] [--leads 1,3,5,7]``
 - ``cycler sweep CONFIG.toml --param analysis.lambda=0,0.5,1,2,4 [--modes precomputed,...]
   [--scheduler ADDRESS] [--workers N] [--threads-per-run N] [--out DIR]``
 """
@@ -20,7 +20,6 @@ from pathlib import Path
 from diffda.core.config import parse_assignment, parse_overrides, parse_value
 from diffda.core.lock import check_unlocked
 from diffda.cycler.cycling.compare import (
-    DEFAULT_LEAD_DAYS,
     compare_runs,
     format_table,
     lead_table,
@@ -121,33 +120,6 @@ def _summarise(run_dir: Path, plots: bool) -> None:
         table = lead_table({run_dir.resolve().name: read_metrics(run_dir)})
     print(format_table(table))
     _report(run_dir)
-
-
-# ----------------------------------------------------------------------------- compare
-
-
-def _leads(text: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(x) for x in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected days like 1,3,5,7, got {text!r}") from None
-
-
-def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("run_dirs", type=Path, nargs="+", help="run directories")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="where compare.json/.png go (default: the first run directory)")
-    parser.add_argument("--leads", type=_leads, default=DEFAULT_LEAD_DAYS,
-                        help="lead days of the table (default 1,3,5,7)")
-
-
-def compare(args: argparse.Namespace) -> int:
-    """``cycler compare RUN_DIR...``: RMSE at days 1, 3, 5, 7 per mode; JSON and PNG."""
-    out = args.out or args.run_dirs[0]
-    table = compare_runs(list(args.run_dirs), out, args.leads)
-    print(format_table(table))
-    print(f"written: {out / 'compare.json'}, {out / 'compare.png'}")
-    return 0
 
 
 # ------------------------------------------------------------------------------- sweep
