@@ -90,7 +90,10 @@ class _OnCellCentres:
         self._set_legendre(pct, nlat, dtype)
 
     def _set_legendre(self, pct: torch.Tensor, nlat: int, dtype: torch.dtype) -> None:
-        raise NotImplementedError
+        """Store the transform's Legendre buffer from ``pct``: the forward transform also
+        folds in the quadrature weights, the inverse does not. Each of the two subclasses
+        below implements it; this mixin is never used on its own."""
+        raise NotImplementedError(f"{type(self).__name__} must define _set_legendre")
 
 
 class CellCentreRealSHT(_OnCellCentres, RealSHT):
