@@ -24,8 +24,9 @@ from diffda.core.rng import torch_generator
 from diffda.cycler.cli.main import main as cli_main
 from diffda.cycler.cycling.checkpoint import cycle_path, load_cycle
 from diffda.cycler.cycling.compare import best_by_lead, lead_table
+from diffda.cycler.cycling.config import DEFAULT_MODES as MODES
+from diffda.cycler.cycling.config import MODES as ALL_MODES
 from diffda.cycler.cycling.config import (
-    MODES,
     config_hash,
     load_run_config,
     read_resolved,
@@ -211,7 +212,7 @@ def test_reinitialized_from_members_and_station_guidance(tmp_path):
 
 
 def test_mode_registry_matches_the_config_choices():
-    assert set(MODE_CLASSES) == set(MODES)
+    assert set(MODE_CLASSES) == set(ALL_MODES)
 
 
 @pytest.mark.parametrize(("mapping", "message"), [

@@ -40,8 +40,12 @@ from diffda.cycler.analysis.sampler import SamplerConfig
 
 #: The analysis methods and reference lines a run can contain, in their plotting order.
 MODES: tuple[str, ...] = (
-    "climatological", "precomputed", "reinitialized", "enkf", "free", "unconditional",
+    "climatological", "precomputed", "reinitialized", "enkf", "oracle_enkf", "free",
+    "unconditional",
 )
+#: The modes a run has when ``analysis.modes`` is not given: all but the oracle (which
+#: needs data from a nature run of this system and costs a nature-model ensemble).
+DEFAULT_MODES: tuple[str, ...] = tuple(m for m in MODES if m != "oracle_enkf")
 #: Modes that run the posterior sampler (their cost dominates a run).
 SAMPLER_MODES: frozenset[str] = frozenset({"climatological", "precomputed", "reinitialized"})
 #: What a run starts from at t_0 (``data.init``).
@@ -147,7 +151,7 @@ class ErrorModelConfig:
 class AnalysisConfig:
     """Modes to run and the diffusion analysis (Algorithm 1, composite likelihood Eq. 14)."""
 
-    modes: tuple[str, ...] = MODES
+    modes: tuple[str, ...] = DEFAULT_MODES
     lambda_: float = 1.0  # TOML `lambda`: weight of the stations next to the forecast (1)
     reinitialize_from: str = "mean"  # "mean" (one forecast) or "members" (one per member)
     station: ErrorModelConfig = ErrorModelConfig(sigma_y=1e-2, gamma=0.3)
@@ -228,8 +232,9 @@ class RunConfig:
                 "letters, digits and _.=,+- only (it names the run directory)")
         require(self.seed >= 0, "seed", self.seed, "must be >= 0")
         require(self.members >= 1, "members", self.members, "must be >= 1")
-        require(self.members >= 2 or "enkf" not in self.analysis.modes, "members",
-                self.members, "the enkf mode needs at least 2 members")
+        for mode in ("enkf", "oracle_enkf"):
+            require(self.members >= 2 or mode not in self.analysis.modes, "members",
+                    self.members, f"the {mode} mode needs at least 2 members")
 
 
 def _rename_lambda(data: dict[str, Any], to_field: bool) -> dict[str, Any]:

@@ -20,13 +20,17 @@ nothing). The diffusion modes run Algorithm 1 through
   emulator forecasts updated with the same station observations (bicubic point operator on
   the emulator grid, same error std), in the prior's normalised units. Scored after
   **bilinear** interpolation to the full grid.
+- ``oracle_enkf``: the same EnKF on the full grid with members forecast by the nature
+  run's own model (same forcing and stirring): what the observing network allows with a
+  perfect model (needs data cut from a nature run of this system).
 - reference lines: ``free`` (the emulator's free forecast from the truth, one member,
   bilinear to the full grid) and ``unconditional`` (prior samples without observations,
   drawn once: their law does not depend on time, so one ensemble is scored at every cycle).
 
 Random numbers: the sampler's members draw from ``(seed, "analysis", cycle, member)`` in
 every sampler mode (common random numbers make the modes' differences less noisy), the
-EnKF's perturbations from ``(seed, "enkf", cycle, member)`` and its model noise from
+EnKF's perturbations from ``(seed, "enkf", cycle, member)`` (the oracle's from
+``(seed, "oracle-enkf", cycle, member)``) and its model noise from
 ``(seed, "enkf-model-noise", cycle)``.
 """
 
@@ -46,6 +50,7 @@ from diffda.cycler.cycling.world import World
 from diffda.cycler.metrics import station_innovations
 from diffda.cycler.terms import forecast_term, station_term
 from diffda.emulators.forecast.model import SFNOEmulator
+from diffda.emulators.nature.forecaster import model_seconds, real_to_spectral, spectral_to_real
 from diffda.emulators.regrid import bilinear_weights
 from diffda.observations.likelihood import ErrorModel, ObservationTerm
 from torch import Tensor
@@ -231,26 +236,60 @@ class EnKF:
     """Forecast the EnKF ensemble one cycle, then the localized inflated EnKF update."""
 
     def cycle(self, world: World, k: int, state: CycleState | None) -> CycleResult:
-        cfg, p = world.config, world.prior
+        cfg = world.config
         start = world.enkf_initial if state is None else state.native
         assert start is not None
         noise = (torch_generator(cfg.seed, "enkf-model-noise", k) if cfg.enkf.model_noise
                  else None)
         forecast = emulator_forecast(world.emulator, start, world.times[k - 1],
                                      world.steps_per_cycle, generator=noise)
-        term, used = _stations(world, k, 1.0, grid=world.emulator.grid)
-        op = term.operator
-        obs = PointObservations(op.double(), term.y, term.sigma_y,
-                                torch.as_tensor(op.obs_lat), torch.as_tensor(op.obs_lon))
-        gens = member_generators(cfg.seed, "enkf", k, cfg.members)
-        states = _generator_states(gens)
-        enkf = LocalizedEnKF(grid=world.emulator.grid, radius_km=cfg.enkf.radius_km,
-                             inflation=cfg.enkf.inflation)
-        native = p.denormalise(enkf.analyse(p.normalise(forecast.double()), [obs], gens)).float()
+        native, kept = _enkf_update(world, k, forecast, world.emulator.grid, "enkf")
+        native = native.float()
         analysis = bilinear_upsample(native, world.grid)
-        return CycleResult(analysis, native=native, tensors={
-            "forecast": forecast, "generator_states": states, **used},
-            innovations=innovations(world, k, analysis, forecast))
+        return CycleResult(analysis, native=native, tensors={"forecast": forecast, **kept},
+                           innovations=innovations(world, k, analysis, forecast))
+
+
+def _enkf_update(world: World, k: int, forecast: Tensor, grid: Grid | None, stream: str
+                 ) -> tuple[Tensor, dict[str, Tensor]]:
+    """The localized inflated EnKF update at cycle ``k`` of ``forecast`` ``(member, var,
+    lat, lon)`` physical on ``grid`` (the full grid where ``None``), in the prior's
+    normalised units; the analysis (physical, float64) and what the checkpoint keeps."""
+    cfg, p = world.config, world.prior
+    term, used = _stations(world, k, 1.0, grid=grid)
+    op = term.operator
+    obs = PointObservations(op.double(), term.y, term.sigma_y,
+                            torch.as_tensor(op.obs_lat), torch.as_tensor(op.obs_lon))
+    gens = member_generators(cfg.seed, stream, k, cfg.members)
+    states = _generator_states(gens)
+    enkf = LocalizedEnKF(grid=grid or world.grid, radius_km=cfg.enkf.radius_km,
+                         inflation=cfg.enkf.inflation)
+    analysis = p.denormalise(enkf.analyse(p.normalise(forecast.double()), [obs], gens))
+    return analysis, {"generator_states": states, **used}
+
+
+class OracleEnKF:
+    """The oracle row: the same EnKF (stations, inflation, localization, initial draw) on
+    the full grid, its members forecast with the nature run's own model at its native
+    resolution (same forcing, same stirring): what the observing network allows with a
+    perfect model. The members are carried as model states; each analysis increment
+    (full grid) is added to them (:meth:`~diffda.emulators.nature.forecaster.
+    NatureForecaster.add`)."""
+
+    def cycle(self, world: World, k: int, state: CycleState | None) -> CycleResult:
+        nature = world.nature
+        assert nature is not None
+        spec = (nature.encode(world.oracle_initial) if state is None
+                else real_to_spectral(state.native))
+        spec = nature.forecast(spec, model_seconds(world.times[k - 1]),
+                               world.config.data.cadence_hours)
+        forecast = nature.decode(spec).double()
+        analysis, kept = _enkf_update(world, k, forecast, None, "oracle-enkf")
+        spec = nature.add(spec, analysis - forecast)
+        coarse = coarsen_to(forecast, world.emulator.grid)
+        return CycleResult(analysis.float(), native=spectral_to_real(spec),
+                           tensors={"forecast": forecast.float(), **kept},
+                           innovations=innovations(world, k, analysis, coarse))
 
 
 class Free:
@@ -278,6 +317,7 @@ MODES: dict[str, CyclingMode] = {
     "precomputed": Precomputed(),
     "reinitialized": Reinitialized(),
     "enkf": EnKF(),
+    "oracle_enkf": OracleEnKF(),
     "free": Free(),
     "unconditional": Unconditional(),
 }

@@ -41,12 +41,13 @@ MODE_COLOURS: dict[str, str] = {
     "precomputed": "tab:orange",
     "reinitialized": "tab:green",
     "enkf": "tab:red",
+    "oracle_enkf": "tab:cyan",
     "free": "tab:purple",
     "unconditional": "tab:gray",
 }
 TRUTH_COLOUR = "black"
 #: Colours of modes not in :data:`MODE_COLOURS` (picked by name, so stable across figures).
-_SPARE_COLOURS = ("tab:brown", "tab:pink", "tab:olive", "tab:cyan")
+_SPARE_COLOURS = ("tab:brown", "tab:pink", "tab:olive")
 #: Line styles that tell runs apart in :func:`plot_compare` (modes keep their colours).
 RUN_STYLES = ("-", "--", ":", "-.")
 #: Station markers on the maps.

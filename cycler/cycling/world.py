@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import cftime
@@ -30,6 +31,8 @@ from diffda.cycler.cycling.config import RunConfig, config_hash
 from diffda.cycler.metrics import station_cell_mask
 from diffda.emulators.forecast.data import open_nature
 from diffda.emulators.forecast.model import SFNOEmulator
+from diffda.emulators.nature.forecaster import NatureForecaster
+from diffda.emulators.nature.run import STATE_VARIABLES, config_from_record, config_record_of
 from diffda.emulators.prior.model import DiffusionPrior
 from diffda.observations.station_arrays import StationObservations, station_observations
 from diffda.observations.stations import (
@@ -51,6 +54,8 @@ class World:
     cycling starts from at ``t_0``, ``(1, var, lat, lon)`` physical (``data.init``: the
     truth, a background state of another date, or the climatology). ``enkf_initial``: the
     EnKF's initial ensemble ``(member, var, lat_e, lon_e)`` (empty unless the EnKF runs).
+    ``nature``, ``oracle_initial``: the nature run's own model and the oracle EnKF's initial
+    ensemble ``(member, var, lat, lon)`` on the full grid (only where ``oracle_enkf`` runs).
     """
 
     config: RunConfig
@@ -70,6 +75,8 @@ class World:
     initial: Tensor = field(default_factory=lambda: torch.empty(0))
     free: Tensor = field(default_factory=lambda: torch.empty(0))
     enkf_initial: Tensor = field(default_factory=lambda: torch.empty(0))
+    nature: NatureForecaster | None = None
+    oracle_initial: Tensor = field(default_factory=lambda: torch.empty(0))
 
     @property
     def steps_per_cycle(self) -> int:
@@ -173,7 +180,20 @@ def load_world(cfg: RunConfig, *, progress: bool = False) -> World:
     world.free = free_forecast(world)
     if "enkf" in cfg.analysis.modes:
         world.enkf_initial = initial_enkf_ensemble(world, ds)
+    if "oracle_enkf" in cfg.analysis.modes:
+        world.nature = nature_forecaster(cfg, ds, grid, variables)
+        world.oracle_initial = initial_ensemble(world, ds, world.grid)
     return world
+
+
+def nature_forecaster(cfg: RunConfig, ds: xr.Dataset, grid: Grid,
+                      variables: Sequence[str]) -> NatureForecaster:
+    """The nature run's own model for the oracle EnKF, from the data's record of it."""
+    if tuple(variables) != STATE_VARIABLES:
+        raise ValueError(f"analysis.modes has oracle_enkf: it forecasts {list(STATE_VARIABLES)}"
+                         f" with the nature model; the models have {list(variables)}")
+    record = config_record_of(Path(cfg.data.path), dict(ds.attrs))
+    return NatureForecaster(config_from_record(record), grid)
 
 
 def free_forecast(world: World) -> Tensor:
@@ -186,9 +206,16 @@ def free_forecast(world: World) -> Tensor:
 
 
 def initial_enkf_ensemble(world: World, ds: xr.Dataset) -> Tensor:
-    """``(member, var, lat_e, lon_e)``: the coarsened truth at ``t_0`` plus
-    ``initial_spread`` times the anomalies (about their mean) of ``member`` states at random
-    dataset times outside the experiment window (seeded ``(seed, "enkf-initial")``)."""
+    """``(member, var, lat_e, lon_e)``: the EnKF's initial ensemble on the emulator grid
+    (:func:`initial_ensemble`)."""
+    return initial_ensemble(world, ds, world.emulator.grid)
+
+
+def initial_ensemble(world: World, ds: xr.Dataset, grid: Grid) -> Tensor:
+    """``(member, var, lat, lon)`` on ``grid``: the initial state at ``t_0`` (coarsened)
+    plus ``initial_spread`` times the anomalies (about their mean) of ``member`` states at
+    random dataset times outside the experiment window (seeded ``(seed, "enkf-initial")``:
+    the EnKF and the oracle EnKF start from the same draw)."""
     cfg = world.config
     candidates = outside_window(ds, world.times)
     if len(candidates) < cfg.members:
@@ -197,9 +224,9 @@ def initial_enkf_ensemble(world: World, ds: xr.Dataset) -> Tensor:
     rng = numpy_generator(cfg.seed, "enkf-initial")
     pick = sorted(rng.choice(len(candidates), size=cfg.members, replace=False).tolist())
     states = states_at(ds, [candidates[i] for i in pick], world.variables, torch.float64)
-    coarse = coarsen_to(states, world.emulator.grid)
+    coarse = coarsen_to(states, grid)
     anomalies = coarse - coarse.mean(0, keepdim=True)
-    x0 = coarsen_to(world.initial.double(), world.emulator.grid)
+    x0 = coarsen_to(world.initial.double(), grid)
     return (x0 + cfg.enkf.initial_spread * anomalies).float()
 
 

@@ -387,6 +387,35 @@ def finalize(partial: Path, out: Path) -> None:
         shutil.rmtree(partial)
 
 
+def config_from_record(record: str) -> NatureConfig:
+    """The :class:`NatureConfig` of its JSON record (a checkpoint's ``config``, a stored
+    dataset's ``nature_config`` attribute)."""
+    prev = json.loads(record)
+    model = dict(prev["model"])
+    model["forcing"] = ForcingConfig(**model["forcing"])
+    return NatureConfig(days=prev["days"], spinup_days=prev["spinup_days"], seed=prev["seed"],
+                        chunk_days=prev["chunk_days"], model=ShallowWaterConfig(**model),
+                        start_index=prev.get("start_index", 0))
+
+
+#: The global attribute of a stored dataset that holds its nature run's configuration.
+CONFIG_ATTR = "nature_config"
+
+
+def config_record_of(data: Path, attrs: dict) -> str:
+    """The JSON configuration of the nature run that made the dataset ``data``: its
+    ``nature_config`` attribute (written by ``cycler subset``), else the final state kept
+    beside a finished run (:func:`restart_path`)."""
+    if CONFIG_ATTR in attrs:
+        return str(attrs[CONFIG_ATTR])
+    restart = restart_path(Path(data))
+    if restart.exists():
+        return str(load_checkpoint(restart)[1]["config"])
+    raise ValueError(f"{data}: no '{CONFIG_ATTR}' attribute and no {restart.name} beside it: "
+                     "the nature model that made these data is unknown (cut the data with "
+                     "'cycler subset' from a finished nature run)")
+
+
 def continuation(run: Path, days: float, chunk_days: float) -> tuple[NatureConfig, SWState]:
     """The config and initial state that continue the finished nature run ``run`` for
     ``days``: its model and seed, starting from its final state."""
@@ -395,11 +424,9 @@ def continuation(run: Path, days: float, chunk_days: float) -> tuple[NatureConfi
         raise FileNotFoundError(f"{restart}: no final state of {run} to continue from "
                                 "(written when a nature run finishes)")
     state, meta, _ = load_checkpoint(restart)
-    prev = json.loads(meta["config"])
-    model = dict(prev["model"])
-    model["forcing"] = ForcingConfig(**model["forcing"])
-    cfg = NatureConfig(days=days, spinup_days=prev["spinup_days"], seed=prev["seed"],
-                       chunk_days=chunk_days, model=ShallowWaterConfig(**model),
+    prev = config_from_record(meta["config"])
+    cfg = NatureConfig(days=days, spinup_days=prev.spinup_days, seed=prev.seed,
+                       chunk_days=chunk_days, model=prev.model,
                        start_index=round(state.seconds / (STORE_HOURS * 3600.0)))
     return cfg, state
 

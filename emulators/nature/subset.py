@@ -17,6 +17,7 @@ import numpy as np
 import xarray as xr
 from diffda.core.times import parse_time
 from diffda.emulators import dataio
+from diffda.emulators.nature import run
 
 
 def truth_window(data: Path, start: str | list[str], days: float, background: int,
@@ -43,6 +44,10 @@ def truth_window(data: Path, start: str | list[str], days: float, background: in
                          f"{sorted(years)}, --background {background} asked")
     pick = [rest[int(j)] for j in np.linspace(0, len(rest) - 1, background).round()]
     sub = ds.isel(time=sorted(in_window | set(pick))).load()
+    try:  # the nature model that made the data, for forecasts with it (the oracle EnKF)
+        sub.attrs[run.CONFIG_ATTR] = run.config_record_of(data, dict(ds.attrs))
+    except ValueError:
+        pass  # data not from a nature run of this system (a reanalysis, say)
     sub.attrs.update({
         "title": f"truth windows {', '.join(starts)} + {days:g} d with {background} "
                  f"background states",
