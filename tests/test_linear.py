@@ -105,6 +105,46 @@ def test_extended_stationary_matches_simulation_and_flags_instability():
     assert fit.beta == pytest.approx(fp.beta, rel=0.05)
 
 
+@pytest.mark.parametrize("K, r", [(1, 1.0), (10, 1.0), (10, 0.1), (50, 10.0)])
+def test_stochastic_forecast_fixed_point_lies_between_cycling_and_climatological(K, r):
+    setup = LinearSetup(obs_every=K, obs_var=r)
+    A, q, c = setup.A, setup.q, setup.c
+    fp = kalman.extended_fixed_point(A, q, c, r, forecast="stochastic")
+    assert fp.residual < 1e-10
+    st = kalman.extended_stationary(A, q, c, r, fp.alpha, fp.beta, "stochastic")
+    assert st.alpha_fit == pytest.approx(fp.alpha, abs=1e-9)
+    assert st.mse == pytest.approx(st.var, rel=1e-8)  # calibrated at its fixed point
+    cycling, clim = kalman.steady_cycling_variance(A, q, r), c * r / (c + r)
+    assert cycling * (1 + 1e-3) < st.var < clim * (1 - 1e-3)
+    # the deterministic forecast's fixed point differs: it is the Kalman filter
+    det = kalman.extended_fixed_point(A, q, c, r)
+    assert abs(det.alpha - fp.alpha) > 1e-3
+    with pytest.raises(ValueError, match="forecast"):
+        kalman.extended_fixed_point(A, q, c, r, forecast="noisy")
+
+
+def test_stochastic_forecast_simulated_matches_its_fixed_point():
+    # dt 0.01, every 10 steps, r = 1: between 0.2998 (cycling) and 0.5013 (climatological)
+    setup = LinearSetup(obs_every=10, cycles=3000, spinup=100, n=20, seed=3, members=200)
+    res = run_steady(setup, methods=("kalman", "diffusion"), paper=False)
+    fp = kalman.extended_fixed_point(setup.A, setup.q, setup.c, 1.0, forecast="stochastic")
+    assert res["extended_stochastic_var"] == pytest.approx(
+        kalman.extended_stationary(setup.A, setup.q, setup.c, 1.0, fp.alpha, fp.beta,
+                                   "stochastic").var, abs=1e-12)
+    assert 0.385 < res["extended_stochastic_var"] < 0.392
+    # 2900 x 20 errors, autocorrelated over a few cycles: a few per cent of Monte Carlo error
+    for method in ("kalman", "diffusion"):
+        assert res[f"extended_stochastic_mse_{method}"] == pytest.approx(
+            res["extended_stochastic_var"], rel=0.04), method
+    assert res["extended_stochastic_kalman_var"] == pytest.approx(
+        res["extended_stochastic_var"], rel=1e-9)
+    # re-estimation by simulation (truth-based) finds the stochastic fixed point too
+    fit = reestimate_alpha_beta(setup, make_truth_and_obs(setup), name="extended_stochastic")
+    assert fit.converged
+    assert fit.alpha == pytest.approx(fp.alpha, abs=0.02)
+    assert fit.beta == pytest.approx(fp.beta, rel=0.05)
+
+
 def test_paper_recipe_stops_once_slope_estimates_agree():
     setup = LinearSetup(obs_every=10, cycles=2000, spinup=100, n=20, seed=2)
     fit = paper_alpha_beta(setup, make_truth_and_obs(setup))
@@ -250,7 +290,9 @@ def test_cli_steady_json_config_and_errors(tmp_path, capsys):
                 "cycling_kalman_mse", "cycling_diffusion_var", "cycling_diffusion_mse",
                 "cycling_enkf_var", "cycling_enkf_mse", "extended_diffusion_mse",
                 "climatological_kalman_mse", "alpha", "beta", "alpha_paper", "beta_paper",
-                "extended_paper_var"):
+                "extended_paper_var", "extended_stochastic_var", "alpha_stochastic",
+                "beta_stochastic", "extended_stochastic_mse_kalman",
+                "extended_stochastic_mse_diffusion"):
         assert np.isfinite(res[key]), key
     assert res["setup"]["n"] == 4
     # A config file, with an option overriding one of its values.

@@ -80,17 +80,32 @@ class ExtendedStationary:
     var: float
 
 
+#: How the extended likelihood's forecast is made from the previous posterior mean ``m``:
+#: ``deterministic``: ``f = A m``; ``stochastic`` (the paper's Eq. 73, the model step with
+#: its random draw): ``f = A m + w'``, ``w' ~ N(0, q)`` drawn afresh each cycle.
+FORECASTS = ("deterministic", "stochastic")
+
+
+def _check_forecast(forecast: str) -> None:
+    if forecast not in FORECASTS:
+        raise ValueError(f"forecast = {forecast!r}: expected one of {FORECASTS}")
+
+
 def extended_stationary(
-    A: float, q: float, c: float, r: float, alpha: float, beta: float
+    A: float, q: float, c: float, r: float, alpha: float, beta: float,
+    forecast: str = "deterministic",
 ) -> ExtendedStationary:
     """Stationary moments of ``z = (x, m)`` under the cycled extended-likelihood filter.
 
-    ``x' = A x + w``; ``y' = x' + e``; ``f' = A m``; ``m' = v (y'/r + alpha f'/beta)``, so
-    ``z' = F z + G (w, e)`` with ``F = [[A, 0], [v A/r, v alpha A/beta]]`` and
-    ``G = [[1, 0], [v/r, v/r]]``; the stationary covariance solves the discrete Lyapunov
-    equation ``S = F S F^T + G diag(q, r) G^T``. The forecast at the next analysis is
-    ``f' = A m`` and the truth ``x' = A x + w`` (``w`` independent of ``m``), so
-    ``Cov(f', x') = A^2 S_xm``, ``Var(x') = S_xx``, ``Var(f') = A^2 S_mm``.
+    ``x' = A x + w``; ``y' = x' + e``; ``f' = A m + w'`` (``w' = 0`` for the deterministic
+    forecast, ``w' ~ N(0, q)`` for the stochastic one, :data:`FORECASTS`);
+    ``m' = v (y'/r + alpha f'/beta)``, so ``z' = F z + G (w, e, w')`` with
+    ``F = [[A, 0], [v A/r, v alpha A/beta]]`` and ``G = [[1, 0, 0], [v/r, v/r, v alpha/beta]]``;
+    the stationary covariance solves the discrete Lyapunov equation
+    ``S = F S F^T + G diag(q, r, q_f) G^T`` (``q_f = 0`` or ``q``). The forecast at the next
+    analysis is ``f' = A m + w'`` and the truth ``x' = A x + w`` (``w``, ``w'`` independent
+    of ``m`` and of each other), so ``Cov(f', x') = A^2 S_xm``, ``Var(x') = S_xx``,
+    ``Var(f') = A^2 S_mm + q_f``.
 
     If the filter is unstable (its mean recursion gain ``v alpha A / beta >= 1``), there is
     no stationary state: ``mse`` is ``inf`` and the fitted parameters are NaN.
@@ -98,16 +113,18 @@ def extended_stationary(
     if not (np.isfinite(alpha) and np.isfinite(beta) and beta > 0):
         raise ValueError(f"extended likelihood needs finite alpha and beta > 0, got "
                          f"alpha={alpha}, beta={beta}")
+    _check_forecast(forecast)
+    q_f = q if forecast == "stochastic" else 0.0
     v = 1.0 / (1.0 / c + 1.0 / r + alpha * alpha / beta)
     F = np.array([[A, 0.0], [v * A / r, v * alpha * A / beta]])
-    G = np.array([[1.0, 0.0], [v / r, v / r]])
+    G = np.array([[1.0, 0.0, 0.0], [v / r, v / r, v * alpha / beta]])
     if np.max(np.abs(np.linalg.eigvals(F))) >= 1.0:
         nan = float("nan")
         return ExtendedStationary(np.full((2, 2), nan), nan, nan, float("inf"), float(v))
-    S = scipy.linalg.solve_discrete_lyapunov(F, G @ np.diag([q, r]) @ G.T)
+    S = scipy.linalg.solve_discrete_lyapunov(F, G @ np.diag([q, r, q_f]) @ G.T)
     s_xx, s_xm, s_mm = S[0, 0], S[0, 1], S[1, 1]
     alpha_fit = A * A * s_xm / s_xx
-    beta_fit = A * A * s_mm - alpha_fit**2 * s_xx
+    beta_fit = A * A * s_mm + q_f - alpha_fit**2 * s_xx
     return ExtendedStationary(
         cov=S, alpha_fit=float(alpha_fit), beta_fit=float(beta_fit),
         mse=float(s_xx - 2 * s_xm + s_mm), var=float(v),
@@ -146,7 +163,7 @@ class FixedPoint:
 
 def extended_fixed_point(
     A: float, q: float, c: float, r: float, tol: float = 1e-12, max_iter: int = 2_000,
-    damping: float = 0.5,
+    damping: float = 0.5, forecast: str = "deterministic",
 ) -> FixedPoint:
     """The self-consistent (alpha, beta) of the cycled extended-likelihood system.
 
@@ -156,9 +173,15 @@ def extended_fixed_point(
     (``theta <- (1 - damping) theta + damping G(theta)``; undamped iteration can oscillate)
     gives a starting point, polished by a root solve of ``G(theta) - theta``. At the fixed
     point the filter is calibrated: its stationary MSE equals its posterior variance.
+    ``forecast``: how the forecast is made (:data:`FORECASTS`). With the deterministic one
+    the fixed point is :func:`kalman_consistent_parameters` (the extended posterior is the
+    cycling one); with the stochastic one it lies strictly between cycling and
+    climatological.
     """
+    _check_forecast(forecast)
+
     def G(theta: np.ndarray) -> np.ndarray:
-        st = extended_stationary(A, q, c, r, theta[0], theta[1])
+        st = extended_stationary(A, q, c, r, theta[0], theta[1], forecast)
         return np.array([st.alpha_fit, st.beta_fit])
 
     theta = np.array(perfect_forecast_parameters(A, c))

@@ -69,7 +69,7 @@ def _setup(args: argparse.Namespace) -> LinearSetup:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="action", required=True)
-    steady = sub.add_parser("steady", help="steady-state comparison of the three posteriors")
+    steady = sub.add_parser("steady", help="steady-state comparison of the posteriors")
     _add_setup_arguments(steady)
     steady.add_argument("--json", action="store_true", help="print one JSON object")
     figures = sub.add_parser("figures", help="the paper's Figs. 1 and 2, with their numbers")
@@ -79,14 +79,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _print_table(res: dict[str, Any]) -> None:
     print(f"climatological prior variance c = {res['clim_prior_var']:.5f}")
-    print(f"{'posterior':<16}{'exact var':>10}{'Kalman MSE':>12}{'diff. MSE':>11}"
+    print(f"{'posterior':<20}{'exact var':>10}{'Kalman MSE':>12}{'diff. MSE':>11}"
           f"{'diff. var':>11}{'EnKF MSE':>10}{'EnKF var':>10}")
-    for name in ("climatological", "cycling", "extended"):
+    for name in ("climatological", "cycling", "extended", "extended_stochastic"):
         def g(key: str) -> str:
             return f"{res[key]:.4f}" if key in res else "-"
-        print(f"{name:<16}{g(name + '_var'):>10}{g(name + '_kalman_mse'):>12}"
+        print(f"{name:<20}{g(name + '_var'):>10}{g(name + '_kalman_mse'):>12}"
               f"{g(name + '_diffusion_mse'):>11}{g(name + '_diffusion_var'):>11}"
               f"{g(name + '_enkf_mse'):>10}{g(name + '_enkf_var'):>10}")
+    print(f"extended_stochastic (the paper's forecast, Eq. 73 with its draw): fixed point "
+          f"({res['alpha_stochastic']:.4f}, {res['beta_stochastic']:.4f}); paper's recipe "
+          f"({res['alpha_paper_stochastic']:.4f}, {res['beta_paper_stochastic']:.4f})")
     print(f"extended (alpha, beta): fixed point ({res['alpha']:.4f}, {res['beta']:.4f}); "
           f"re-estimated by simulation ({res['alpha_reestimated']:.4f}, "
           f"{res['beta_reestimated']:.4f}); paper's recipe ({res['alpha_paper']:.4f}, "

@@ -1,4 +1,6 @@
-"""Figures 1 and 2 of Hamill et al. ("Diffusion models for data assimilation"), redone.
+"""Figures 1 and 2 of Hodyss and Morzfeld ("Diffusion models for data assimilation"), redone,
+with the extended likelihood's forecast made both ways: deterministically from the
+posterior mean, and with the model's random draw as the paper does (its Eq. 73).
 
 ``make_figures(out_dir)`` writes ``fig1_posteriors.png``, ``fig2a_interval.png``,
 ``fig2b_extended.png`` and the plotted numbers as ``figures.json`` and one CSV per figure.
@@ -69,7 +71,7 @@ def figure1(base: LinearSetup, out: Path) -> dict:
                              "mse": res[f"{name}_{method}_mse"],
                              "variance": res[f"{name}_{method}_var"],
                              "exact_variance": res[f"{name}_var"]})
-    fig, ax = plt.subplots(figsize=(7, 3.8))
+    fig, ax = plt.subplots(figsize=(8.5, 3.8))
     width = 0.13
     methods = ("kalman", "diffusion", "enkf")
     for i, name in enumerate(POSTERIORS):
@@ -79,18 +81,21 @@ def figure1(base: LinearSetup, out: Path) -> dict:
                 continue
             x = i + (j - 1) * 2.2 * width
             ax.bar(x - width / 2, row["mse"], width, color=f"C{j}",
-                   label=f"{method} MSE" if i == 1 else None)
+                   label=f"{method} MSE" if name == "cycling" else None)
             ax.bar(x + width / 2, row["variance"], width, color=f"C{j}", alpha=0.45, hatch="//",
-                   label=f"{method} variance" if i == 1 else None)
+                   label=f"{method} variance" if name == "cycling" else None)
         ax.hlines(res[f"{name}_var"], i - 0.45, i + 0.45, colors="k", linestyles=":",
                   label="exact steady variance" if i == 0 else None)
-    ax.set_xticks(range(3), [p.replace("extended", "extended\n(fixed point)") for p in POSTERIORS])
+    labels = {"extended": "extended\n(deterministic f)",
+              "extended_stochastic": "extended\n(stochastic f)"}
+    ax.set_xticks(range(len(POSTERIORS)), [labels.get(p, p) for p in POSTERIORS])
     ax.set_ylabel("time-averaged MSE and variance (state units²)")
     ax.set_title(f"Posterior MSE vs variance (dt={setup.dt}, obs every step, r={setup.obs_var})")
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))  # hides no data
     _savefig(fig, out / "fig1_posteriors.png")
     _write_csv(out / "fig1_posteriors.csv", rows)
-    return {"setup": res["setup"], "rows": rows, "alpha": res["alpha"], "beta": res["beta"]}
+    return {"setup": res["setup"], "rows": rows, "alpha": res["alpha"], "beta": res["beta"],
+            "alpha_stochastic": res["alpha_stochastic"], "beta_stochastic": res["beta_stochastic"]}
 
 
 def figure2a(base: LinearSetup, out: Path) -> dict:
@@ -130,19 +135,27 @@ def figure2a(base: LinearSetup, out: Path) -> dict:
 
 def figure2b(base: LinearSetup, out: Path) -> dict:
     """Fig. 2b: extended-likelihood posterior variance vs r at fixed interval, with the
-    self-consistent (alpha, beta) and with the paper's recipe; cycling and climatological
-    for reference. For the paper's recipe both its assumed variance and its true MSE."""
+    self-consistent (alpha, beta) of each forecast kind (deterministic: equal to cycling;
+    stochastic, the paper's: between cycling and climatological) and with the paper's
+    recipe; cycling and climatological for reference. For the paper's recipe both its
+    assumed variance and its true MSE."""
     rows = []
     c = base.c
     for r in FIG2B_OBS_VARS:
         setup = LinearSetup(**{**base.__dict__, "obs_var": r, "cycles": 3000, "spinup": 100})
         fp = kalman.extended_fixed_point(setup.A, setup.q, c, r)
         st = kalman.extended_stationary(setup.A, setup.q, c, r, fp.alpha, fp.beta)
-        fit = paper_alpha_beta(setup, make_truth_and_obs(setup))
-        pst = kalman.extended_stationary(setup.A, setup.q, c, r, fit.alpha, fit.beta)
+        fs = kalman.extended_fixed_point(setup.A, setup.q, c, r, forecast="stochastic")
+        ss = kalman.extended_stationary(setup.A, setup.q, c, r, fs.alpha, fs.beta, "stochastic")
+        # the paper's recipe as the paper ran it: with the stochastic forecast
+        fit = paper_alpha_beta(setup, make_truth_and_obs(setup), "extended_stochastic")
+        pst = kalman.extended_stationary(setup.A, setup.q, c, r, fit.alpha, fit.beta,
+                                         "stochastic")
         rows.append({"obs_var": r, "climatological_var": c * r / (c + r),
                      "cycling_var": float(kalman.steady_cycling_variance(setup.A, setup.q, r)),
                      "extended_var": st.var, "alpha": fp.alpha, "beta": fp.beta,
+                     "extended_stochastic_var": ss.var, "alpha_stochastic": fs.alpha,
+                     "beta_stochastic": fs.beta,
                      "extended_paper_var": pst.var, "extended_paper_mse": pst.mse,
                      "alpha_paper": fit.alpha, "beta_paper": fit.beta})
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -150,7 +163,9 @@ def figure2b(base: LinearSetup, out: Path) -> dict:
     ax.plot(r, [row["climatological_var"] for row in rows], "k--", label="climatological")
     ax.plot(r, [row["cycling_var"] for row in rows], "C0-", lw=3, alpha=0.5, label="cycling")
     ax.plot(r, [row["extended_var"] for row in rows], "C1o-", ms=4,
-            label="extended, self-consistent (α, β)")
+            label="extended, deterministic f, self-consistent (α, β)")
+    ax.plot(r, [row["extended_stochastic_var"] for row in rows], "C2^-", ms=4,
+            label="extended, stochastic f (paper), self-consistent (α, β)")
     ax.plot(r, [row["extended_paper_var"] for row in rows], "C3s:", ms=4,
             label="extended, paper's recipe: assumed variance")
     mse = [row["extended_paper_mse"] if np.isfinite(row["extended_paper_mse"]) else np.nan

@@ -1,15 +1,21 @@
 """The linear-Gaussian test bed: Kalman, EnKF and diffusion DA side by side.
 
-Setting and equations: ``LINEAR_THEORY.md`` (from Hamill et al., "Diffusion models for data
-assimilation"). A truth run of the discrete OU model (:mod:`diffda.emulators.linear`) is
+Setting and equations: ``LINEAR_THEORY.md`` (from Hodyss and Morzfeld, "Diffusion models
+for data assimilation"). A truth run of the discrete OU model (:mod:`diffda.emulators.linear`) is
 observed every ``obs_every`` model steps; three posteriors are computed by the exact Kalman
 formulas (:mod:`diffda.cycler.analysis.kalman`), by diffusion (the exact denoiser of each posterior
 and the reverse SDE, :mod:`diffda.cycler.analysis.reverse_sde`) and, for the cycling prior, by a
 stochastic EnKF (:mod:`diffda.cycler.analysis.enkf`).
 
 As in the paper, each diffusion DA system runs on its own: the cycling one propagates its
-*ensemble's* mean and variance to the next cycle, the extended one forecasts from its own
+*ensemble's* mean and variance to the next cycle, the extended ones forecast from their own
 ensemble mean; only the climatological one has no memory.
+
+The extended likelihood's forecast is made two ways (:data:`~diffda.cycler.analysis.kalman.
+FORECASTS`): ``extended`` integrates the previous posterior mean deterministically,
+``f = A m``; ``extended_stochastic`` as the paper does (its Eq. 73, the model step with its
+random draw), ``f = A m + w'``, ``w' ~ N(0, q)``. Each has its own self-consistent
+``(alpha, beta)`` (:func:`~diffda.cycler.analysis.kalman.extended_fixed_point`).
 
 Random streams (numpy generators seeded from ``seed``): the truth run and the observation
 errors use one generator each; the EnKF and the diffusion samplers use one generator per
@@ -49,7 +55,9 @@ from diffda.emulators.linear import (
     interval_noise_variance,
 )
 
-POSTERIORS = ("climatological", "cycling", "extended")
+POSTERIORS = ("climatological", "cycling", "extended", "extended_stochastic")
+#: The extended posteriors and how each makes its forecast.
+EXTENDED = {"extended": "deterministic", "extended_stochastic": "stochastic"}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -120,10 +128,13 @@ class LinearSetup:
 class TruthAndObs:
     """``truth``: ``(cycles + 1, n)`` at analysis times (row 0: the initial state);
     ``obs``: ``(cycles + 1, n)``, row ``k`` observes ``truth[k]`` (row 0 unused; NaN where
-    a component is not observed)."""
+    a component is not observed); ``forecast_noise``: ``(cycles + 1, n)``, row ``k`` the
+    model draw ``w' ~ N(0, q)`` of the stochastic forecast valid at cycle ``k`` (shared by
+    the Kalman and diffusion versions: common random numbers)."""
 
     truth: np.ndarray
     obs: np.ndarray
+    forecast_noise: np.ndarray | None = None
 
 
 def make_truth_and_obs(setup: LinearSetup) -> TruthAndObs:
@@ -137,7 +148,8 @@ def make_truth_and_obs(setup: LinearSetup) -> TruthAndObs:
     e = numpy_generator(setup.seed, "obs").standard_normal(truth.shape)
     obs = truth + setup.obs_var**0.5 * e
     obs[:, ~setup.mask] = np.nan
-    return TruthAndObs(truth, obs)
+    w = numpy_generator(setup.seed, "forecast-noise").standard_normal(truth.shape)
+    return TruthAndObs(truth, obs, setup.q**0.5 * w)
 
 
 # --- Kalman runs ---------------------------------------------------------------------------
@@ -152,12 +164,13 @@ class Run:
 
 def _gaussian_analysis(
     name: str, setup: LinearSetup, y: np.ndarray, m_prev: np.ndarray, p_prev: np.ndarray,
-    alpha: float = 1.0, beta: float = 1.0,
+    alpha: float = 1.0, beta: float = 1.0, w: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The posterior mean and variance ``(n,)`` of posterior ``name`` at one cycle.
 
-    ``m_prev, p_prev``: previous analysis (used by ``cycling``; ``extended`` uses ``m_prev``
-    only, through the forecast ``f = A m_prev``).
+    ``m_prev, p_prev``: previous analysis (used by ``cycling``; the extended posteriors use
+    ``m_prev`` only, through the forecast ``f = A m_prev`` (``extended``) or
+    ``f = A m_prev + w`` (``extended_stochastic``, ``w`` the cycle's model draw)).
     """
     mask, c, r = setup.mask, setup.c, setup.obs_var
     if name == "climatological":
@@ -167,14 +180,22 @@ def _gaussian_analysis(
         mean, var = kalman.kalman_forecast(m_prev, p_prev, setup.A, setup.q)
         mean, var = mean.copy(), np.array(var, dtype=float)
         mean[mask], var[mask] = kalman.kalman_update(mean[mask], var[mask], y[mask], r)
-    elif name == "extended":
+    elif name in EXTENDED:
         f = setup.A * m_prev
+        if name == "extended_stochastic":
+            if w is None:
+                raise ValueError("the stochastic forecast needs the cycle's model draw w")
+            f = f + w
         mean, v0 = kalman.forecast_only_posterior(f, c, alpha, beta)
         var = np.full(setup.n, v0)
         mean[mask], var[mask] = kalman.extended_posterior(y[mask], f[mask], c, r, alpha, beta)
     else:
         raise ValueError(f"unknown posterior {name!r}; expected one of {POSTERIORS}")
     return mean, var
+
+
+def _w(data: TruthAndObs, k: int) -> np.ndarray | None:
+    return None if data.forecast_noise is None else data.forecast_noise[k]
 
 
 def run_kalman(
@@ -191,7 +212,7 @@ def run_kalman(
     m, p = np.zeros(setup.n), np.full(setup.n, setup.c)
     means, variances = [], []
     for k in range(1, setup.cycles + 1):
-        m, p = _gaussian_analysis(name, setup, data.obs[k], m, p, alpha, beta)
+        m, p = _gaussian_analysis(name, setup, data.obs[k], m, p, alpha, beta, _w(data, k))
         means.append(m)
         variances.append(np.broadcast_to(p, (setup.n,)))
     return Run(np.array(means), np.array(variances))
@@ -226,7 +247,7 @@ def run_diffusion(
     m, p = np.zeros(setup.n), np.full(setup.n, setup.c)
     means, variances = [], []
     for k in range(1, setup.cycles + 1):
-        mu, s2 = _gaussian_analysis(name, setup, data.obs[k], m, p, alpha, beta)
+        mu, s2 = _gaussian_analysis(name, setup, data.obs[k], m, p, alpha, beta, _w(data, k))
         ens = draw(mu, s2, numpy_generator(setup.seed, stream, k))
         m, p = ens.mean(0), ens.var(0, ddof=1)
         means.append(m)
@@ -265,22 +286,28 @@ class PaperFit:
 
 
 def forecast_truth_pairs(
-    setup: LinearSetup, data: TruthAndObs, run: Run
+    setup: LinearSetup, data: TruthAndObs, run: Run, name: str = "extended"
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(truth, forecast) pairs after spin-up: ``f_k = A m_{k-1}`` against ``x_k``."""
+    """(truth, forecast) pairs after spin-up: ``f_k = A m_{k-1}`` (``+ w_k`` for
+    ``extended_stochastic``) against ``x_k``."""
     f = setup.A * run.mean[setup.spinup:-1]
+    if name == "extended_stochastic":
+        assert data.forecast_noise is not None
+        f = f + data.forecast_noise[setup.spinup + 2:]
     x = data.truth[setup.spinup + 2:]
     mk = setup.mask
     return x[:, mk].ravel(), f[:, mk].ravel()
 
 
-def paper_alpha_beta(setup: LinearSetup, data: TruthAndObs) -> PaperFit:
+def paper_alpha_beta(setup: LinearSetup, data: TruthAndObs, name: str = "extended"
+                     ) -> PaperFit:
     """The paper's recipe (section 4.2.1): cycle the extended Kalman filter, then fit
     (i) the slope of forecast on truth, ``E[f | x] = alpha x`` -> ``alpha_1``, and
     (ii) a quadratic to the forecast's squared error, ``E[(f - x)^2 | x] =
     (alpha - 1)^2 x^2 + beta`` -> ``alpha_2 = 1 - sqrt(x^2 coefficient)`` and ``beta``;
     re-run with (alpha_1, beta) until ``|alpha_1 - alpha_2| < paper_tol`` ("agree to two
-    decimal places"). Starts from ``setup.paper_init``, by default the regression of the
+    decimal places"). ``name``: which extended posterior (how its forecast is made,
+    :data:`EXTENDED`). Starts from ``setup.paper_init``, by default the regression of the
     forecast of a perfect analysis
     (:func:`diffda.cycler.analysis.kalman.perfect_forecast_parameters`).
 
@@ -293,8 +320,8 @@ def paper_alpha_beta(setup: LinearSetup, data: TruthAndObs) -> PaperFit:
     alpha, beta = setup.paper_init or kalman.perfect_forecast_parameters(setup.A, setup.c)
     history = []
     for it in range(1, setup.paper_max_iter + 1):
-        run = run_kalman("extended", setup, data, alpha, beta)
-        x, f = forecast_truth_pairs(setup, data, run)
+        run = run_kalman(name, setup, data, alpha, beta)
+        x, f = forecast_truth_pairs(setup, data, run, name)
         alpha1 = float(np.dot(f, x) / np.dot(x, x))
         c2, _, c0 = np.polyfit(x, (f - x) ** 2, 2)
         alpha2 = float(1.0 - np.sqrt(max(c2, 0.0)))
@@ -308,7 +335,7 @@ def paper_alpha_beta(setup: LinearSetup, data: TruthAndObs) -> PaperFit:
 
 def reestimate_alpha_beta(
     setup: LinearSetup, data: TruthAndObs, damping: float = 0.5, tol: float = 1e-3,
-    max_iter: int = 40,
+    max_iter: int = 40, name: str = "extended",
 ) -> PaperFit:
     """Plain re-estimation by simulation: cycle the extended Kalman filter, regress its
     forecasts on the truth (slope ``alpha``, residual variance ``beta``), move the
@@ -318,8 +345,8 @@ def reestimate_alpha_beta(
     alpha, beta = setup.paper_init or kalman.perfect_forecast_parameters(setup.A, setup.c)
     history = []
     for it in range(1, max_iter + 1):
-        run = run_kalman("extended", setup, data, alpha, beta)
-        x, f = forecast_truth_pairs(setup, data, run)
+        run = run_kalman(name, setup, data, alpha, beta)
+        x, f = forecast_truth_pairs(setup, data, run, name)
         a_fit = float(np.dot(f, x) / np.dot(x, x))
         b_fit = float(np.mean((f - a_fit * x) ** 2))
         history.append({"alpha": alpha, "beta": beta, "alpha_fit": a_fit, "beta_fit": b_fit})
@@ -340,46 +367,61 @@ def _scores(run: Run, data: TruthAndObs, setup: LinearSetup) -> tuple[float, flo
 
 
 def exact_variances(setup: LinearSetup) -> dict[str, float]:
-    """Closed-form steady-state posterior variances of observed components."""
-    fp = kalman.extended_fixed_point(setup.A, setup.q, setup.c, setup.obs_var)
-    st = kalman.extended_stationary(setup.A, setup.q, setup.c, setup.obs_var, fp.alpha, fp.beta)
-    return {
+    """Closed-form steady-state posterior variances of observed components, and each
+    extended posterior's self-consistent ``(alpha, beta)`` (``alpha``, ``beta`` for the
+    deterministic forecast; ``alpha_stochastic``, ``beta_stochastic`` for the paper's)."""
+    out: dict[str, float] = {
         "clim_prior_var": setup.c,
         "climatological_var": kalman.climatological_posterior(0.0, setup.c, setup.obs_var)[1],
         "cycling_var": float(kalman.steady_cycling_variance(setup.A, setup.q, setup.obs_var)),
-        "extended_var": st.var,
-        "extended_mse_exact": st.mse,
-        "alpha": fp.alpha,
-        "beta": fp.beta,
-        "fixed_point_residual": fp.residual,
-        "fixed_point_iterations": fp.iterations,
     }
+    for name, forecast in EXTENDED.items():
+        fp = kalman.extended_fixed_point(setup.A, setup.q, setup.c, setup.obs_var,
+                                         forecast=forecast)
+        st = kalman.extended_stationary(setup.A, setup.q, setup.c, setup.obs_var, fp.alpha,
+                                        fp.beta, forecast)
+        tag = "" if forecast == "deterministic" else "_stochastic"
+        out.update({f"{name}_var": st.var, f"{name}_mse_exact": st.mse,
+                    f"alpha{tag}": fp.alpha, f"beta{tag}": fp.beta,
+                    f"fixed_point_residual{tag}": fp.residual,
+                    f"fixed_point_iterations{tag}": fp.iterations})
+    return out
+
+
+def _parameters(out: dict[str, object], name: str) -> tuple[float, float]:
+    """The self-consistent ``(alpha, beta)`` of posterior ``name`` in ``out``."""
+    tag = "_stochastic" if name == "extended_stochastic" else ""
+    return float(out[f"alpha{tag}"]), float(out[f"beta{tag}"])  # type: ignore[arg-type]
 
 
 def run_steady(setup: LinearSetup, methods: tuple[str, ...] = ("kalman", "diffusion", "enkf"),
                paper: bool = True) -> dict[str, object]:
-    """Run every method on one truth and report the numbers of ``cycler linear steady``."""
+    """Run every method on one truth and report the numbers of ``cycler linear steady``.
+
+    Keys ``<posterior>_<method>_mse`` / ``_var`` for every posterior of :data:`POSTERIORS`
+    and method; the stochastic-forecast extended posterior also as
+    ``extended_stochastic_mse_kalman`` / ``_mse_diffusion``."""
     timings: dict[str, float] = {}
     tic = time.perf_counter()
     data = make_truth_and_obs(setup)
     timings["truth"] = time.perf_counter() - tic
     out: dict[str, object] = {"setup": dataclasses.asdict(setup)}
     out.update(exact_variances(setup))
-    alpha, beta = out["alpha"], out["beta"]
     out["em_var_ratio"] = float(
         em_output_variance(out["cycling_var"], setup.t_max, setup.sde_steps) / out["cycling_var"]
     )
     for name in POSTERIORS:
-        if "kalman" in methods:
-            tic = time.perf_counter()
-            run = run_kalman(name, setup, data, alpha, beta)
-            out[f"{name}_kalman_mse"], out[f"{name}_kalman_var"] = _scores(run, data, setup)
-            timings[f"{name}_kalman"] = time.perf_counter() - tic
-        if "diffusion" in methods:
-            tic = time.perf_counter()
-            run = run_diffusion(name, setup, data, alpha, beta)
-            out[f"{name}_diffusion_mse"], out[f"{name}_diffusion_var"] = _scores(run, data, setup)
-            timings[f"{name}_diffusion"] = time.perf_counter() - tic
+        alpha, beta = _parameters(out, name)
+        for method, runner in (("kalman", run_kalman), ("diffusion", run_diffusion)):
+            if method in methods:
+                tic = time.perf_counter()
+                run = runner(name, setup, data, alpha, beta)
+                out[f"{name}_{method}_mse"], out[f"{name}_{method}_var"] = _scores(run, data,
+                                                                                 setup)
+                timings[f"{name}_{method}"] = time.perf_counter() - tic
+    for method in ("kalman", "diffusion"):
+        if f"extended_stochastic_{method}_mse" in out:
+            out[f"extended_stochastic_mse_{method}"] = out[f"extended_stochastic_{method}_mse"]
     if "enkf" in methods:
         tic = time.perf_counter()
         enkf = run_enkf(setup, data)
@@ -395,6 +437,16 @@ def run_steady(setup: LinearSetup, methods: tuple[str, ...] = ("kalman", "diffus
                    extended_paper_mse_exact=st.mse, paper_iterations=fit.iterations,
                    paper_converged=fit.converged, paper_history=fit.history)
         timings["paper_recipe"] = time.perf_counter() - tic
+        tic = time.perf_counter()
+        fit = paper_alpha_beta(setup, data, "extended_stochastic")
+        st = kalman.extended_stationary(setup.A, setup.q, setup.c, setup.obs_var, fit.alpha,
+                                        fit.beta, "stochastic")
+        out.update(alpha_paper_stochastic=fit.alpha, beta_paper_stochastic=fit.beta,
+                   extended_stochastic_paper_var=st.var,
+                   extended_stochastic_paper_mse_exact=st.mse,
+                   paper_stochastic_iterations=fit.iterations,
+                   paper_stochastic_converged=fit.converged)
+        timings["paper_recipe_stochastic"] = time.perf_counter() - tic
         tic = time.perf_counter()
         fit = reestimate_alpha_beta(setup, data)
         out.update(alpha_reestimated=fit.alpha, beta_reestimated=fit.beta,
