@@ -89,7 +89,9 @@ def _print_table(res: dict[str, Any]) -> None:
               f"{g(name + '_enkf_mse'):>10}{g(name + '_enkf_var'):>10}")
     print(f"extended_stochastic (the paper's forecast, Eq. 73 with its draw): fixed point "
           f"({res['alpha_stochastic']:.4f}, {res['beta_stochastic']:.4f}); paper's recipe "
-          f"({res['alpha_paper_stochastic']:.4f}, {res['beta_paper_stochastic']:.4f})")
+          f"({res['alpha_paper_stochastic']:.4f}, {res['beta_paper_stochastic']:.4f}); "
+          f"estimated from innovations, no truth ({res['alpha_innovations_stochastic']:.4f}, "
+          f"{res['beta_innovations_stochastic']:.4f})")
     print(f"extended (alpha, beta): fixed point ({res['alpha']:.4f}, {res['beta']:.4f}); "
           f"re-estimated by simulation ({res['alpha_reestimated']:.4f}, "
           f"{res['beta_reestimated']:.4f}); paper's recipe ({res['alpha_paper']:.4f}, "
