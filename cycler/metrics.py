@@ -25,6 +25,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+from diffda.cycler.analysis.forecast_error import innovation_moments
 from diffda.core.grid import Grid, coarsen_to
 from torch import Tensor
 
@@ -272,6 +273,7 @@ def rank_histogram(ensemble: Tensor, truth: Tensor, mask: Tensor | None = None) 
 def station_innovations(
     y: Tensor, error_var: Tensor, variable_index: Tensor, variables: Sequence[str],
     analysis: Tensor, forecast: Tensor | None = None, forecast_var: Tensor | None = None,
+    climate: tuple[Tensor, Tensor] | None = None,
 ) -> dict[str, dict[str, float]]:
     """Innovation statistics at the stations, per variable (physical units), for the
     Desroziers et al. (2005) consistency checks.
@@ -282,7 +284,10 @@ def station_innovations(
     With ``d_ob = y - H x_b`` and ``d_oa = y - H x_a``: ``E[d_ob^2] = H B H^T + R`` and
     ``E[d_oa d_ob] = R`` when the error model is right. Returns per variable ``n``,
     ``oma_mean``, ``oma_var`` and, with a forecast, ``omf_mean``, ``omf_var``,
-    ``r_assumed`` (mean ``R``), ``desroziers_r`` (mean ``d_oa d_ob``), ``hbh_ensemble``."""
+    ``r_assumed`` (mean ``R``), ``desroziers_r`` (mean ``d_oa d_ob``), ``hbh_ensemble``.
+    ``climate``: the climatological mean and std at the observations; with a forecast it
+    adds ``forecast_moments``, the sums from which the forecast's error model is fitted
+    (:func:`~diffda.cycler.analysis.forecast_error.innovation_moments`, normalised units)."""
     d_oa = (y - analysis).double()
     d_ob = None if forecast is None else (y - forecast).double()
     out: dict[str, dict[str, float]] = {}
@@ -299,6 +304,11 @@ def station_innovations(
                         "desroziers_r": float((d_oa[sel] * d_ob[sel]).mean())})
         if forecast_var is not None:
             row["hbh_ensemble"] = float(forecast_var[sel].double().mean())
+        if climate is not None and forecast is not None:
+            mu, std = (c[sel].double() for c in climate)
+            row["forecast_moments"] = innovation_moments(
+                (y[sel].double() - mu) / std, (forecast[sel].double() - mu) / std,
+                (error_var[sel].double() / std.square()), 0.0).as_dict()
         out[v] = row
     return out
 

@@ -110,6 +110,31 @@ def test_two_case_experiment_end_to_end_and_resumed(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out) == first
 
 
+def test_cases_in_parallel_dask_workers_equal_the_serial_run(tmp_path):
+    # the workers read their data lazily (dask arrays): without computing them inside the
+    # task, two cases stalled for good; an alarm turns a stall into a failure
+    import signal
+
+    torch.set_num_threads(1)
+    path = _experiment_file(tmp_path / "world", ["0001-01-02T00:00", "0001-01-04T00:00"])
+    over = {"analysis.modes": ["free", "enkf"]}
+    run_cases(load_experiment(path, over), tmp_path / "serial")
+
+    def stalled(signum, frame):
+        raise TimeoutError("the dask workers stalled")
+
+    previous = signal.signal(signal.SIGALRM, stalled)
+    signal.alarm(240)
+    try:
+        run_cases(load_experiment(path, {**over, "cases.workers": 2}), tmp_path / "dask")
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    for case in ("case_0001-01-02T00", "case_0001-01-04T00"):
+        assert ((tmp_path / "dask" / case / "metrics.jsonl").read_text()
+                == (tmp_path / "serial" / case / "metrics.jsonl").read_text())
+
+
 def test_bad_cases_are_refused_by_name(tmp_path):
     outside = _experiment_file(tmp_path / "a", ["0001-01-02T00:00", "0001-01-06T00:00"])
     with pytest.raises(ConfigError, match=r"case case_0001-01-06T00: its window .* is not in"):

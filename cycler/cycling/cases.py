@@ -39,7 +39,7 @@ from diffda.cycler.cycling.config import (
 )
 from diffda.cycler.cycling.driver import run_experiment
 from diffda.cycler.cycling.outputs import read_metrics
-from diffda.cycler.cycling.sweep import dask_client
+from diffda.cycler.cycling.sweep import dask_client, in_task
 from diffda.cycler.cycling.tuning import (
     FORMAT,
     apply_tuned,
@@ -235,7 +235,8 @@ class CasesFailed(RuntimeError):
 
 def _run_case(cfg: RunConfig, run_dir: str) -> str:
     """One case (in this process or a worker): the run, resumed where it stopped."""
-    run_experiment(cfg, run_dir, resume=True, plots=False)
+    with in_task():
+        run_experiment(cfg, run_dir, resume=True, plots=False)
     return run_dir
 
 

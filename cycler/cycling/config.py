@@ -148,6 +148,23 @@ class ErrorModelConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class ForecastErrorConfig(ErrorModelConfig):
+    """The forecast term's error model: ``error_model = "fixed"`` (``Sigma_y``, ``Gamma`` as
+    given, the forecast taken at face value: ``alpha = 1``) or ``"fitted:PATH"``: the
+    extended likelihood's ``(alpha, beta)`` per variable fitted from the cycling's own
+    innovations (``cycler calibrate``; ``Gamma`` still applies)."""
+
+    error_model: str = "fixed"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(self.error_model == "fixed" or (self.error_model.startswith("fitted:")
+                                                and len(self.error_model) > 7),
+                "analysis.forecast.error_model", self.error_model,
+                "expected 'fixed' or 'fitted:PATH'")
+
+
+@dataclass(frozen=True, kw_only=True)
 class AnalysisConfig:
     """Modes to run and the diffusion analysis (Algorithm 1, composite likelihood Eq. 14)."""
 
@@ -158,7 +175,7 @@ class AnalysisConfig:
     # Gamma 0.1, not the 1e-2 of an 8x16 grid: the 2x2 coarsening to the emulator grid has
     # lambda_max(A A^T) = 1/4 (4x that of 4x4 averaging), so the guidance gain (NOTES.md) is
     # 4x larger; 1e-2 diverged with 3-6 sampler steps in the tests' tiny world.
-    forecast: ErrorModelConfig = ErrorModelConfig(sigma_y=1e-2, gamma=0.1)
+    forecast: ForecastErrorConfig = ForecastErrorConfig(sigma_y=1e-2, gamma=0.1)
     # the driver's own default (churn 2, no cap), not the experiments' SamplerConfig()
     sampler: SamplerConfig = SamplerConfig(num_steps=12, s_churn=2.0, max_guidance_ratio=None)
 
@@ -300,6 +317,8 @@ def config_hash(cfg: RunConfig) -> str:
     data.pop("runtime", None)
     if data["data"]["init"] == "truth":  # the default before data.init existed: same hash
         del data["data"]["init"]
+    if data["analysis"]["forecast"]["error_model"] == "fixed":  # likewise
+        del data["analysis"]["forecast"]["error_model"]
     text = json.dumps(data, sort_keys=True, separators=(",", ":"), allow_nan=True)
     return hashlib.sha256(text.encode()).hexdigest()
 

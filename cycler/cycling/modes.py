@@ -46,6 +46,7 @@ from diffda.core.grid import Grid, coarsen_to
 from diffda.core.rng import member_generators, torch_generator
 from diffda.cycler.analysis.letkf import LocalizedEnKF, PointObservations
 from diffda.cycler.analysis.sampler import DiffusionAnalysis, StepDiagnostics
+from diffda.cycler.cycling.forecast_fit import fitted_forecast_term
 from diffda.cycler.cycling.world import World
 from diffda.cycler.metrics import station_innovations
 from diffda.cycler.terms import forecast_term, station_term
@@ -175,21 +176,32 @@ def innovations(world: World, k: int, analysis: Tensor, forecast: Tensor | None 
     err = torch.as_tensor(stations.error_std)
     r = torch.where(torch.isfinite(err), err.square(),
                     world.config.analysis.station.sigma_y * std.square())
-    hf = hf_var = None
+    hf = hf_var = climate = None
     with torch.no_grad():
         ha = op(analysis.double().mean(0, keepdim=True))[0]
         if forecast is not None:
-            f = stations.operator(world.emulator.grid, world.variables)(forecast.double())
+            op_e = stations.operator(world.emulator.grid, world.variables)
+            f = op_e(forecast.double())
             hf = f.mean(0)
             hf_var = f.var(0) if f.shape[0] > 1 else None
+            if world.climatology.numel():  # the moments of the forecast-error fit
+                mu = op_e(coarsen_to(world.climatology.double(), world.emulator.grid))[0]
+                climate = (mu, std)
     return station_innovations(torch.as_tensor(stations.value), r, idx, world.variables, ha,
-                               hf, hf_var)
+                               hf, hf_var, climate)
 
 
-def _guided(world: World, k: int, forecast: Tensor) -> CycleResult:
-    """Forecast term (weight 1) + stations (weight ``lambda``), Algorithm 1."""
-    fc = forecast_term(world.prior, forecast, world.emulator.grid,
-                       _error(world.config.analysis.forecast))
+def _guided(world: World, k: int, forecast: Tensor, lead_hours: float) -> CycleResult:
+    """Forecast term (weight 1) + stations (weight ``lambda``), Algorithm 1. The forecast
+    term is the fixed error model, or the fitted extended likelihood at ``lead_hours``."""
+    cfg = world.config
+    if world.forecast_error is None:
+        fc = forecast_term(world.prior, forecast, world.emulator.grid,
+                           _error(cfg.analysis.forecast))
+    else:
+        mu = coarsen_to(world.climatology, world.emulator.grid)
+        fc = fitted_forecast_term(world.prior, forecast, mu, world.forecast_error, lead_hours,
+                                  cfg.analysis.forecast.gamma)
     stations, used = _stations(world, k, world.config.analysis.lambda_)
     analysis, states, info = _sample(world, [fc, stations], k)
     return CycleResult(analysis, tensors={**used, "forecast": forecast,
@@ -214,7 +226,7 @@ class Precomputed:
     """Forecast term from the uncorrected free forecast (weight 1) + stations (lambda)."""
 
     def cycle(self, world: World, k: int, state: CycleState | None) -> CycleResult:
-        return _guided(world, k, world.free[k])
+        return _guided(world, k, world.free[k], k * world.config.data.cadence_hours)
 
 
 class Reinitialized:
@@ -229,7 +241,7 @@ class Reinitialized:
                 start = start.mean(0, keepdim=True)
             forecast = emulator_forecast(world.emulator, start, world.times[k - 1],
                                          world.steps_per_cycle)
-        return _guided(world, k, forecast)
+        return _guided(world, k, forecast, world.config.data.cadence_hours)
 
 
 class EnKF:

@@ -33,11 +33,24 @@ def sweep_configs(base: Path, key: str, values: list[Any], modes: list[str] | No
     return out
 
 
+@contextlib.contextmanager
+def in_task() -> Iterator[None]:
+    """Run a whole job inside one dask task: the lazy (dask-backed) arrays its data files
+    open are computed in this thread, not submitted back to the cluster. Without it a
+    task that reads its data waits for a worker thread that its own task occupies: the
+    workers deadlock (seen: two cases stalled for good with one thread per worker)."""
+    import dask
+
+    with dask.config.set(scheduler="synchronous"):
+        yield
+
+
 def _run_one(cfg: RunConfig, run_dir: str) -> list[dict[str, Any]]:
     """One sweep member (runs in a dask worker): the run, resumed if it was started."""
     from diffda.cycler.cycling.driver import run_experiment
 
-    summary = run_experiment(cfg, run_dir, resume=True, plots=False)
+    with in_task():
+        summary = run_experiment(cfg, run_dir, resume=True, plots=False)
     return [r for m in cfg.analysis.modes for r in summary.records[m]]
 
 

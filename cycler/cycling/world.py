@@ -28,6 +28,7 @@ from diffda.core.io import file_sha256
 from diffda.core.rng import numpy_generator
 from diffda.core.times import iso
 from diffda.cycler.cycling.config import RunConfig, config_hash
+from diffda.cycler.cycling.forecast_fit import FittedErrorModel, read_fitted
 from diffda.cycler.metrics import station_cell_mask
 from diffda.emulators.forecast.data import open_nature
 from diffda.emulators.forecast.model import SFNOEmulator
@@ -56,6 +57,10 @@ class World:
     EnKF's initial ensemble ``(member, var, lat_e, lon_e)`` (empty unless the EnKF runs).
     ``nature``, ``oracle_initial``: the nature run's own model and the oracle EnKF's initial
     ensemble ``(member, var, lat, lon)`` on the full grid (only where ``oracle_enkf`` runs).
+    ``climatology``: the mean of the data's states outside the window, ``(1, var, lat,
+    lon)`` physical (the ``mu`` of the forecast term's extended likelihood and of its
+    innovation moments). ``forecast_error``: the fitted forecast-error model, if the run
+    reads one (``analysis.forecast.error_model = "fitted:PATH"``).
     """
 
     config: RunConfig
@@ -77,6 +82,8 @@ class World:
     enkf_initial: Tensor = field(default_factory=lambda: torch.empty(0))
     nature: NatureForecaster | None = None
     oracle_initial: Tensor = field(default_factory=lambda: torch.empty(0))
+    climatology: Tensor = field(default_factory=lambda: torch.empty(0))
+    forecast_error: FittedErrorModel | None = None
 
     @property
     def steps_per_cycle(self) -> int:
@@ -176,7 +183,12 @@ def load_world(cfg: RunConfig, *, progress: bool = False) -> World:
     if abs(world.steps_per_cycle * emulator.dt_hours - cfg.data.cadence_hours) > 1e-9:
         raise ValueError(f"data.cadence_hours = {cfg.data.cadence_hours} is not a multiple of "
                          f"the emulator's step {emulator.dt_hours} h")
-    world.initial = initial_state(cfg, ds, times, variables, truth)
+    world.climatology = climatology_state(cfg, ds, times, variables)
+    world.initial = initial_state(cfg, ds, times, variables, truth, world.climatology)
+    if cfg.analysis.forecast.error_model != "fixed":
+        world.forecast_error = read_fitted(cfg.analysis.forecast.error_model, cfg, variables,
+                                           emulator.grid)
+        world.weights["forecast_error"] = file_sha256(world.forecast_error.path)
     world.free = free_forecast(world)
     if "enkf" in cfg.analysis.modes:
         world.enkf_initial = initial_enkf_ensemble(world, ds)
@@ -236,8 +248,24 @@ def outside_window(ds: xr.Dataset, times: Sequence[cftime.datetime]) -> list[int
     return [i for i, t in enumerate(ds["time"].values) if t not in window]
 
 
+def climatology_state(cfg: RunConfig, ds: xr.Dataset, times: Sequence[cftime.datetime],
+                      variables: Sequence[str]) -> Tensor:
+    """The mean of the data's states outside the window, ``(1, var, lat, lon)`` float32
+    (empty if the data hold no other states)."""
+    candidates = outside_window(ds, times)
+    if not candidates:
+        if cfg.analysis.forecast.error_model != "fixed":
+            raise ValueError(f"{cfg.data.path}: the fitted forecast term needs the climatology,"
+                             f" the mean of states outside the window {iso(times[0])} .. "
+                             f"{iso(times[-1])}; the data has none")
+        return torch.empty(0)
+    sub = ds[list(variables)].isel(time=candidates).mean("time").load()
+    mean = np.stack([sub[v].transpose("lat", "lon").values for v in variables])
+    return torch.as_tensor(mean[None], dtype=torch.float32)
+
+
 def initial_state(cfg: RunConfig, ds: xr.Dataset, times: Sequence[cftime.datetime],
-                  variables: Sequence[str], truth: Tensor) -> Tensor:
+                  variables: Sequence[str], truth: Tensor, climatology: Tensor) -> Tensor:
     """The state the cycling starts from at ``t_0``, ``(1, var, lat, lon)`` float32:
     ``data.init = "truth"``: the truth; ``"background"``: the state at one time outside
     the window, drawn from ``(seed, "background-initial")`` (an analysis-free background:
@@ -253,6 +281,4 @@ def initial_state(cfg: RunConfig, ds: xr.Dataset, times: Sequence[cftime.datetim
         rng = numpy_generator(cfg.seed, "background-initial")
         return states_at(ds, [candidates[int(rng.integers(len(candidates)))]], variables,
                          torch.float32)
-    sub = ds[list(variables)].isel(time=candidates).mean("time").load()
-    mean = np.stack([sub[v].transpose("lat", "lon").values for v in variables])
-    return torch.as_tensor(mean[None], dtype=torch.float32)
+    return climatology

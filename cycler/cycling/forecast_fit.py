@@ -1,0 +1,168 @@
+"""The forecast term's fitted error model: estimated from the cycling's own innovations,
+written to a small file, read by a run (``analysis.forecast.error_model = "fitted:PATH"``).
+
+Each cycle of a mode with a forecast records, per variable, the innovation moments of
+:mod:`diffda.cycler.analysis.forecast_error` (observation and forecast anomalies about the
+climatology at the stations, in the prior's normalised units; no truth). :func:`fit_runs`
+pools them over the cases and the steady cycles of one mode and fits ``(alpha, beta)`` per
+variable (and, ``by_lead``, per lead: the precomputed mode's forecast error grows with
+lead); :func:`write_fitted` stores them with the configuration they belong to.
+:func:`read_fitted` refuses a file of other variables, another emulator grid or another
+configuration, naming the mismatch. ``cycler calibrate`` iterates run -> fit -> run on the
+tuning cases toward the self-consistent fixed point (:func:`diffda.cycler.cycling.cases.
+calibrate`).
+
+In a run, :func:`fitted_forecast_term` turns the fitted extended likelihood
+``N(f; alpha x + (1 - alpha) mu, beta)`` into the equivalent Gaussian term in ``x`` on the
+emulator grid (``mu`` the climatology there).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffda.core.config import ConfigError
+from diffda.core.grid import Grid
+from diffda.core.io import atomic_write_text
+from diffda.cycler.analysis.forecast_error import (
+    ForecastError,
+    Moments,
+    equivalent_observation,
+    fit_from_moments,
+)
+from diffda.cycler.cycling.config import RunConfig
+from diffda.cycler.cycling.tuning import _differences, identity, identity_hash
+from diffda.emulators.prior.model import DiffusionPrior
+from diffda.observations.likelihood import ObservationTerm
+from diffda.observations.operators import forecast_grid_operator
+from torch import Tensor
+
+FORMAT = "diffda-forecast-error-v1"
+PREFIX = "fitted:"
+#: The config keys a fitted file does not depend on (besides those of any tuning).
+_FITTED_KEYS = ("analysis.forecast",)
+
+
+@dataclass(frozen=True)
+class FittedErrorModel:
+    """Per variable ``(alpha, beta)`` (normalised units); ``by_lead``: per lead in hours
+    (``{variable: {lead: ForecastError}}``), else one pair for all leads (key ``0``)."""
+
+    variables: tuple[str, ...]
+    grid: Grid
+    parameters: dict[str, dict[int, ForecastError]]
+    by_lead: bool
+    path: str = ""
+
+    def at(self, variable: str, lead_hours: float) -> ForecastError:
+        table = self.parameters[variable]
+        key = int(round(lead_hours)) if self.by_lead else 0
+        if key not in table:
+            raise ConfigError(f"{self.path}: no fitted forecast error for {variable} at lead "
+                              f"{key} h (it has leads {sorted(table)})")
+        return table[key]
+
+
+def pooled_moments(records: Sequence[Mapping[str, Any]], mode: str, from_hours: float,
+                   by_lead: bool) -> dict[str, dict[int, Moments]]:
+    """The innovation moments of ``mode`` in ``records`` (any number of cases' metrics) at
+    leads above ``from_hours``, summed per variable (and per lead if ``by_lead``)."""
+    out: dict[str, dict[int, Moments]] = {}
+    for r in records:
+        if r.get("mode") != mode or r["lead_hours"] <= from_hours:
+            continue
+        for v, row in (r.get("innovations") or {}).items():
+            m = row.get("forecast_moments")
+            if m is None:
+                continue
+            key = int(round(r["lead_hours"])) if by_lead else 0
+            table = out.setdefault(v, {})
+            table[key] = table.get(key, Moments.zero()) + Moments(**m)
+    return out
+
+
+def fit_runs(records: Sequence[Mapping[str, Any]], mode: str, from_hours: float,
+             by_lead: bool = False) -> dict[str, dict[int, ForecastError]]:
+    """``(alpha, beta)`` per variable (and lead) from the pooled innovation moments."""
+    moments = pooled_moments(records, mode, from_hours, by_lead)
+    if not moments:
+        raise ValueError(f"no innovation moments of mode {mode!r} after lead {from_hours:g} h "
+                         "(runs of a mode with a forecast term, made by this version)")
+    return {v: {k: fit_from_moments(m) for k, m in sorted(t.items())}
+            for v, t in moments.items()}
+
+
+def write_fitted(path: str | Path, cfg: RunConfig, prior: DiffusionPrior, grid: Grid,
+                 mode: str, parameters: Mapping[str, Mapping[int, ForecastError]],
+                 by_lead: bool, history: Sequence[Mapping[str, Any]] = ()) -> dict[str, Any]:
+    """Write the fitted parameters with the configuration they belong to; returns the
+    record."""
+    ident = identity(cfg, list(_FITTED_KEYS))
+    record = {
+        "format": FORMAT, "mode": mode, "variables": list(prior.variables),
+        "emulator_grid": [grid.nlat, grid.nlon], "by_lead": by_lead, "units": "normalised",
+        "parameters": {v: {str(k): {"alpha": e.alpha, "beta": e.beta, "n": e.n}
+                           for k, e in t.items()} for v, t in parameters.items()},
+        "history": list(history), "identity": ident, "identity_hash": identity_hash(ident),
+    }
+    atomic_write_text(Path(path), json.dumps(record, indent=1) + "\n")
+    return record
+
+
+def read_fitted(spec: str, cfg: RunConfig, variables: Sequence[str], grid: Grid
+                ) -> FittedErrorModel:
+    """The fitted error model of ``spec`` (``"fitted:PATH"``), checked against the run's
+    variables, emulator grid and configuration; ``ConfigError`` naming the mismatch."""
+    path = Path(spec.removeprefix(PREFIX))
+    key = "analysis.forecast.error_model"
+    try:
+        record = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{key} = {spec!r}: no such file (make it with cycler "
+                          "calibrate)") from None
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{path}: not a fitted forecast-error file ({err})") from None
+    if not isinstance(record, dict) or record.get("format") != FORMAT:
+        raise ConfigError(f"{path}: not a fitted forecast-error file (no format {FORMAT!r})")
+    if list(record["variables"]) != list(variables):
+        raise ConfigError(f"{path}: fitted for variables {record['variables']}, the models "
+                          f"have {list(variables)}")
+    if list(record["emulator_grid"]) != [grid.nlat, grid.nlon]:
+        raise ConfigError(f"{path}: fitted on the emulator grid "
+                          f"{record['emulator_grid'][0]}x{record['emulator_grid'][1]}, the "
+                          f"emulator's grid is {grid.nlat}x{grid.nlon}")
+    missing = [v for v in variables if v not in record["parameters"]]
+    if missing:
+        raise ConfigError(f"{path}: no fitted parameters for {missing}")
+    mine = identity(cfg, list(_FITTED_KEYS))
+    if identity_hash(mine) != record["identity_hash"]:
+        diff = _differences(mine, record["identity"])
+        raise ConfigError(f"{path} was fitted for another configuration: "
+                          + "; ".join(diff[:5]) + (" ..." if len(diff) > 5 else ""))
+    params = {v: {int(k): ForecastError(e["alpha"], e["beta"], e["n"]) for k, e in t.items()}
+              for v, t in record["parameters"].items()}
+    return FittedErrorModel(tuple(variables), grid, params, bool(record["by_lead"]), str(path))
+
+
+def fitted_forecast_term(prior: DiffusionPrior, forecast: Tensor, climatology: Tensor,
+                         model: FittedErrorModel, lead_hours: float, gamma: float,
+                         weight: float = 1.0) -> ObservationTerm:
+    """The forecast term with the fitted extended likelihood: ``forecast`` ``(K, var, lat_e,
+    lon_e)`` and ``climatology`` ``(1, var, lat_e, lon_e)`` physical on the emulator grid;
+    per variable ``f' = (f - (1 - alpha) mu) / alpha`` with variance ``beta / alpha^2``
+    (plus ``sigma^2 Gamma``, Eq. 13)."""
+    op = forecast_grid_operator(prior.grid, prior.variables, coarse=model.grid)
+    f = prior.normalise(forecast.double())
+    mu = prior.normalise(climatology.double())
+    fits = [model.at(v, lead_hours) for v in prior.variables]
+    alpha = torch.tensor([e.alpha for e in fits], dtype=f.dtype)[:, None, None]
+    beta = torch.tensor([e.beta for e in fits], dtype=f.dtype)[:, None, None]
+    y, sigma = equivalent_observation(f, mu, alpha, beta)
+    sigma_y = torch.as_tensor(sigma).expand(f.shape[1:]).reshape(-1)
+    return ObservationTerm(op, y.reshape(f.shape[0], -1), sigma_y, gamma, weight,
+                           name="forecast")
