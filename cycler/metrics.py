@@ -25,8 +25,8 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from diffda.cycler.analysis.forecast_error import innovation_moments
 from diffda.core.grid import Grid, coarsen_to
+from diffda.cycler.analysis.forecast_error import innovation_moments
 from torch import Tensor
 
 SCORES: tuple[str, ...] = ("rmse", "spread", "crps", "rmse_station", "rmse_nonstation")

@@ -65,3 +65,71 @@ def test_linear_cycle_fit_cycle_finds_the_exact_fixed_point(name):
     assert fit.converged
     assert fit.alpha == pytest.approx(fp.alpha, abs=0.015)
     assert fit.beta == pytest.approx(fp.beta, rel=0.03)
+
+
+# ------------------------------------------------------------------ the atmosphere's loop
+
+def _tiny_experiment(folder):
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "driver_helpers", Path(__file__).with_name("test_driver.py"))
+    helpers = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(helpers)
+    cfg = helpers.tiny_world(folder, modes=("precomputed", "reinitialized"))
+    path = folder / "cases.toml"
+    path.write_text(cfg.read_text() + "\n[cases]\n" + f"starts = {json.dumps(['0001-01-02T00:00'])}"
+                    + f"\ntuning = {json.dumps(['0001-01-04T00:00'])}\nsteady_from_days = 0.5\n")
+    return path
+
+
+def test_calibrate_fits_each_forecast_mode_and_runs_read_the_file(tmp_path):
+    import json
+
+    from diffda.core.config import ConfigError
+    from diffda.cycler.cli.main import main as cli_main
+    from diffda.cycler.cycling.cases import load_experiment
+    from diffda.cycler.cycling.driver import run_experiment
+    from diffda.cycler.cycling.outputs import read_metrics
+    from diffda.cycler.cycling.world import load_world
+
+    torch.set_num_threads(1)
+    path = _tiny_experiment(tmp_path / "world")
+    out = tmp_path / "cal"
+    assert cli_main(["calibrate", str(path), "--iterations", "2", "--out", str(out)]) == 0
+    record = json.loads((out / "fitted.json").read_text())
+    assert set(record["parameters"]) == {"precomputed", "reinitialized"}
+    assert set(record["parameters"]["precomputed"]["height"]) == {"12", "24"}  # per lead
+    assert set(record["parameters"]["reinitialized"]["height"]) == {"0"}
+    assert len(record["history"]) == 2 and record["history"][1]["error_model"].startswith(
+        "fitted:")
+    for table in record["parameters"].values():
+        for leads in table.values():
+            assert all(e["alpha"] > 0 and e["beta"] > 0 and e["n"] > 0 for e in leads.values())
+    # a verification run reads it: its forecast term differs from the fixed one
+    spec = f"fitted:{out / 'fitted.json'}"
+    exp = load_experiment(path, {"analysis.forecast.error_model": spec})
+    label, cfg = exp.case_configs()[0]
+    run_experiment(cfg, tmp_path / "verify", plots=False)
+    fixed = load_experiment(path)
+    run_experiment(fixed.case_configs()[0][1], tmp_path / "fixed", plots=False)
+    a, b = read_metrics(tmp_path / "verify"), read_metrics(tmp_path / "fixed")
+    assert [r["height"]["rmse"] for r in a] != [r["height"]["rmse"] for r in b]
+    # refused: another configuration, other variables, another grid
+    with pytest.raises(ConfigError, match=r"fitted for another configuration: members"):
+        load_world(load_experiment(path, {"analysis.forecast.error_model": spec,
+                                          "members": 4}).case_configs()[0][1])
+    bad = dict(record, variables=["height", "u"])
+    (tmp_path / "bad.json").write_text(json.dumps(bad))
+    with pytest.raises(ConfigError, match="fitted for variables"):
+        load_world(load_experiment(path, {"analysis.forecast.error_model":
+                                          f"fitted:{tmp_path / 'bad.json'}"}).case_configs()[0][1])
+    bad = dict(record, emulator_grid=[4, 8])
+    (tmp_path / "bad.json").write_text(json.dumps(bad))
+    with pytest.raises(ConfigError, match="emulator grid 4x8"):
+        load_world(load_experiment(path, {"analysis.forecast.error_model":
+                                          f"fitted:{tmp_path / 'bad.json'}"}).case_configs()[0][1])
+    with pytest.raises(ConfigError, match="expected 'fixed' or 'fitted:PATH'"):
+        load_experiment(path, {"analysis.forecast.error_model": "auto"})

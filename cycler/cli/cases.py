@@ -146,3 +146,46 @@ def tune(args: argparse.Namespace) -> int:
     print(f"best: {point_label(record['values'])}; written: {out / 'tuned.json'} "
           f"(read it with --set cases.tuned={out / 'tuned.json'})")
     return 0
+
+
+# ----------------------------------------------------------------------------- calibrate
+
+
+def add_calibrate_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", type=Path, help="experiment file with cases.tuning")
+    parser.add_argument("--iterations", type=int, default=3,
+                        help="run -> fit iterations at most (3)")
+    parser.add_argument("--tol", type=float, default=0.05,
+                        help="stop when no parameter moves by more than this (relative; 0.05)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="calibration folder (default outputs/<name>-calibrate)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="KEY=VALUE", help="override a config value (repeatable)")
+    parser.add_argument("--scheduler", default=None, help="a running dask scheduler")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads per case")
+
+
+def calibrate(args: argparse.Namespace) -> int:
+    """``cycler calibrate EXPERIMENT``: the forecast term's (alpha, beta) per mode and
+    variable, fitted from the tuning cases' innovations and iterated; ``fitted.json`` is
+    read by ``--set analysis.forecast.error_model=fitted:PATH``."""
+    from diffda.cycler.cycling.calibrate import calibrate as run_calibration
+
+    overrides = parse_overrides(args.overrides)
+    name = load_experiment(args.config, overrides).base.name
+    out = args.out or Path("outputs") / f"{name}-calibrate"
+    record = run_calibration(args.config, out, iterations=args.iterations, tol=args.tol,
+                             overrides=overrides, scheduler=args.scheduler,
+                             threads=args.threads)
+    for h in record["history"]:
+        print(f"iteration {h['iteration']} ({h['error_model']}): largest relative change "
+              f"{h['largest_relative_change']:.3g}")
+        for mode, table in h["parameters"].items():
+            for v, leads in table.items():
+                pairs = ", ".join(f"{k} h: ({a:.3f}, {b:.3g})" if k != "0" else
+                                  f"({a:.3f}, {b:.3g})" for k, (a, b) in list(leads.items())[:3])
+                more = " ..." if len(leads) > 3 else ""
+                print(f"  {mode:<14} {v:<7} alpha, beta = {pairs}{more}")
+    print(f"written: {out / 'fitted.json'} (read it with --set "
+          f"analysis.forecast.error_model=fitted:{out / 'fitted.json'})")
+    return 0

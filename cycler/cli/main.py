@@ -51,6 +51,9 @@ COMMANDS: dict[str, Command] = {
                        cases.add_compare_arguments, cases.compare),
     "tune": Command("tune parameters (a grid) on an experiment's tuning cases",
                     cases.add_tune_arguments, cases.tune),
+    "calibrate": Command("fit the forecast term's error model from the tuning cases' "
+                         "innovations, iterated", cases.add_calibrate_arguments,
+                         cases.calibrate),
     "sweep": Command("parallel runs over parameter values (dask)",
                      run.add_sweep_arguments, run.sweep),
     "experiment": Command("single-analysis experiments (sample-lr, sample-igra, ...)",

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from diffda.cycler.analysis.forecast_error import Moments, fit_from_moments
 from scipy import stats
 
 #: The scores averaged over cases (per lead).
@@ -139,9 +140,12 @@ def calibration_summary(cases: Sequence[Sequence[Mapping[str, Any]]],
     (relative frequencies at grid and station cells) and the mean innovation statistics at
     the stations with the Desroziers ratios ``E[d_oa d_ob] / R`` (1 when the observation
     error is what the term assumes) and ``E[d_ob^2] / (H B H^T + R)`` (1 when the forecast
-    ensemble's spread is its error; ensemble forecasts only)."""
+    ensemble's spread is its error; ensemble forecasts only), and the forecast's
+    ``(alpha, beta)`` (normalised) its pooled innovation moments imply
+    (:mod:`diffda.cycler.analysis.forecast_error`)."""
     ranks: dict[tuple[str, str, str], np.ndarray] = {}
     innov: dict[tuple[str, str], dict[str, list[float]]] = {}
+    moments: dict[tuple[str, str], Moments] = {}
     for records in cases:
         for r in records:
             if float(r["lead_hours"]) <= steady_from_hours:
@@ -153,7 +157,11 @@ def calibration_summary(cases: Sequence[Sequence[Mapping[str, Any]]],
             for v, s in r.get("innovations", {}).items():
                 acc = innov.setdefault((r["mode"], v), {})
                 for name, value in s.items():
-                    acc.setdefault(name, []).append(float(value))
+                    if name == "forecast_moments":
+                        pooled = moments.get((r["mode"], v), Moments.zero())
+                        moments[(r["mode"], v)] = pooled + Moments(**value)
+                    else:
+                        acc.setdefault(name, []).append(float(value))
     out: dict[str, Any] = {}
     for (mode, v, where), counts in ranks.items():
         row = out.setdefault(mode, {}).setdefault(v, {})
@@ -164,6 +172,12 @@ def calibration_summary(cases: Sequence[Sequence[Mapping[str, Any]]],
             mean["desroziers_r_ratio"] = mean["desroziers_r"] / mean["r_assumed"]
         if "hbh_ensemble" in mean and "omf_var" in mean:
             mean["omf_var_ratio"] = mean["omf_var"] / (mean["hbh_ensemble"] + mean["r_assumed"])
+        if (mode, v) in moments:  # the forecast's error model its innovations imply
+            try:
+                fit = fit_from_moments(moments[(mode, v)])
+                mean.update(forecast_alpha=fit.alpha, forecast_beta=fit.beta)
+            except ValueError:
+                pass
         out.setdefault(mode, {}).setdefault(v, {})["innovations"] = mean
     return out
 

@@ -5,8 +5,8 @@ Each cycle of a mode with a forecast records, per variable, the innovation momen
 :mod:`diffda.cycler.analysis.forecast_error` (observation and forecast anomalies about the
 climatology at the stations, in the prior's normalised units; no truth). :func:`fit_runs`
 pools them over the cases and the steady cycles of one mode and fits ``(alpha, beta)`` per
-variable (and, ``by_lead``, per lead: the precomputed mode's forecast error grows with
-lead); :func:`write_fitted` stores them with the configuration they belong to.
+variable (per lead for the precomputed mode, whose forecast error grows with lead:
+:data:`FITTED_MODES`); :func:`write_fitted` stores them with the configuration they belong to.
 :func:`read_fitted` refuses a file of other variables, another emulator grid or another
 configuration, naming the mismatch. ``cycler calibrate`` iterates run -> fit -> run on the
 tuning cases toward the self-consistent fixed point (:func:`diffda.cycler.cycling.cases.
@@ -48,23 +48,32 @@ PREFIX = "fitted:"
 _FITTED_KEYS = ("analysis.forecast",)
 
 
+#: The modes whose forecast term is fitted, and whether per lead: the precomputed mode's
+#: forecast is the free run from ``t_0`` (its error grows with lead), the reinitialized
+#: mode's always a one-cycle forecast (one set of parameters).
+FITTED_MODES: dict[str, bool] = {"precomputed": True, "reinitialized": False}
+
+
 @dataclass(frozen=True)
 class FittedErrorModel:
-    """Per variable ``(alpha, beta)`` (normalised units); ``by_lead``: per lead in hours
-    (``{variable: {lead: ForecastError}}``), else one pair for all leads (key ``0``)."""
+    """Per mode and variable ``(alpha, beta)`` (normalised units), per lead in hours for
+    the modes fitted per lead (:data:`FITTED_MODES`), else under the lead key ``0``:
+    ``{mode: {variable: {lead: ForecastError}}}``."""
 
     variables: tuple[str, ...]
     grid: Grid
-    parameters: dict[str, dict[int, ForecastError]]
-    by_lead: bool
+    parameters: dict[str, dict[str, dict[int, ForecastError]]]
     path: str = ""
 
-    def at(self, variable: str, lead_hours: float) -> ForecastError:
-        table = self.parameters[variable]
-        key = int(round(lead_hours)) if self.by_lead else 0
+    def at(self, mode: str, variable: str, lead_hours: float) -> ForecastError:
+        if mode not in self.parameters:
+            raise ConfigError(f"{self.path}: no fitted forecast error for mode {mode!r} (it "
+                              f"has {sorted(self.parameters)})")
+        table = self.parameters[mode][variable]
+        key = int(round(lead_hours)) if FITTED_MODES.get(mode, False) else 0
         if key not in table:
-            raise ConfigError(f"{self.path}: no fitted forecast error for {variable} at lead "
-                              f"{key} h (it has leads {sorted(table)})")
+            raise ConfigError(f"{self.path}: no fitted forecast error for {mode} {variable} "
+                              f"at lead {key} h (it has leads {sorted(table)})")
         return table[key]
 
 
@@ -97,17 +106,18 @@ def fit_runs(records: Sequence[Mapping[str, Any]], mode: str, from_hours: float,
             for v, t in moments.items()}
 
 
-def write_fitted(path: str | Path, cfg: RunConfig, prior: DiffusionPrior, grid: Grid,
-                 mode: str, parameters: Mapping[str, Mapping[int, ForecastError]],
-                 by_lead: bool, history: Sequence[Mapping[str, Any]] = ()) -> dict[str, Any]:
-    """Write the fitted parameters with the configuration they belong to; returns the
-    record."""
+def write_fitted(path: str | Path, cfg: RunConfig, variables: Sequence[str], grid: Grid,
+                 parameters: Mapping[str, Mapping[str, Mapping[int, ForecastError]]],
+                 history: Sequence[Mapping[str, Any]] = ()) -> dict[str, Any]:
+    """Write the fitted parameters (``{mode: {variable: {lead: fit}}}``) with the
+    configuration they belong to; returns the record."""
     ident = identity(cfg, list(_FITTED_KEYS))
     record = {
-        "format": FORMAT, "mode": mode, "variables": list(prior.variables),
-        "emulator_grid": [grid.nlat, grid.nlon], "by_lead": by_lead, "units": "normalised",
-        "parameters": {v: {str(k): {"alpha": e.alpha, "beta": e.beta, "n": e.n}
-                           for k, e in t.items()} for v, t in parameters.items()},
+        "format": FORMAT, "variables": list(variables),
+        "emulator_grid": [grid.nlat, grid.nlon], "units": "normalised",
+        "parameters": {mode: {v: {str(k): {"alpha": e.alpha, "beta": e.beta, "n": e.n}
+                                  for k, e in t.items()} for v, t in table.items()}
+                       for mode, table in parameters.items()},
         "history": list(history), "identity": ident, "identity_hash": identity_hash(ident),
     }
     atomic_write_text(Path(path), json.dumps(record, indent=1) + "\n")
@@ -136,21 +146,23 @@ def read_fitted(spec: str, cfg: RunConfig, variables: Sequence[str], grid: Grid
         raise ConfigError(f"{path}: fitted on the emulator grid "
                           f"{record['emulator_grid'][0]}x{record['emulator_grid'][1]}, the "
                           f"emulator's grid is {grid.nlat}x{grid.nlon}")
-    missing = [v for v in variables if v not in record["parameters"]]
-    if missing:
-        raise ConfigError(f"{path}: no fitted parameters for {missing}")
+    for mode, table in record["parameters"].items():
+        missing = [v for v in variables if v not in table]
+        if missing:
+            raise ConfigError(f"{path}: no fitted parameters of {mode} for {missing}")
     mine = identity(cfg, list(_FITTED_KEYS))
     if identity_hash(mine) != record["identity_hash"]:
         diff = _differences(mine, record["identity"])
         raise ConfigError(f"{path} was fitted for another configuration: "
                           + "; ".join(diff[:5]) + (" ..." if len(diff) > 5 else ""))
-    params = {v: {int(k): ForecastError(e["alpha"], e["beta"], e["n"]) for k, e in t.items()}
-              for v, t in record["parameters"].items()}
-    return FittedErrorModel(tuple(variables), grid, params, bool(record["by_lead"]), str(path))
+    params = {mode: {v: {int(k): ForecastError(e["alpha"], e["beta"], e["n"])
+                         for k, e in t.items()} for v, t in table.items()}
+              for mode, table in record["parameters"].items()}
+    return FittedErrorModel(tuple(variables), grid, params, str(path))
 
 
 def fitted_forecast_term(prior: DiffusionPrior, forecast: Tensor, climatology: Tensor,
-                         model: FittedErrorModel, lead_hours: float, gamma: float,
+                         model: FittedErrorModel, mode: str, lead_hours: float, gamma: float,
                          weight: float = 1.0) -> ObservationTerm:
     """The forecast term with the fitted extended likelihood: ``forecast`` ``(K, var, lat_e,
     lon_e)`` and ``climatology`` ``(1, var, lat_e, lon_e)`` physical on the emulator grid;
@@ -159,7 +171,7 @@ def fitted_forecast_term(prior: DiffusionPrior, forecast: Tensor, climatology: T
     op = forecast_grid_operator(prior.grid, prior.variables, coarse=model.grid)
     f = prior.normalise(forecast.double())
     mu = prior.normalise(climatology.double())
-    fits = [model.at(v, lead_hours) for v in prior.variables]
+    fits = [model.at(mode, v, lead_hours) for v in prior.variables]
     alpha = torch.tensor([e.alpha for e in fits], dtype=f.dtype)[:, None, None]
     beta = torch.tensor([e.beta for e in fits], dtype=f.dtype)[:, None, None]
     y, sigma = equivalent_observation(f, mu, alpha, beta)

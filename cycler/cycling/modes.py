@@ -191,7 +191,8 @@ def innovations(world: World, k: int, analysis: Tensor, forecast: Tensor | None 
                                hf, hf_var, climate)
 
 
-def _guided(world: World, k: int, forecast: Tensor, lead_hours: float) -> CycleResult:
+def _guided(world: World, k: int, forecast: Tensor, mode: str, lead_hours: float
+            ) -> CycleResult:
     """Forecast term (weight 1) + stations (weight ``lambda``), Algorithm 1. The forecast
     term is the fixed error model, or the fitted extended likelihood at ``lead_hours``."""
     cfg = world.config
@@ -200,8 +201,8 @@ def _guided(world: World, k: int, forecast: Tensor, lead_hours: float) -> CycleR
                            _error(cfg.analysis.forecast))
     else:
         mu = coarsen_to(world.climatology, world.emulator.grid)
-        fc = fitted_forecast_term(world.prior, forecast, mu, world.forecast_error, lead_hours,
-                                  cfg.analysis.forecast.gamma)
+        fc = fitted_forecast_term(world.prior, forecast, mu, world.forecast_error, mode,
+                                  lead_hours, cfg.analysis.forecast.gamma)
     stations, used = _stations(world, k, world.config.analysis.lambda_)
     analysis, states, info = _sample(world, [fc, stations], k)
     return CycleResult(analysis, tensors={**used, "forecast": forecast,
@@ -226,7 +227,8 @@ class Precomputed:
     """Forecast term from the uncorrected free forecast (weight 1) + stations (lambda)."""
 
     def cycle(self, world: World, k: int, state: CycleState | None) -> CycleResult:
-        return _guided(world, k, world.free[k], k * world.config.data.cadence_hours)
+        return _guided(world, k, world.free[k], "precomputed",
+                       k * world.config.data.cadence_hours)
 
 
 class Reinitialized:
@@ -241,7 +243,7 @@ class Reinitialized:
                 start = start.mean(0, keepdim=True)
             forecast = emulator_forecast(world.emulator, start, world.times[k - 1],
                                          world.steps_per_cycle)
-        return _guided(world, k, forecast, world.config.data.cadence_hours)
+        return _guided(world, k, forecast, "reinitialized", world.config.data.cadence_hours)
 
 
 class EnKF:

@@ -1,0 +1,98 @@
+"""``cycler calibrate``: the forecast term's error model, iterated to its fixed point on the
+tuning cases (the nonlinear analogue of the linear test bed's self-consistent
+``(alpha, beta)``; :mod:`diffda.cycler.cycling.forecast_fit`).
+
+Iteration ``i`` runs the tuning cases with the forecast modes of the experiment
+(:data:`~diffda.cycler.cycling.forecast_fit.FITTED_MODES`) and the current error model
+(iteration 0: the config's, normally the fixed one), fits ``(alpha, beta)`` per mode and
+variable from the innovation moments those runs recorded (no truth), and writes
+``fitted_<i + 1>.json``; the next iteration runs with it. It stops when no parameter moves
+by more than ``tol`` (relative) or after ``iterations``; ``fitted.json`` is the last fit,
+with the history of every iteration (parameters and the tuning cases' steady RMSE).
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from diffda.core.config import ConfigError
+from diffda.cycler.analysis.forecast_error import ForecastError
+from diffda.cycler.cycling.cases import load_cases, load_experiment, run_cases
+from diffda.cycler.cycling.confidence import compare_cases
+from diffda.cycler.cycling.forecast_fit import FITTED_MODES, PREFIX, fit_runs, write_fitted
+
+Fits = dict[str, dict[str, dict[int, ForecastError]]]
+
+
+def _largest_change(old: Fits | None, new: Fits) -> float:
+    if old is None:
+        return float("inf")
+    change = 0.0
+    for mode, table in new.items():
+        for v, leads in table.items():
+            for k, e in leads.items():
+                o = old.get(mode, {}).get(v, {}).get(k)
+                if o is None:
+                    return float("inf")
+                change = max(change, abs(e.alpha - o.alpha) / max(abs(o.alpha), 1e-12),
+                             abs(e.beta - o.beta) / max(o.beta, 1e-12))
+    return change
+
+
+def calibrate(
+    path: str | Path, out: str | Path, *, iterations: int = 3, tol: float = 0.05,
+    overrides: Mapping[str, Any] | None = None, scheduler: str | None = None,
+    threads: int | None = None,
+) -> dict[str, Any]:
+    """Iterate run -> fit on the tuning cases of the experiment file ``path`` into
+    ``out/iteration_<i>/``; returns the record of ``out/fitted.json``."""
+    from diffda.emulators.forecast.model import SFNOEmulator
+    from diffda.emulators.prior.model import DiffusionPrior
+
+    out = Path(out)
+    over = dict(overrides or {})
+    reference = load_experiment(path, over)
+    modes = [m for m in reference.base.analysis.modes if m in FITTED_MODES]
+    if not modes:
+        raise ConfigError(f"{path}: analysis.modes has none of the modes with a forecast term "
+                          f"{sorted(FITTED_MODES)}")
+    cadence = reference.base.data.cadence_hours
+    prior = DiffusionPrior.load(reference.base.models.prior)
+    grid = SFNOEmulator.from_weights(reference.base.models.emulator).grid
+    current = reference.base.analysis.forecast.error_model
+    history: list[dict[str, Any]] = []
+    fits: Fits | None = None
+    record: dict[str, Any] = {}
+    for it in range(iterations):
+        experiment = load_experiment(path, {**over, "analysis.modes": modes,
+                                            "analysis.forecast.error_model": current})
+        folder = out / f"iteration_{it}"
+        run_cases(experiment, folder, which="tuning", scheduler=scheduler, threads=threads)
+        _, cases, _ = load_cases([folder])
+        records = [r for case in cases for r in case]
+        # the precomputed mode: every lead (its forecast is the free run from t0); the
+        # reinitialized mode: after its first cycle (which forecasts from t0 as well)
+        new: Fits = {m: fit_runs(records, m, 0.0 if FITTED_MODES[m] else cadence,
+                                 FITTED_MODES[m]) for m in modes}
+        table = compare_cases(cases, 24.0 * experiment.cases.steady_from_days)
+        change = _largest_change(fits, new)
+        history.append({
+            "iteration": it, "error_model": current, "largest_relative_change": change,
+            "steady_rmse": {m: {v: s["steady_rmse"] for v, s in table["modes"][m].items()}
+                            for m in modes},
+            "spread_skill_steady": {m: {v: s.get("steady_spread_skill")
+                                        for v, s in table["modes"][m].items()}
+                                    for m in modes},
+            "parameters": {m: {v: {str(k): [e.alpha, e.beta] for k, e in leads.items()}
+                               for v, leads in t.items()} for m, t in new.items()},
+        })
+        target = out / f"fitted_{it + 1}.json"
+        record = write_fitted(target, experiment.base, prior.variables, grid, new, history)
+        fits, current = new, f"{PREFIX}{target}"
+        if change < tol:
+            break
+    shutil.copyfile(out / f"fitted_{len(history)}.json", out / "fitted.json")
+    return record
