@@ -19,6 +19,8 @@ from diffda.cycler.linear.testbed import (
     LinearSetup,
     innovation_alpha_beta,
     make_truth_and_obs,
+    run_ensemble_extended,
+    run_kalman,
 )
 
 
@@ -65,6 +67,25 @@ def test_linear_cycle_fit_cycle_finds_the_exact_fixed_point(name):
     assert fit.converged
     assert fit.alpha == pytest.approx(fp.alpha, abs=0.015)
     assert fit.beta == pytest.approx(fp.beta, rel=0.03)
+
+
+def test_ensemble_forecast_likelihood_becomes_the_kalman_filter_as_the_ensemble_grows():
+    setup = LinearSetup(obs_every=10, cycles=2000, spinup=100, n=20, seed=4)
+    data = make_truth_and_obs(setup)
+    kal = run_kalman("cycling", setup, data)
+
+    def mse(run):
+        return float(np.mean((run.mean[100:] - data.truth[101:]) ** 2))
+
+    small, large = (run_ensemble_extended(setup, data, m) for m in (10, 1000))
+    steady = kalman.steady_cycling_variance(setup.A, setup.q, 1.0)
+    assert mse(large) == pytest.approx(mse(kal), rel=0.02)
+    assert float(large.var[100:].mean()) == pytest.approx(steady, rel=0.01)
+    assert mse(small) > 1.1 * mse(large)  # sampling error of a small ensemble
+    # P_f >= c: the forecast term carries nothing (alpha ~ 0), never a negative alpha
+    alpha, beta = kalman.ensemble_forecast_parameters(np.array([0.5, 2.0]), 1.0)
+    assert alpha[0] == pytest.approx(0.5) and beta[0] == pytest.approx(0.25)
+    assert 0 < alpha[1] < 1e-5 and alpha[1] ** 2 / beta[1] < 1e-10
 
 
 # ------------------------------------------------------------------ the atmosphere's loop
@@ -133,3 +154,73 @@ def test_calibrate_fits_each_forecast_mode_and_runs_read_the_file(tmp_path):
                                           f"fitted:{tmp_path / 'bad.json'}"}).case_configs()[0][1])
     with pytest.raises(ConfigError, match="expected 'fixed' or 'fitted:PATH'"):
         load_experiment(path, {"analysis.forecast.error_model": "auto"})
+
+
+def test_ensemble_term_log_likelihood_equals_a_dense_gaussian(tmp_path):
+    """The ensemble mode's term, on a tiny prior: its log-likelihood of states x equals that
+    of the dense Gaussian N(f_mean; alpha C(x) + (1 - alpha) mu, diag(beta)) up to a
+    constant, with (alpha, beta) = (1 - P_f/c, alpha P_f) per cell."""
+    import importlib.util
+    from pathlib import Path
+
+    from diffda.core.grid import coarsen_to
+    from diffda.cycler.cycling.forecast_fit import ensemble_forecast_term
+    from diffda.emulators.prior.model import DiffusionPrior
+
+    spec = importlib.util.spec_from_file_location(
+        "driver_helpers", Path(__file__).with_name("test_driver.py"))
+    helpers = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(helpers)
+    helpers.tiny_world(tmp_path)
+    prior = DiffusionPrior.load(tmp_path / "prior.safetensors")
+    coarse, g = helpers.COARSE, torch.Generator().manual_seed(0)
+    std = prior.std.double()[:, None, None]
+    shape = (4, coarse.nlat, coarse.nlon)
+    mu = prior.mean.double()[:, None, None] + 0.3 * std * torch.randn(shape, generator=g,
+                                                                       dtype=torch.float64)
+    c_var = (std * (0.8 + 0.4 * torch.rand(shape, generator=g, dtype=torch.float64))) ** 2
+    forecast = mu + 0.5 * std * torch.randn((5, *shape), generator=g, dtype=torch.float64)
+    forecast[:, 0, :2] = mu[0, :2] + 3.0 * std[0] * torch.randn((5, 2, coarse.nlon), generator=g,
+                                                               dtype=torch.float64)  # P_f > c
+    term = ensemble_forecast_term(prior, forecast, mu[None], c_var[None], coarse, 1.2, 0.0)
+    f = prior.normalise(forecast)
+    m = prior.normalise(mu[None])[0]
+    c = c_var / std.square()
+    p_f = 1.2 * f.var(0)
+    informative = p_f < 0.99 * c
+    assert not bool(informative.all()) and bool(informative.any())
+    alpha, beta = 1 - p_f / c, (1 - p_f / c) * p_f
+    x = torch.randn((3, 4, prior.grid.nlat, prior.grid.nlon), generator=g, dtype=torch.float64)
+    cx = coarsen_to(x, coarse)
+    resid = (f.mean(0) - alpha * cx - (1 - alpha) * m)[:, informative]
+    dense = torch.distributions.MultivariateNormal(
+        torch.zeros(resid.shape[-1], dtype=torch.float64),
+        covariance_matrix=torch.diag(beta[informative]))
+    want = dense.log_prob(resid)
+    got = term.log_likelihood(x, 0.0)
+    # equal up to a constant in x; the uninformative cells add (almost) nothing
+    torch.testing.assert_close(got - got[0], want - want[0], rtol=1e-6, atol=1e-4)
+
+
+def test_ensemble_mode_runs_end_to_end(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    from diffda.cycler.cycling.config import load_run_config
+    from diffda.cycler.cycling.driver import run_experiment
+    from diffda.cycler.cycling.outputs import read_metrics
+
+    spec = importlib.util.spec_from_file_location(
+        "driver_helpers", Path(__file__).with_name("test_driver.py"))
+    helpers = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(helpers)
+    torch.set_num_threads(1)
+    cfg = load_run_config(helpers.tiny_world(tmp_path / "w", modes=("ensemble",)),
+                          {"analysis.ensemble_inflation": 1.1})
+    run_experiment(cfg, tmp_path / "run", plots=False)
+    records = read_metrics(tmp_path / "run")
+    assert [r["cycle"] for r in records] == [1, 2]
+    for r in records:
+        for v in ("height", "u", "v", "tracer"):
+            assert np.isfinite(r[v]["rmse"]) and r[v]["spread"] > 0
+            assert r["innovations"][v]["hbh_ensemble"] > 0  # the forecast ensemble's spread

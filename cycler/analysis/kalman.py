@@ -50,6 +50,18 @@ def forecast_only_posterior(f: Array, c: float, alpha: float, beta: float) -> tu
     return v * alpha * f / beta, v
 
 
+def ensemble_forecast_parameters(p_f: Array, c: Array | float) -> tuple[Array, Array]:
+    """The extended likelihood's ``(alpha, beta)`` that make ``p(x) p(f | x)`` the forecast
+    distribution ``N(f, P_f)`` when the prior is the climatology ``N(mu, c)`` (so the
+    climatology is not counted twice): ``alpha = 1 - P_f / c``, ``beta = alpha P_f``. Where
+    ``P_f >= c`` the forecast knows no more than the climatology: ``alpha`` is kept at a
+    tiny positive value and ``beta`` at ``P_f`` (the term then carries no information)."""
+    p_f = np.asarray(p_f, dtype=np.float64)
+    alpha = np.maximum(1.0 - p_f / np.asarray(c, dtype=np.float64), 1e-6)
+    beta = np.where(alpha > 1e-6, alpha * p_f, p_f)
+    return alpha, beta
+
+
 # --- Steady states --------------------------------------------------------------------------
 
 def steady_cycling_variance(A: float, q: float, r: float) -> float:

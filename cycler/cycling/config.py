@@ -40,14 +40,17 @@ from diffda.cycler.analysis.sampler import SamplerConfig
 
 #: The analysis methods and reference lines a run can contain, in their plotting order.
 MODES: tuple[str, ...] = (
-    "climatological", "precomputed", "reinitialized", "enkf", "oracle_enkf", "free",
-    "unconditional",
+    "climatological", "precomputed", "reinitialized", "ensemble", "enkf", "oracle_enkf",
+    "free", "unconditional",
 )
 #: The modes a run has when ``analysis.modes`` is not given: all but the oracle (which
-#: needs data from a nature run of this system and costs a nature-model ensemble).
-DEFAULT_MODES: tuple[str, ...] = tuple(m for m in MODES if m != "oracle_enkf")
+#: needs data from a nature run of this system and costs a nature-model ensemble) and the
+#: ensemble-forecast mode (an experiment names it).
+DEFAULT_MODES: tuple[str, ...] = tuple(m for m in MODES if m not in ("oracle_enkf",
+                                                                     "ensemble"))
 #: Modes that run the posterior sampler (their cost dominates a run).
-SAMPLER_MODES: frozenset[str] = frozenset({"climatological", "precomputed", "reinitialized"})
+SAMPLER_MODES: frozenset[str] = frozenset({"climatological", "precomputed", "reinitialized",
+                                           "ensemble"})
 #: What a run starts from at t_0 (``data.init``).
 INITS: tuple[str, ...] = ("truth", "background", "climatology")
 CALENDARS = ("noleap", "365_day", "standard", "gregorian", "proleptic_gregorian", "360_day",
@@ -171,6 +174,8 @@ class AnalysisConfig:
     modes: tuple[str, ...] = DEFAULT_MODES
     lambda_: float = 1.0  # TOML `lambda`: weight of the stations next to the forecast (1)
     reinitialize_from: str = "mean"  # "mean" (one forecast) or "members" (one per member)
+    # the ensemble mode: its forecast ensemble's variance is multiplied by this
+    ensemble_inflation: float = 1.0
     station: ErrorModelConfig = ErrorModelConfig(sigma_y=1e-2, gamma=0.3)
     # Gamma 0.1, not the 1e-2 of an 8x16 grid: the 2x2 coarsening to the emulator grid has
     # lambda_max(A A^T) = 1/4 (4x that of 4x4 averaging), so the guidance gain (NOTES.md) is
@@ -189,6 +194,8 @@ class AnalysisConfig:
                 self.lambda_, "must be a finite number >= 0")
         require(self.reinitialize_from in ("mean", "members"), "analysis.reinitialize_from",
                 self.reinitialize_from, "expected 'mean' or 'members'")
+        require(self.ensemble_inflation >= 1.0, "analysis.ensemble_inflation",
+                self.ensemble_inflation, "must be >= 1")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -249,7 +256,7 @@ class RunConfig:
                 "letters, digits and _.=,+- only (it names the run directory)")
         require(self.seed >= 0, "seed", self.seed, "must be >= 0")
         require(self.members >= 1, "members", self.members, "must be >= 1")
-        for mode in ("enkf", "oracle_enkf"):
+        for mode in ("enkf", "oracle_enkf", "ensemble"):
             require(self.members >= 2 or mode not in self.analysis.modes, "members",
                     self.members, f"the {mode} mode needs at least 2 members")
 
@@ -319,6 +326,8 @@ def config_hash(cfg: RunConfig) -> str:
         del data["data"]["init"]
     if data["analysis"]["forecast"]["error_model"] == "fixed":  # likewise
         del data["analysis"]["forecast"]["error_model"]
+    if data["analysis"]["ensemble_inflation"] == 1.0:  # likewise
+        del data["analysis"]["ensemble_inflation"]
     text = json.dumps(data, sort_keys=True, separators=(",", ":"), allow_nan=True)
     return hashlib.sha256(text.encode()).hexdigest()
 

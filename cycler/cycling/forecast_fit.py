@@ -178,3 +178,31 @@ def fitted_forecast_term(prior: DiffusionPrior, forecast: Tensor, climatology: T
     sigma_y = torch.as_tensor(sigma).expand(f.shape[1:]).reshape(-1)
     return ObservationTerm(op, y.reshape(f.shape[0], -1), sigma_y, gamma, weight,
                            name="forecast")
+
+
+def ensemble_forecast_term(prior: DiffusionPrior, forecast: Tensor, climatology: Tensor,
+                           climatology_var: Tensor, grid: Grid, inflation: float, gamma: float,
+                           weight: float = 1.0) -> ObservationTerm:
+    """The ensemble mode's forecast term: the extended likelihood whose ``(alpha, beta)``
+    make ``p(x) p(f | x)`` the forecast ensemble's distribution per cell (the prior already
+    is the climatology; :func:`~diffda.cycler.analysis.kalman.ensemble_forecast_parameters`):
+    ``P_f`` the ensemble's variance times ``inflation``, ``c`` the climatology's variance,
+    ``alpha = 1 - P_f / c``, ``beta = alpha P_f``. ``forecast`` ``(member, var, lat_e,
+    lon_e)``, ``climatology``, ``climatology_var`` ``(1, var, lat_e, lon_e)``, physical on
+    the emulator grid ``grid``. Cells where ``P_f >= c`` carry no information (their
+    variance is set to 1e6)."""
+    if forecast.shape[0] < 2:
+        raise ValueError("the ensemble forecast term needs at least 2 members")
+    op = forecast_grid_operator(prior.grid, prior.variables, coarse=grid)
+    f = prior.normalise(forecast.double())
+    mu = prior.normalise(climatology.double())[0]
+    std = prior.std.double()[:, None, None]
+    c = climatology_var.double()[0] / std.square()
+    p_f = inflation * f.var(0)
+    informative = p_f < 0.99 * c
+    alpha = torch.where(informative, 1.0 - p_f / c, torch.ones_like(c))
+    beta = alpha * p_f
+    y, sigma = equivalent_observation(f.mean(0), mu, alpha, beta)
+    y = torch.where(informative, y, mu)
+    sigma = torch.where(informative, torch.as_tensor(sigma), torch.full_like(c, 1e6))
+    return ObservationTerm(op, y.reshape(-1), sigma.reshape(-1), gamma, weight, name="forecast")

@@ -16,6 +16,10 @@ nothing). The diffusion modes run Algorithm 1 through
   emulator for one cycle (``reinitialize_from = "mean"``: one forecast from the ensemble
   mean, the same observation for all members; ``"members"``: one forecast per member, each
   member guided by its own) (Fig. 17b). Cycle 1 starts from the truth, like ``precomputed``.
+- ``ensemble``: every member forecast from its own analysis; the forecast term is the
+  extended likelihood of the forecast ensemble's mean and per-cell variance (the prior
+  being the climatology, ``alpha = 1 - P_f/c``, ``beta = alpha P_f``), stations weight
+  ``lambda``.
 - ``enkf``: the localized, inflated stochastic EnKF on the emulator grid: an ensemble of
   emulator forecasts updated with the same station observations (bicubic point operator on
   the emulator grid, same error std), in the prior's normalised units. Scored after
@@ -46,7 +50,7 @@ from diffda.core.grid import Grid, coarsen_to
 from diffda.core.rng import member_generators, torch_generator
 from diffda.cycler.analysis.letkf import LocalizedEnKF, PointObservations
 from diffda.cycler.analysis.sampler import DiffusionAnalysis, StepDiagnostics
-from diffda.cycler.cycling.forecast_fit import fitted_forecast_term
+from diffda.cycler.cycling.forecast_fit import ensemble_forecast_term, fitted_forecast_term
 from diffda.cycler.cycling.world import World
 from diffda.cycler.metrics import station_innovations
 from diffda.cycler.terms import forecast_term, station_term
@@ -246,6 +250,33 @@ class Reinitialized:
         return _guided(world, k, forecast, "reinitialized", world.config.data.cadence_hours)
 
 
+class EnsembleForecast:
+    """The ensemble-forecast likelihood: every member is forecast from its own analysis
+    (coarsened; cycle 1 from the EnKF's initial ensemble), and the forecast term is the
+    extended likelihood of the forecast ensemble's mean and per-cell variance
+    (:func:`~diffda.cycler.cycling.forecast_fit.ensemble_forecast_term`), beside the
+    stations (weight ``lambda``): an approximation of the cycling prior without retraining
+    the diffusion model."""
+
+    def cycle(self, world: World, k: int, state: CycleState | None) -> CycleResult:
+        cfg = world.config
+        start = (world.enkf_initial if state is None
+                 else coarsen_to(state.analysis, world.emulator.grid))
+        noise = (torch_generator(cfg.seed, "ensemble-model-noise", k)
+                 if cfg.enkf.model_noise and world.emulator.stochastic else None)
+        forecast = emulator_forecast(world.emulator, start, world.times[k - 1],
+                                     world.steps_per_cycle, generator=noise)
+        g = world.emulator.grid
+        fc = ensemble_forecast_term(world.prior, forecast, coarsen_to(world.climatology, g),
+                                    coarsen_to(world.climatology_var, g), g,
+                                    cfg.analysis.ensemble_inflation, cfg.analysis.forecast.gamma)
+        stations, used = _stations(world, k, cfg.analysis.lambda_)
+        analysis, states, info = _sample(world, [fc, stations], k)
+        return CycleResult(analysis, tensors={**used, "forecast": forecast,
+                                              "generator_states": states}, info=info,
+                           innovations=innovations(world, k, analysis, forecast))
+
+
 class EnKF:
     """Forecast the EnKF ensemble one cycle, then the localized inflated EnKF update."""
 
@@ -330,6 +361,7 @@ MODES: dict[str, CyclingMode] = {
     "climatological": Climatological(),
     "precomputed": Precomputed(),
     "reinitialized": Reinitialized(),
+    "ensemble": EnsembleForecast(),
     "enkf": EnKF(),
     "oracle_enkf": OracleEnKF(),
     "free": Free(),

@@ -59,7 +59,8 @@ class World:
     ensemble ``(member, var, lat, lon)`` on the full grid (only where ``oracle_enkf`` runs).
     ``climatology``: the mean of the data's states outside the window, ``(1, var, lat,
     lon)`` physical (the ``mu`` of the forecast term's extended likelihood and of its
-    innovation moments). ``forecast_error``: the fitted forecast-error model, if the run
+    innovation moments), and ``climatology_var`` their variance per cell (the ``c`` of the
+    ensemble mode's forecast term). ``forecast_error``: the fitted forecast-error model, if the run
     reads one (``analysis.forecast.error_model = "fitted:PATH"``).
     """
 
@@ -83,6 +84,7 @@ class World:
     nature: NatureForecaster | None = None
     oracle_initial: Tensor = field(default_factory=lambda: torch.empty(0))
     climatology: Tensor = field(default_factory=lambda: torch.empty(0))
+    climatology_var: Tensor = field(default_factory=lambda: torch.empty(0))
     forecast_error: FittedErrorModel | None = None
 
     @property
@@ -183,14 +185,14 @@ def load_world(cfg: RunConfig, *, progress: bool = False) -> World:
     if abs(world.steps_per_cycle * emulator.dt_hours - cfg.data.cadence_hours) > 1e-9:
         raise ValueError(f"data.cadence_hours = {cfg.data.cadence_hours} is not a multiple of "
                          f"the emulator's step {emulator.dt_hours} h")
-    world.climatology = climatology_state(cfg, ds, times, variables)
+    world.climatology, world.climatology_var = climatology_state(cfg, ds, times, variables)
     world.initial = initial_state(cfg, ds, times, variables, truth, world.climatology)
     if cfg.analysis.forecast.error_model != "fixed":
         world.forecast_error = read_fitted(cfg.analysis.forecast.error_model, cfg, variables,
                                            emulator.grid)
         world.weights["forecast_error"] = file_sha256(world.forecast_error.path)
     world.free = free_forecast(world)
-    if "enkf" in cfg.analysis.modes:
+    if "enkf" in cfg.analysis.modes or "ensemble" in cfg.analysis.modes:
         world.enkf_initial = initial_enkf_ensemble(world, ds)
     if "oracle_enkf" in cfg.analysis.modes:
         world.nature = nature_forecaster(cfg, ds, grid, variables)
@@ -249,19 +251,20 @@ def outside_window(ds: xr.Dataset, times: Sequence[cftime.datetime]) -> list[int
 
 
 def climatology_state(cfg: RunConfig, ds: xr.Dataset, times: Sequence[cftime.datetime],
-                      variables: Sequence[str]) -> Tensor:
-    """The mean of the data's states outside the window, ``(1, var, lat, lon)`` float32
-    (empty if the data hold no other states)."""
+                      variables: Sequence[str]) -> tuple[Tensor, Tensor]:
+    """The mean and variance per cell of the data's states outside the window, each
+    ``(1, var, lat, lon)`` float32 (empty if the data hold no other states)."""
     candidates = outside_window(ds, times)
+    needs = cfg.analysis.forecast.error_model != "fixed" or "ensemble" in cfg.analysis.modes
+    if needs and len(candidates) < 2:
+        raise ValueError(f"{cfg.data.path}: the fitted and ensemble forecast terms need the "
+                         f"climatology of the states outside the window {iso(times[0])} .. "
+                         f"{iso(times[-1])}; the data has {len(candidates)}")
     if not candidates:
-        if cfg.analysis.forecast.error_model != "fixed":
-            raise ValueError(f"{cfg.data.path}: the fitted forecast term needs the climatology,"
-                             f" the mean of states outside the window {iso(times[0])} .. "
-                             f"{iso(times[-1])}; the data has none")
-        return torch.empty(0)
-    sub = ds[list(variables)].isel(time=candidates).mean("time").load()
-    mean = np.stack([sub[v].transpose("lat", "lon").values for v in variables])
-    return torch.as_tensor(mean[None], dtype=torch.float32)
+        return torch.empty(0), torch.empty(0)
+    states = states_at(ds, candidates, variables, torch.float64)
+    var = states.var(0, keepdim=True) if len(candidates) > 1 else torch.empty(0)
+    return states.mean(0, keepdim=True).float(), var.float()
 
 
 def initial_state(cfg: RunConfig, ds: xr.Dataset, times: Sequence[cftime.datetime],

@@ -274,6 +274,36 @@ def run_enkf(setup: LinearSetup, data: TruthAndObs) -> Run:
     return Run(np.array(means), np.array(variances))
 
 
+def run_ensemble_extended(setup: LinearSetup, data: TruthAndObs, members: int | None = None
+                          ) -> Run:
+    """The ensemble-forecast likelihood (the atmosphere's ``ensemble`` mode): every member
+    forecast from its own analysis with the discrete model (noise included); the forecast
+    term is the extended likelihood with the ensemble's mean and variance,
+    ``(alpha, beta) = (1 - P_f/c, alpha P_f)`` (:func:`~diffda.cycler.analysis.kalman.
+    ensemble_forecast_parameters`), beside the climatological prior and the observations;
+    the members are then drawn from that Gaussian posterior (what the exact sampler
+    draws). As the ensemble grows this is the Kalman filter."""
+    m = members or setup.members
+    ens = setup.c**0.5 * numpy_generator(setup.seed, "ensemble-init").standard_normal(
+        (m, setup.n))
+    mk, c, r = setup.mask, setup.c, setup.obs_var
+    means, variances = [], []
+    for k in range(1, setup.cycles + 1):
+        rng = numpy_generator(setup.seed, "ensemble", k)
+        ens = advance(ens, setup.dt, setup.obs_every, rng.standard_normal(ens.shape))
+        f, p_f = ens.mean(0), ens.var(0, ddof=1)
+        alpha, beta = kalman.ensemble_forecast_parameters(p_f, c)
+        v = 1.0 / (1.0 / c + alpha**2 / beta)
+        mean = v * alpha * f / beta
+        v_obs = 1.0 / (1.0 / v[mk] + 1.0 / r)
+        mean[mk] = v_obs * (mean[mk] / v[mk] + data.obs[k, mk] / r)
+        v[mk] = v_obs
+        ens = mean + np.sqrt(v) * rng.standard_normal((m, setup.n))
+        means.append(mean)
+        variances.append(v)
+    return Run(np.array(means), np.array(variances))
+
+
 # --- (alpha, beta) of the extended likelihood --------------------------------------------
 
 @dataclass(frozen=True)
