@@ -57,6 +57,18 @@ def test_crps_matches_the_pairwise_definition(fair):
     torch.testing.assert_close(crps_ensemble(ens, truth, fair), brute)
 
 
+@pytest.mark.parametrize("fair, estimator", [(True, "fair"), (False, "nrg")])
+def test_crps_equals_scoringrules(fair, estimator):
+    # the well-kept reference implementation (scoringrules, Zanetta & Allen): the fair
+    # estimator (Ferro 2014) and the energy form of the empirical distribution's CRPS
+    import scoringrules as sr
+    rng = np.random.default_rng(0)
+    ens, y = rng.normal(size=(8, 3, 5, 7)), rng.normal(size=(3, 5, 7))
+    want = sr.crps_ensemble(y, ens, m_axis=0, estimator=estimator)
+    got = crps_ensemble(torch.as_tensor(ens), torch.as_tensor(y), fair=fair).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
 def test_fair_crps_is_unbiased_for_the_gaussian_closed_form():
     # y = 0, X ~ N(0, 1): CRPS = 2 phi(0) - 1/sqrt(pi) = (sqrt(2) - 1) / sqrt(pi)
     g = torch.Generator().manual_seed(3)
