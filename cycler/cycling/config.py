@@ -316,18 +316,33 @@ def config_to_mapping(cfg: RunConfig) -> dict[str, Any]:
     return _rename_lambda(to_mapping(cfg), to_field=False)
 
 
-def config_hash(cfg: RunConfig) -> str:
-    """SHA-256 (hex) of the canonical JSON of the resolved config without ``runtime`` (and
-    without keys added later while they hold the value that means the old behaviour, so
-    that run directories of earlier versions still resume)."""
-    data = config_to_mapping(cfg)
+#: Keys added after run directories, tuning and fitted files were first written, with the
+#: value that means the old behaviour: left out of identities while they hold it.
+_LATER_KEYS: tuple[tuple[tuple[str, ...], object], ...] = (
+    (("data", "init"), "truth"),
+    (("analysis", "forecast", "error_model"), "fixed"),
+    (("analysis", "ensemble_inflation"), 1.0),
+)
+
+
+def identity_mapping(cfg: RunConfig) -> dict[str, Any]:
+    """The resolved config as a mapping without ``runtime`` and without the later keys that
+    hold their old-behaviour value (:data:`_LATER_KEYS`): what identifies a configuration,
+    so that run directories and files of earlier versions are still recognised."""
+    data = json.loads(json.dumps(config_to_mapping(cfg)))
     data.pop("runtime", None)
-    if data["data"]["init"] == "truth":  # the default before data.init existed: same hash
-        del data["data"]["init"]
-    if data["analysis"]["forecast"]["error_model"] == "fixed":  # likewise
-        del data["analysis"]["forecast"]["error_model"]
-    if data["analysis"]["ensemble_inflation"] == 1.0:  # likewise
-        del data["analysis"]["ensemble_inflation"]
+    for path, old in _LATER_KEYS:
+        table = data
+        for key in path[:-1]:
+            table = table[key]
+        if table.get(path[-1]) == old:
+            del table[path[-1]]
+    return data
+
+
+def config_hash(cfg: RunConfig) -> str:
+    """SHA-256 (hex) of the canonical JSON of :func:`identity_mapping`."""
+    data = identity_mapping(cfg)
     text = json.dumps(data, sort_keys=True, separators=(",", ":"), allow_nan=True)
     return hashlib.sha256(text.encode()).hexdigest()
 

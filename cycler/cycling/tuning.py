@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from diffda.core.config import ConfigError, set_dotted
-from diffda.cycler.cycling.config import RunConfig, config_to_mapping
+from diffda.cycler.cycling.config import RunConfig, identity_mapping
 
 FORMAT = "diffda-tuned-v1"
 #: Keys that differ between the runs of one experiment and so do not identify it.
@@ -44,7 +44,7 @@ def _drop(mapping: dict[str, Any], dotted: str) -> None:
 def identity(cfg: RunConfig, tuned_keys: Sequence[str]) -> dict[str, Any]:
     """The configuration a tuning belongs to: ``cfg`` without the tuned keys and the keys
     that vary between the runs of one experiment."""
-    mapping = json.loads(json.dumps(config_to_mapping(cfg)))
+    mapping = identity_mapping(cfg)
     for key in (*_NOT_IDENTITY, *tuned_keys):
         _drop(mapping, key)
     return mapping
