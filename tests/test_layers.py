@@ -1,9 +1,10 @@
 """The architecture as a test: layers only point down, and no module imports another that
 imports it back (DESIGN.md, "Layers").
 
-Folders, top to bottom: ``cycler`` (with its CLI ``cycler/cli``) -> ``observations`` and
-``emulators`` (side by side, neither imports the other) -> ``core``. Every ``import``
-counts, also those inside functions.
+Folders, top to bottom: ``api`` (the package ``diffda`` itself: the Python API) ->
+``cycler`` (with its CLI ``cycler/cli``) -> ``observations`` and ``emulators`` (side by
+side, neither imports the other) -> ``core``. Every ``import`` counts, also those inside
+functions.
 """
 
 from __future__ import annotations
@@ -12,21 +13,29 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-FOLDERS = ("core", "emulators", "observations", "cycler")
+FOLDERS = ("core", "emulators", "observations", "cycler", "api")
 #: What each folder may import (besides itself).
 ALLOWED = {
     "core": set(),
     "emulators": {"core"},
     "observations": {"core"},
     "cycler": {"core", "emulators", "observations"},
+    "api": {"core", "emulators", "observations", "cycler"},
 }
+#: The module of each file's folder (``api/`` is the package ``diffda`` itself).
+FOLDER_OF: dict[str, str] = {}
 
 
 def module_name(path: Path) -> str:
     parts = list(path.relative_to(ROOT).with_suffix("").parts)
-    if parts[-1] == "__init__":
+    folder = parts[0]
+    if folder == "api":
+        parts = parts[1:]
+    if parts and parts[-1] == "__init__":
         parts = parts[:-1]
-    return "diffda." + ".".join(parts)
+    name = ".".join(["diffda", *parts])
+    FOLDER_OF[name] = folder
+    return name
 
 
 def project_imports() -> dict[str, set[str]]:
@@ -49,7 +58,7 @@ def project_imports() -> dict[str, set[str]]:
 
 
 def folder_of(module: str) -> str:
-    return module.split(".")[1]
+    return FOLDER_OF[module]
 
 
 def test_layers_point_down_and_nothing_imports_the_cli():
