@@ -194,8 +194,10 @@ def format_confidence(table: Mapping[str, Any], days: Sequence[float] = (1, 3, 5
     cols = [(d, leads.index(d)) for d in days if d in leads]
     lines = [f"{table['n_cases']} cases; steady part: leads > "
              f"{table['steady_from_hours'] / 24:g} days; mean [95 % interval over cases]"]
-    header = f"{'mode':<15}{'variable':<9}" + "".join(f"{'day ' + format(d, 'g'):>22}"
-                                                      for d, _ in cols) + f"{'steady':>22}"
+    wm = max([15, *(len(m) + 1 for m in table["modes"])])
+    wp = max([30, *(len(p) + 1 for p in table["paired"])])
+    header = f"{'mode':<{wm}}{'variable':<9}" + "".join(f"{'day ' + format(d, 'g'):>24}"
+                                                         for d, _ in cols) + f"{'steady':>24}"
     lines.append(header)
 
     def cell(x: float, ci: Sequence[float] | None) -> str:
@@ -203,15 +205,15 @@ def format_confidence(table: Mapping[str, Any], days: Sequence[float] = (1, 3, 5
 
     for mode, per_var in table["modes"].items():
         for v, s in per_var.items():
-            row = "".join(f"{cell(s['rmse'][j], s['rmse_ci95'][j]):>22}" for _, j in cols)
-            lines.append(f"{mode:<15}{v:<9}{row}"
-                         f"{cell(s['steady_rmse'], s['steady_rmse_ci95']):>22}")
+            row = "".join(f"{cell(s['rmse'][j], s['rmse_ci95'][j]):>24}" for _, j in cols)
+            lines.append(f"{mode:<{wm}}{v:<9}{row}"
+                         f"{cell(s['steady_rmse'], s['steady_rmse_ci95']):>24}")
     lines.append("paired steady RMSE differences (A - B; * : the interval excludes 0)")
     for pair, per_var in table["paired"].items():
         cells = [f"{v} {cell(s['steady_diff'], s['steady_diff_ci95'])}"
                  f"{'*' if significant(s['steady_diff_ci95']) else ' '}"
                  for v, s in per_var.items()]
-        lines.append(f"  {pair:<30}" + "  ".join(cells))
+        lines.append(f"  {pair:<{wp}}" + "  ".join(cells))
     return "\n".join(lines)
 
 
@@ -223,21 +225,26 @@ def plot_confidence(table: Mapping[str, Any], path: str | Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from diffda.core.io import atomic_write_bytes
+    from diffda.cycler.cycling.plots import mode_colour
 
     variables = list(next(iter(table["modes"].values())))
     days = np.asarray(table["leads_hours"]) / 24.0
     ncol = 2 if len(variables) > 1 else 1
     nrow = math.ceil(len(variables) / ncol)
     fig, axes = plt.subplots(nrow, ncol, figsize=(6.0 * ncol, 3.6 * nrow), squeeze=False)
-    colours = plt.get_cmap("tab10")
+    styles = ("-", "--", ":", "-.")
     for ax, v in zip(axes.ravel(), variables, strict=False):
-        for k, (mode, per_var) in enumerate(table["modes"].items()):
+        seen: dict[str, int] = {}
+        for mode, per_var in table["modes"].items():
             s = per_var[v]
-            ax.plot(days, s["rmse"], "o-", ms=3, color=colours(k % 10), label=mode)
+            base = mode.rsplit("/", 1)[-1]  # "<folder>/<mode>" of merged experiments
+            colour, style = mode_colour(base), styles[seen.get(base, 0) % len(styles)]
+            seen[base] = seen.get(base, 0) + 1
+            ax.plot(days, s["rmse"], marker="o", ls=style, ms=3, color=colour, label=mode)
             ci = s["rmse_ci95"]
             if all(c is not None for c in ci):
                 ax.fill_between(days, [c[0] for c in ci], [c[1] for c in ci],
-                                color=colours(k % 10), alpha=0.15, lw=0)
+                                color=colour, alpha=0.15, lw=0)
         ax.axvspan(table["steady_from_hours"] / 24.0, days.max(), color="0.93", zorder=0)
         ax.set_title(v)
         ax.set_xlabel("time since the first analysis's start (days)")
