@@ -76,6 +76,19 @@ def test_paired_difference_of_a_mode_with_itself_is_zero_and_real_gaps_are_found
         np.sqrt(5 / 4) * 0.5)
 
 
+def test_spread_skill_uses_each_modes_own_ensemble_size():
+    # a one-member reference line (free) beside an ensemble must not change the ensemble's
+    # finite-size correction sqrt((M + 1) / M)
+    cases = _records({"ens": [[10.0, 10.0]] * 3, "free": [[12.0, 12.0]] * 3})
+    for records in cases:
+        for r in records:
+            if r["mode"] == "free":
+                r["members"] = 1
+    table = compare_cases(cases, steady_from_hours=0.0)
+    assert table["modes"]["ens"]["height"]["spread_skill"][0] == pytest.approx(
+        np.sqrt(5 / 4) * 0.5)
+
+
 def _experiment_file(folder: Path, starts: list[str], tuning: list[str] | None = None) -> Path:
     cfg = helpers.tiny_world(folder, modes=("climatological", "enkf", "free"))
     text = cfg.read_text() + "\n[cases]\n" + f"starts = {json.dumps(starts)}\n" + (

@@ -47,10 +47,12 @@ def bootstrap_mean_ci(values: Sequence[float] | np.ndarray, seed: int = 0,
 
 
 def case_arrays(cases: Sequence[Sequence[Mapping[str, Any]]]
-                ) -> tuple[list[str], list[str], list[float], dict[str, np.ndarray], int]:
+                ) -> tuple[list[str], list[str], list[float], dict[str, np.ndarray],
+                           dict[str, int]]:
     """Records of several cases -> ``(modes, variables, leads_hours, arrays, members)`` with
-    ``arrays["<mode>/<var>/<score>"]`` of shape ``(case, lead)``. Every case must have the
-    same modes, variables and leads (the same experiment from different start times)."""
+    ``arrays["<mode>/<var>/<score>"]`` of shape ``(case, lead)`` and ``members`` per mode.
+    Every case must have the same modes, variables and leads (the same experiment from
+    different start times)."""
     first = cases[0]
     modes = list(dict.fromkeys(r["mode"] for r in first))
     variables = [k for k in first[0] if isinstance(first[0][k], dict) and "rmse" in first[0][k]]
@@ -70,7 +72,7 @@ def case_arrays(cases: Sequence[Sequence[Mapping[str, Any]]]
                     key = f"{m}/{v}/{s}"
                     arr = arrays.setdefault(key, np.full((len(cases), len(leads)), np.nan))
                     arr[c] = [got[(m, t)][v][s] for t in leads]
-    return modes, variables, leads, arrays, min(members.values())
+    return modes, variables, leads, arrays, members
 
 
 def _spread_skill(rmse: np.ndarray, spread: np.ndarray, members: int) -> np.ndarray:
@@ -113,7 +115,8 @@ def compare_cases(cases: Sequence[Sequence[Mapping[str, Any]]], steady_from_hour
         "n_cases": len(cases), "leads_hours": leads, "steady_from_hours": steady_from_hours,
         "bootstrap": {"method": "percentile", "resamples": N_RESAMPLES, "seed": seed,
                       "unit": "case"},
-        "modes": {m: {v: _mode_summary(arrays, m, v, steady, members, seed) for v in variables}
+        "modes": {m: {v: _mode_summary(arrays, m, v, steady, members[m], seed)
+                      for v in variables}
                   for m in modes},
         "paired": {},
     }
