@@ -22,11 +22,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from diffda.core.grid import Grid, coarsen_to
-from diffda.cycler.analysis.forecast_error import innovation_moments
+from diffda.cycler.analysis.forecast_error import innovation_moments, pair_moments
 from torch import Tensor
 
 SCORES: tuple[str, ...] = ("rmse", "spread", "crps", "rmse_station", "rmse_nonstation")
@@ -274,7 +275,8 @@ def station_innovations(
     y: Tensor, error_var: Tensor, variable_index: Tensor, variables: Sequence[str],
     analysis: Tensor, forecast: Tensor | None = None, forecast_var: Tensor | None = None,
     climate: tuple[Tensor, Tensor] | None = None,
-) -> dict[str, dict[str, float]]:
+    positions: tuple[np.ndarray, np.ndarray] | None = None,
+) -> dict[str, dict[str, Any]]:
     """Innovation statistics at the stations, per variable (physical units), for the
     Desroziers et al. (2005) consistency checks.
 
@@ -287,10 +289,13 @@ def station_innovations(
     ``r_assumed`` (mean ``R``), ``desroziers_r`` (mean ``d_oa d_ob``), ``hbh_ensemble``.
     ``climate``: the climatological mean and std at the observations; with a forecast it
     adds ``forecast_moments``, the sums from which the forecast's error model is fitted
-    (:func:`~diffda.cycler.analysis.forecast_error.innovation_moments`, normalised units)."""
+    (:func:`~diffda.cycler.analysis.forecast_error.innovation_moments`, normalised units),
+    and with the observations' ``positions`` (lat, lon in degrees) ``forecast_pairs``, the
+    sums by station distance from which the forecast error's spatial correlation is
+    measured (:func:`~diffda.cycler.analysis.forecast_error.pair_moments`)."""
     d_oa = (y - analysis).double()
     d_ob = None if forecast is None else (y - forecast).double()
-    out: dict[str, dict[str, float]] = {}
+    out: dict[str, dict[str, Any]] = {}
     for k, v in enumerate(variables):
         sel = variable_index == k
         if not bool(sel.any()):
@@ -309,6 +314,11 @@ def station_innovations(
             row["forecast_moments"] = innovation_moments(
                 (y[sel].double() - mu) / std, (forecast[sel].double() - mu) / std,
                 (error_var[sel].double() / std.square()), 0.0).as_dict()
+            if positions is not None:
+                where = sel.numpy()
+                row["forecast_pairs"] = pair_moments(
+                    (y[sel].double() - mu) / std, (forecast[sel].double() - mu) / std, 0.0,
+                    positions[0][where], positions[1][where]).as_dict()
         out[v] = row
     return out
 

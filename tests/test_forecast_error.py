@@ -7,13 +7,21 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from diffda.core.grid import Grid
 from diffda.cycler.analysis import kalman
 from diffda.cycler.analysis.forecast_error import (
     Moments,
+    PairMoments,
+    correlation_inflation,
+    correlation_length,
     equivalent_observation,
+    error_correlation,
     fit_from_moments,
     innovation_moments,
+    pair_moments,
+    soar,
 )
+from diffda.cycler.analysis.letkf import great_circle_km
 from diffda.cycler.linear.testbed import (
     EXTENDED,
     LinearSetup,
@@ -39,6 +47,44 @@ def test_recovers_known_alpha_beta_from_synthetic_innovations(alpha, beta):
     fit = fit_from_moments(m)
     assert fit.alpha == pytest.approx(alpha, abs=0.01)
     assert fit.beta == pytest.approx(beta, rel=0.03, abs=0.005)
+
+
+def test_recovers_a_known_correlation_length_from_station_innovations():
+    """Hollingsworth-Lonnberg without the truth: the truth's anomalies and the forecast
+    errors both spatially correlated (different lengths), independent observation errors;
+    the station-pair sums give back the forecast error's SOAR length."""
+    rng = np.random.default_rng(1)
+    p, draws, alpha, beta, r, length = 300, 400, 0.6, 0.5, 0.3, 900.0
+    lat = np.rad2deg(np.arcsin(rng.uniform(-1, 1, p)))
+    lon = rng.uniform(0, 360, p)
+    d = great_circle_km(*(torch.as_tensor(a) for a in (lat, lon, lat, lon))).numpy()
+    chol_eps = np.linalg.cholesky(soar(d, length) + 1e-8 * np.eye(p))
+    chol_x = np.linalg.cholesky(soar(d, 2500.0) + 1e-8 * np.eye(p))
+    m, pairs = Moments.zero(), PairMoments.zero()
+    for _ in range(draws):
+        x = chol_x @ rng.standard_normal(p)
+        f = alpha * x + np.sqrt(beta) * (chol_eps @ rng.standard_normal(p))
+        y = x + np.sqrt(r) * rng.standard_normal(p)
+        m = m + innovation_moments(y, f, r, 0.0)
+        pairs = pairs + pair_moments(y, f, 0.0, lat, lon)
+    fit = fit_from_moments(m)
+    assert fit.alpha == pytest.approx(alpha, abs=0.03)
+    centres, rho, n = error_correlation(pairs, fit)
+    assert correlation_length(centres, rho, n) == pytest.approx(length, rel=0.15)
+    # the round trip of the recorded form
+    assert PairMoments.from_dict(pairs.as_dict()) == pairs
+
+
+def test_correlation_inflation_counts_the_cells_one_error_spans():
+    grid = Grid(16, 32)
+    torch.testing.assert_close(correlation_inflation(grid, None),
+                               torch.ones(16, dtype=torch.float64))
+    assert torch.allclose(correlation_inflation(grid, 1.0), torch.ones(16, dtype=torch.float64),
+                          atol=1e-6)  # far below the spacing: independent
+    short, long = correlation_inflation(grid, 800.0), correlation_inflation(grid, 2000.0)
+    assert bool((long > short).all()) and bool((short > 1).all())
+    torch.testing.assert_close(short, short.flip(0))  # north and south alike
+    assert short[0] > short[8]  # polar cells are closer together
 
 
 def test_equivalent_observation_is_the_same_likelihood():
@@ -101,7 +147,9 @@ def _tiny_experiment(folder):
     spec.loader.exec_module(helpers)
     cfg = helpers.tiny_world(folder, modes=("precomputed", "reinitialized"))
     path = folder / "cases.toml"
-    path.write_text(cfg.read_text() + "\n[cases]\n" + f"starts = {json.dumps(['0001-01-02T00:00'])}"
+    # 40 stations: enough pairs by distance to measure the forecast error's correlation
+    path.write_text(cfg.read_text().replace("n = 12", "n = 40") + "\n[cases]\n"
+                    + f"starts = {json.dumps(['0001-01-02T00:00'])}"
                     + f"\ntuning = {json.dumps(['0001-01-04T00:00'])}\nsteady_from_days = 0.5\n")
     return path
 
@@ -110,6 +158,7 @@ def test_calibrate_fits_each_forecast_mode_and_runs_read_the_file(tmp_path):
     import json
 
     from diffda.core.config import ConfigError
+    from diffda.core.grid import coarsen_to
     from diffda.cycler.cli.main import main as cli_main
     from diffda.cycler.cycling.cases import load_experiment
     from diffda.cycler.cycling.driver import run_experiment
@@ -126,6 +175,10 @@ def test_calibrate_fits_each_forecast_mode_and_runs_read_the_file(tmp_path):
     assert set(record["parameters"]["reinitialized"]["height"]) == {"0"}
     assert len(record["history"]) == 2 and record["history"][1]["error_model"].startswith(
         "fitted:")
+    # the forecast error's correlation lengths, from the station pairs (km, within bounds)
+    for mode in ("precomputed", "reinitialized"):
+        lengths = record["correlation_km"][mode]
+        assert lengths and all(50 <= km <= 5000 for km in lengths.values()), lengths
     for table in record["parameters"].values():
         for leads in table.values():
             assert all(e["alpha"] > 0 and e["beta"] > 0 and e["n"] > 0 for e in leads.values())
@@ -138,6 +191,20 @@ def test_calibrate_fits_each_forecast_mode_and_runs_read_the_file(tmp_path):
     run_experiment(fixed.case_configs()[0][1], tmp_path / "fixed", plots=False)
     a, b = read_metrics(tmp_path / "verify"), read_metrics(tmp_path / "fixed")
     assert [r["height"]["rmse"] for r in a] != [r["height"]["rmse"] for r in b]
+    # the term's variance: beta / alpha^2 times the correlation inflation of its row
+    from diffda.cycler.cycling.forecast_fit import fitted_forecast_term, read_fitted
+
+    world = load_world(cfg)
+    model = read_fitted(spec, cfg, world.variables, world.emulator.grid)
+    fc = world.climatology.expand(2, -1, -1, -1)
+    term = fitted_forecast_term(world.prior, coarsen_to(fc, model.grid),
+                                coarsen_to(world.climatology, model.grid), model,
+                                "reinitialized", 12.0, gamma=0.0)
+    e = model.at("reinitialized", "height", 12.0)
+    rows = correlation_inflation(model.grid, model.length("reinitialized", "height"))
+    sig = term.sigma_y.reshape(len(world.variables), model.grid.nlat, model.grid.nlon)[0]
+    torch.testing.assert_close(sig, (e.beta / e.alpha**2 * rows)[:, None].expand_as(sig))
+    assert bool((rows > 1).all())
     # refused: another configuration, other variables, another grid
     with pytest.raises(ConfigError, match=r"fitted for another configuration: members"):
         load_world(load_experiment(path, {"analysis.forecast.error_model": spec,

@@ -24,6 +24,20 @@ the linear test bed that is the exact fixed point of
 Given ``(alpha, beta)`` the likelihood is an ordinary Gaussian term in ``x``:
 ``N(f; alpha x + (1 - alpha) mu, beta) ∝ N(f'; x, beta / alpha^2)`` with
 ``f' = (f - (1 - alpha) mu) / alpha`` (:func:`equivalent_observation`).
+
+Forecast errors are spatially correlated; a term that treats every cell of the forecast as
+an independent observation counts a coherent large-scale error once per cell. The
+correlation is measured the way Hollingsworth and Lönnberg (1986) measure it, from the
+innovations alone: for two stations ``i != j`` (observation errors uncorrelated between
+them) ``E[(b_i - alpha a_i)(b_j - alpha a_j)] = cov(eps_i, eps_j)``, the forecast error's
+covariance at their distance. :func:`pair_moments` records the sums per distance bin,
+:func:`error_correlation` turns them into a correlation by distance once ``(alpha, beta)``
+are known, :func:`correlation_length` fits a SOAR function ``(1 + d/L) exp(-d/L)`` to it,
+and :func:`correlation_inflation` gives per latitude row the sum of the correlations of one
+cell with all cells of a grid: the factor by which the variance of an independent-cell term
+must grow for the largest scales (the error field's mean, the eigenvector of a homogeneous
+correlation matrix with eigenvalue its row sum) to carry the information they really carry
+(the diagonal "variance inflation" treatment of correlated observation errors).
 """
 
 from __future__ import annotations
@@ -31,7 +45,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
+from diffda.core.grid import Grid
+from diffda.cycler.analysis.letkf import great_circle_km
 from torch import Tensor
+
+#: Distance bins (km) of the pair moments: 300 km wide from 0 to 6000 km.
+PAIR_BIN_EDGES_KM: tuple[float, ...] = tuple(float(e) for e in np.arange(0.0, 6001.0, 300.0))
 
 
 @dataclass(frozen=True)
@@ -104,3 +124,121 @@ def equivalent_observation(f: Tensor, mu: Tensor, alpha: Tensor | float,
     """``(f', Sigma)`` with ``N(f; alpha x + (1 - alpha) mu, beta) ∝ N(f'; x, Sigma)``:
     ``f' = (f - (1 - alpha) mu) / alpha``, ``Sigma = beta / alpha^2``."""
     return (f - (1 - alpha) * mu) / alpha, beta / alpha**2  # type: ignore[operator]
+
+
+@dataclass(frozen=True)
+class PairMoments:
+    """Sums over station pairs ``i < j`` per distance bin (:data:`PAIR_BIN_EDGES_KM`) of the
+    anomalies of :class:`Moments`: ``n`` pairs, ``aa = sum a_i a_j``, ``ab = sum (a_i b_j +
+    b_i a_j)``, ``bb = sum b_i b_j``. Pool by adding."""
+
+    n: tuple[int, ...]
+    aa: tuple[float, ...]
+    ab: tuple[float, ...]
+    bb: tuple[float, ...]
+
+    def __add__(self, other: PairMoments) -> PairMoments:
+        def add(x: tuple, y: tuple) -> tuple:
+            return tuple(a + b for a, b in zip(x, y, strict=True))
+        return PairMoments(add(self.n, other.n), add(self.aa, other.aa),
+                           add(self.ab, other.ab), add(self.bb, other.bb))
+
+    def as_dict(self) -> dict[str, list]:
+        return {"n": list(self.n), "aa": list(self.aa), "ab": list(self.ab),
+                "bb": list(self.bb)}
+
+    @classmethod
+    def zero(cls) -> PairMoments:
+        k = len(PAIR_BIN_EDGES_KM) - 1
+        return cls((0,) * k, (0.0,) * k, (0.0,) * k, (0.0,) * k)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, list]) -> PairMoments:
+        return cls(tuple(int(x) for x in d["n"]), tuple(map(float, d["aa"])),
+                   tuple(map(float, d["ab"])), tuple(map(float, d["bb"])))
+
+
+def pair_moments(y: Tensor | np.ndarray, hf: Tensor | np.ndarray, h_mu: Tensor | np.ndarray
+                 | float, lat: Tensor | np.ndarray, lon: Tensor | np.ndarray) -> PairMoments:
+    """The sums of :class:`PairMoments` of observations ``y`` ``(p,)`` at ``lat``, ``lon``
+    (degrees), the forecast there ``hf`` and the climatology ``h_mu`` (one variable, one
+    unit). Pairs at one place (distance 0) are left out: their observation errors may
+    not be independent."""
+    a = torch.as_tensor(np.asarray(y, dtype=np.float64) - np.asarray(h_mu, dtype=np.float64))
+    b = torch.as_tensor(np.asarray(hf, dtype=np.float64) - np.asarray(h_mu,
+                                                                         dtype=np.float64))
+    la = torch.as_tensor(np.asarray(lat, dtype=np.float64))
+    lo = torch.as_tensor(np.asarray(lon, dtype=np.float64))
+    d = great_circle_km(la, lo, la, lo)
+    i, j = torch.triu_indices(len(a), len(a), offset=1)
+    dist = d[i, j]
+    edges = torch.tensor(PAIR_BIN_EDGES_KM, dtype=torch.float64)
+    keep = (dist > 1e-6) & (dist < edges[-1])
+    i, j, dist = i[keep], j[keep], dist[keep]
+    k = len(edges) - 1
+    bins = (torch.bucketize(dist, edges, right=True) - 1).clamp(0, k - 1)
+
+    def per_bin(x: Tensor) -> tuple[float, ...]:
+        return tuple(torch.zeros(k, dtype=torch.float64).index_add_(0, bins, x).tolist())
+
+    n = torch.bincount(bins, minlength=k)
+    return PairMoments(tuple(int(c) for c in n.tolist()), per_bin(a[i] * a[j]),
+                       per_bin(a[i] * b[j] + b[i] * a[j]), per_bin(b[i] * b[j]))
+
+
+def error_covariance_sums(pairs: PairMoments, fit: ForecastError) -> np.ndarray:
+    """Per distance bin the sum over pairs of ``(b_i - alpha a_i)(b_j - alpha a_j)``, whose
+    mean is the forecast error's covariance at that distance: ``bb - alpha ab + alpha^2
+    aa`` with ``(alpha, beta)`` fitted to the same forecasts."""
+    a = fit.alpha
+    return np.asarray(pairs.bb) - a * np.asarray(pairs.ab) + a * a * np.asarray(pairs.aa)
+
+
+def error_correlation(pairs: PairMoments, fit: ForecastError, min_pairs: int = 20
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(centres_km, correlation, n)`` of the forecast error ``eps`` by distance bin
+    (:func:`error_covariance_sums` over the pairs, divided by ``beta``), bins with fewer
+    than ``min_pairs`` pairs left out."""
+    edges = np.asarray(PAIR_BIN_EDGES_KM)
+    centres = 0.5 * (edges[1:] + edges[:-1])
+    n = np.asarray(pairs.n, dtype=np.float64)
+    ok = n >= max(min_pairs, 1)
+    return centres[ok], error_covariance_sums(pairs, fit)[ok] / n[ok] / fit.beta, n[ok]
+
+
+def soar(d: np.ndarray | Tensor, length_km: float) -> np.ndarray | Tensor:
+    """The second-order autoregressive correlation ``(1 + d/L) exp(-d/L)``."""
+    r = d / length_km
+    return (1 + r) * (np.exp(-r) if isinstance(r, np.ndarray) else torch.exp(-r))
+
+
+def correlation_length(centres_km: np.ndarray, correlation: np.ndarray, n: np.ndarray,
+                       bounds_km: tuple[float, float] = (50.0, 5000.0)) -> float:
+    """The length ``L`` (km) of the SOAR function closest to ``correlation`` by distance,
+    least squares weighted by the number of pairs per bin, searched within ``bounds_km``."""
+    from scipy.optimize import minimize_scalar
+
+    if len(centres_km) == 0:
+        raise ValueError("no distance bin has enough station pairs to fit a correlation "
+                         "length")
+
+    def loss(log_l: float) -> float:
+        return float(np.sum(n * (soar(centres_km, float(np.exp(log_l))) - correlation) ** 2))
+
+    res = minimize_scalar(loss, bounds=tuple(np.log(bounds_km)), method="bounded",
+                          options={"xatol": 1e-4})
+    return float(np.exp(res.x))
+
+
+def correlation_inflation(grid: Grid, length_km: float | None) -> Tensor:
+    """Per latitude row of ``grid``, the sum over all cells of the SOAR correlation (length
+    ``length_km``) with one cell of the row, ``(nlat,)`` float64: 1 when ``length_km`` is
+    None or 0 (independent cells)."""
+    if not length_km:
+        return torch.ones(grid.nlat, dtype=torch.float64)
+    lat = torch.as_tensor(grid.lat, dtype=torch.float64)
+    lon = torch.as_tensor(grid.lon, dtype=torch.float64)
+    glat = lat[:, None].expand(grid.nlat, grid.nlon).reshape(-1)
+    glon = lon[None, :].expand(grid.nlat, grid.nlon).reshape(-1)
+    d = great_circle_km(lat, torch.zeros_like(lat), glat, glon)  # (nlat, cells)
+    return soar(d, float(length_km)).sum(1)

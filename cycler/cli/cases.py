@@ -185,7 +185,9 @@ def calibrate(args: argparse.Namespace) -> int:
                 pairs = ", ".join(f"{k} h: ({a:.3f}, {b:.3g})" if k != "0" else
                                   f"({a:.3f}, {b:.3g})" for k, (a, b) in list(leads.items())[:3])
                 more = " ..." if len(leads) > 3 else ""
-                print(f"  {mode:<14} {v:<7} alpha, beta = {pairs}{more}")
+                km = h.get("correlation_km", {}).get(mode, {}).get(v)
+                length = "" if km is None else f"; correlation length {km:.0f} km"
+                print(f"  {mode:<14} {v:<7} alpha, beta = {pairs}{more}{length}")
     print(f"written: {out / 'fitted.json'} (read it with --set "
           f"analysis.forecast.error_model=fitted:{out / 'fitted.json'})")
     return 0

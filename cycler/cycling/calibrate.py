@@ -5,7 +5,8 @@ tuning cases (the nonlinear analogue of the linear test bed's self-consistent
 Iteration ``i`` runs the tuning cases with the forecast modes of the experiment
 (:data:`~diffda.cycler.cycling.forecast_fit.FITTED_MODES`) and the current error model
 (iteration 0: the config's, normally the fixed one), fits ``(alpha, beta)`` per mode and
-variable from the innovation moments those runs recorded (no truth), and writes
+variable from the innovation moments those runs recorded (no truth) and the forecast error's
+correlation length from their station-pair products (Hollingsworth-Lönnberg), and writes
 ``fitted_<i + 1>.json``; the next iteration runs with it. It stops when no parameter moves
 by more than ``tol`` (relative) or after ``iterations``; ``fitted.json`` is the last fit,
 with the history of every iteration (parameters and the tuning cases' steady RMSE).
@@ -22,7 +23,13 @@ from diffda.core.config import ConfigError
 from diffda.cycler.analysis.forecast_error import ForecastError
 from diffda.cycler.cycling.cases import load_cases, load_experiment, run_cases
 from diffda.cycler.cycling.confidence import compare_cases
-from diffda.cycler.cycling.forecast_fit import FITTED_MODES, PREFIX, fit_runs, write_fitted
+from diffda.cycler.cycling.forecast_fit import (
+    FITTED_MODES,
+    PREFIX,
+    fit_lengths,
+    fit_runs,
+    write_fitted,
+)
 
 Fits = dict[str, dict[str, dict[int, ForecastError]]]
 
@@ -75,8 +82,10 @@ def calibrate(
         records = [r for case in cases for r in case]
         # the precomputed mode: every lead (its forecast is the free run from t0); the
         # reinitialized mode: after its first cycle (which forecasts from t0 as well)
-        new: Fits = {m: fit_runs(records, m, 0.0 if FITTED_MODES[m] else cadence,
-                                 FITTED_MODES[m]) for m in modes}
+        start = {m: 0.0 if FITTED_MODES[m] else cadence for m in modes}
+        new: Fits = {m: fit_runs(records, m, start[m], FITTED_MODES[m]) for m in modes}
+        lengths = {m: fit_lengths(records, m, start[m], FITTED_MODES[m], new[m])
+                   for m in modes}
         table = compare_cases(cases, 24.0 * experiment.cases.steady_from_days)
         change = _largest_change(fits, new)
         history.append({
@@ -88,9 +97,11 @@ def calibrate(
                                     for m in modes},
             "parameters": {m: {v: {str(k): [e.alpha, e.beta] for k, e in leads.items()}
                                for v, leads in t.items()} for m, t in new.items()},
+            "correlation_km": lengths,
         })
         target = out / f"fitted_{it + 1}.json"
-        record = write_fitted(target, experiment.base, prior.variables, grid, new, history)
+        record = write_fitted(target, experiment.base, prior.variables, grid, new, history,
+                              lengths)
         fits, current = new, f"{PREFIX}{target}"
         if change < tol:
             break

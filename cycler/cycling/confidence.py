@@ -24,7 +24,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from diffda.cycler.analysis.forecast_error import Moments, fit_from_moments
+from diffda.cycler.analysis.forecast_error import (
+    Moments,
+    PairMoments,
+    correlation_length,
+    error_correlation,
+    fit_from_moments,
+)
 from scipy import stats
 
 #: The scores averaged over cases (per lead).
@@ -149,6 +155,7 @@ def calibration_summary(cases: Sequence[Sequence[Mapping[str, Any]]],
     ranks: dict[tuple[str, str, str], np.ndarray] = {}
     innov: dict[tuple[str, str], dict[str, list[float]]] = {}
     moments: dict[tuple[str, str], Moments] = {}
+    pairs: dict[tuple[str, str], PairMoments] = {}
     for records in cases:
         for r in records:
             if float(r["lead_hours"]) <= steady_from_hours:
@@ -163,7 +170,10 @@ def calibration_summary(cases: Sequence[Sequence[Mapping[str, Any]]],
                     if name == "forecast_moments":
                         pooled = moments.get((r["mode"], v), Moments.zero())
                         moments[(r["mode"], v)] = pooled + Moments(**value)
-                    else:
+                    elif name == "forecast_pairs":
+                        total = pairs.get((r["mode"], v), PairMoments.zero())
+                        pairs[(r["mode"], v)] = total + PairMoments.from_dict(value)
+                    elif isinstance(value, (int, float)):
                         acc.setdefault(name, []).append(float(value))
     out: dict[str, Any] = {}
     for (mode, v, where), counts in ranks.items():
@@ -179,6 +189,9 @@ def calibration_summary(cases: Sequence[Sequence[Mapping[str, Any]]],
             try:
                 fit = fit_from_moments(moments[(mode, v)])
                 mean.update(forecast_alpha=fit.alpha, forecast_beta=fit.beta)
+                if (mode, v) in pairs:  # its spatial correlation (Hollingsworth-Lonnberg)
+                    d, rho, n = error_correlation(pairs[(mode, v)], fit)
+                    mean["forecast_correlation_km"] = correlation_length(d, rho, n)
             except ValueError:
                 pass
         out.setdefault(mode, {}).setdefault(v, {})["innovations"] = mean

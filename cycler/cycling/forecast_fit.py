@@ -12,27 +12,40 @@ configuration, naming the mismatch. ``cycler calibrate`` iterates run -> fit -> 
 tuning cases toward the self-consistent fixed point (:func:`diffda.cycler.cycling.cases.
 calibrate`).
 
+Each cycle also records the innovations' products between station pairs by distance; from
+them :func:`fit_lengths` measures the forecast error's spatial correlation (Hollingsworth and
+Lönnberg's method, no truth) and fits its length per variable.
+
 In a run, :func:`fitted_forecast_term` turns the fitted extended likelihood
 ``N(f; alpha x + (1 - alpha) mu, beta)`` into the equivalent Gaussian term in ``x`` on the
-emulator grid (``mu`` the climatology there).
+emulator grid (``mu`` the climatology there), its variance grown per latitude row by the
+sum of the fitted correlations of a cell with all others
+(:func:`~diffda.cycler.analysis.forecast_error.correlation_inflation`): the cells of one
+coherent error are not independent observations.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from diffda.core.config import ConfigError
 from diffda.core.grid import Grid
 from diffda.core.io import atomic_write_text
 from diffda.cycler.analysis.forecast_error import (
+    PAIR_BIN_EDGES_KM,
     ForecastError,
     Moments,
+    PairMoments,
+    correlation_inflation,
+    correlation_length,
     equivalent_observation,
+    error_covariance_sums,
     fit_from_moments,
 )
 from diffda.cycler.cycling.config import RunConfig
@@ -64,6 +77,12 @@ class FittedErrorModel:
     grid: Grid
     parameters: dict[str, dict[str, dict[int, ForecastError]]]
     path: str = ""
+    #: ``{mode: {variable: L}}``: the forecast error's correlation length (km); a variable
+    #: without one is treated as independent between cells.
+    lengths: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+
+    def length(self, mode: str, variable: str) -> float | None:
+        return self.lengths.get(mode, {}).get(variable)
 
     def at(self, mode: str, variable: str, lead_hours: float) -> ForecastError:
         if mode not in self.parameters:
@@ -95,6 +114,47 @@ def pooled_moments(records: Sequence[Mapping[str, Any]], mode: str, from_hours: 
     return out
 
 
+def pooled_pairs(records: Sequence[Mapping[str, Any]], mode: str, from_hours: float,
+                 by_lead: bool) -> dict[str, dict[int, PairMoments]]:
+    """As :func:`pooled_moments`, the station-pair sums by distance."""
+    out: dict[str, dict[int, PairMoments]] = {}
+    for r in records:
+        if r.get("mode") != mode or r["lead_hours"] <= from_hours:
+            continue
+        for v, row in (r.get("innovations") or {}).items():
+            p = row.get("forecast_pairs")
+            if p is None:
+                continue
+            key = int(round(r["lead_hours"])) if by_lead else 0
+            table = out.setdefault(v, {})
+            table[key] = table.get(key, PairMoments.zero()) + PairMoments.from_dict(p)
+    return out
+
+
+def fit_lengths(records: Sequence[Mapping[str, Any]], mode: str, from_hours: float,
+                by_lead: bool, fits: Mapping[str, Mapping[int, ForecastError]],
+                min_pairs: int = 20) -> dict[str, float]:
+    """The forecast error's correlation length (km) per variable: the covariance by station
+    distance of every lead with that lead's ``(alpha, beta)``, pooled over leads, divided by
+    the pooled variance (bins of at least ``min_pairs`` pairs), fitted with a SOAR function.
+    Variables without enough pairs (or runs of an older version) are left out."""
+    edges = np.asarray(PAIR_BIN_EDGES_KM)
+    centres = 0.5 * (edges[1:] + edges[:-1])
+    out: dict[str, float] = {}
+    for v, table in pooled_pairs(records, mode, from_hours, by_lead).items():
+        cov = np.zeros(len(centres))
+        var = np.zeros(len(centres))
+        count = np.zeros(len(centres))
+        for key, pairs in table.items():
+            cov += error_covariance_sums(pairs, fits[v][key])
+            var += fits[v][key].beta * np.asarray(pairs.n, dtype=np.float64)
+            count += np.asarray(pairs.n, dtype=np.float64)
+        ok = count >= min_pairs
+        if ok.any():
+            out[v] = correlation_length(centres[ok], cov[ok] / var[ok], count[ok])
+    return out
+
+
 def fit_runs(records: Sequence[Mapping[str, Any]], mode: str, from_hours: float,
              by_lead: bool = False) -> dict[str, dict[int, ForecastError]]:
     """``(alpha, beta)`` per variable (and lead) from the pooled innovation moments."""
@@ -108,9 +168,11 @@ def fit_runs(records: Sequence[Mapping[str, Any]], mode: str, from_hours: float,
 
 def write_fitted(path: str | Path, cfg: RunConfig, variables: Sequence[str], grid: Grid,
                  parameters: Mapping[str, Mapping[str, Mapping[int, ForecastError]]],
-                 history: Sequence[Mapping[str, Any]] = ()) -> dict[str, Any]:
-    """Write the fitted parameters (``{mode: {variable: {lead: fit}}}``) with the
-    configuration they belong to; returns the record."""
+                 history: Sequence[Mapping[str, Any]] = (),
+                 lengths: Mapping[str, Mapping[str, float]] | None = None) -> dict[str, Any]:
+    """Write the fitted parameters (``{mode: {variable: {lead: fit}}}``) and correlation
+    lengths (``{mode: {variable: km}}``) with the configuration they belong to; returns the
+    record."""
     ident = identity(cfg, list(_FITTED_KEYS))
     record = {
         "format": FORMAT, "variables": list(variables),
@@ -118,6 +180,7 @@ def write_fitted(path: str | Path, cfg: RunConfig, variables: Sequence[str], gri
         "parameters": {mode: {v: {str(k): {"alpha": e.alpha, "beta": e.beta, "n": e.n}
                                   for k, e in t.items()} for v, t in table.items()}
                        for mode, table in parameters.items()},
+        "correlation_km": {m: dict(t) for m, t in (lengths or {}).items()},
         "history": list(history), "identity": ident, "identity_hash": identity_hash(ident),
     }
     atomic_write_text(Path(path), json.dumps(record, indent=1) + "\n")
@@ -158,7 +221,9 @@ def read_fitted(spec: str, cfg: RunConfig, variables: Sequence[str], grid: Grid
     params = {mode: {v: {int(k): ForecastError(e["alpha"], e["beta"], e["n"])
                          for k, e in t.items()} for v, t in table.items()}
               for mode, table in record["parameters"].items()}
-    return FittedErrorModel(tuple(variables), grid, params, str(path))
+    lengths = {m: {v: float(km) for v, km in t.items()}
+               for m, t in record.get("correlation_km", {}).items()}
+    return FittedErrorModel(tuple(variables), grid, params, str(path), lengths)
 
 
 def fitted_forecast_term(prior: DiffusionPrior, forecast: Tensor, climatology: Tensor,
@@ -167,7 +232,7 @@ def fitted_forecast_term(prior: DiffusionPrior, forecast: Tensor, climatology: T
     """The forecast term with the fitted extended likelihood: ``forecast`` ``(K, var, lat_e,
     lon_e)`` and ``climatology`` ``(1, var, lat_e, lon_e)`` physical on the emulator grid;
     per variable ``f' = (f - (1 - alpha) mu) / alpha`` with variance ``beta / alpha^2``
-    (plus ``sigma^2 Gamma``, Eq. 13)."""
+    times the correlation inflation of its latitude row (plus ``sigma^2 Gamma``, Eq. 13)."""
     op = forecast_grid_operator(prior.grid, prior.variables, coarse=model.grid)
     f = prior.normalise(forecast.double())
     mu = prior.normalise(climatology.double())
@@ -175,7 +240,9 @@ def fitted_forecast_term(prior: DiffusionPrior, forecast: Tensor, climatology: T
     alpha = torch.tensor([e.alpha for e in fits], dtype=f.dtype)[:, None, None]
     beta = torch.tensor([e.beta for e in fits], dtype=f.dtype)[:, None, None]
     y, sigma = equivalent_observation(f, mu, alpha, beta)
-    sigma_y = torch.as_tensor(sigma).expand(f.shape[1:]).reshape(-1)
+    rows = torch.stack([correlation_inflation(model.grid, model.length(mode, v))
+                        for v in prior.variables])  # (var, lat_e)
+    sigma_y = (torch.as_tensor(sigma) * rows[:, :, None]).expand(f.shape[1:]).reshape(-1)
     return ObservationTerm(op, y.reshape(f.shape[0], -1), sigma_y, gamma, weight,
                            name="forecast")
 

@@ -192,7 +192,7 @@ def innovations(world: World, k: int, analysis: Tensor, forecast: Tensor | None 
                 mu = op_e(coarsen_to(world.climatology.double(), world.emulator.grid))[0]
                 climate = (mu, std)
     return station_innovations(torch.as_tensor(stations.value), r, idx, world.variables, ha,
-                               hf, hf_var, climate)
+                               hf, hf_var, climate, (stations.lat, stations.lon))
 
 
 def _guided(world: World, k: int, forecast: Tensor, mode: str, lead_hours: float
