@@ -9,6 +9,7 @@ from pathlib import Path
 
 from diffda.core.config import parse_assignment, parse_overrides, parse_value
 from diffda.core.io import atomic_write_text
+from diffda.core.runtime import threads_arg
 from diffda.cycler.cycling.cases import load_cases, load_experiment, run_cases
 from diffda.cycler.cycling.cases import tune as run_tuning
 from diffda.cycler.cycling.compare import DEFAULT_LEAD_DAYS, compare_runs, format_table
@@ -36,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scheduler", default=None,
                         help="address of a running dask scheduler (default: cases.workers "
                              "local processes)")
-    parser.add_argument("--threads", type=int, default=None,
+    parser.add_argument("--threads", type=threads_arg, default=None,
                         help="torch threads per case (default: runtime.threads)")
 
 
@@ -123,7 +124,7 @@ def add_tune_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="KEY=VALUE", help="override a config value (repeatable)")
     parser.add_argument("--scheduler", default=None, help="a running dask scheduler")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads per case")
+    parser.add_argument("--threads", type=threads_arg, default=None, help="torch threads per case")
 
 
 def tune(args: argparse.Namespace) -> int:
@@ -162,7 +163,7 @@ def add_calibrate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="KEY=VALUE", help="override a config value (repeatable)")
     parser.add_argument("--scheduler", default=None, help="a running dask scheduler")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads per case")
+    parser.add_argument("--threads", type=threads_arg, default=None, help="torch threads per case")
 
 
 def calibrate(args: argparse.Namespace) -> int:

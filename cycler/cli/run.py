@@ -19,6 +19,7 @@ from pathlib import Path
 
 from diffda.core.config import parse_assignment, parse_overrides, parse_value
 from diffda.core.lock import check_unlocked
+from diffda.core.runtime import threads_arg
 from diffda.cycler.cycling.compare import (
     compare_runs,
     format_table,
@@ -31,7 +32,7 @@ from diffda.cycler.cycling.sweep import sweep as run_parameter_sweep
 from diffda.cycler.cycling.sweep import sweep_configs
 
 
-def _with_runtime(cfg: RunConfig, threads: int | None, workers: int | None = None
+def _with_runtime(cfg: RunConfig, threads: int | str | None, workers: int | None = None
                   ) -> RunConfig:
     """``cfg`` with ``threads``/``workers`` where given; every other runtime setting kept."""
     rt = cfg.runtime
@@ -64,7 +65,8 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                         help="run directory (default outputs/<name>)")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="KEY=VALUE", help="override a config key, e.g. analysis.lambda=2")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads per process")
+    parser.add_argument("--threads", type=threads_arg, default=None,
+                        help="torch threads per process, or auto (the cores free now)")
     parser.add_argument("--workers", type=int, default=None,
                         help="run the modes in this many processes at once")
     parser.add_argument("--no-plots", action="store_true", help="skip the figures")
@@ -84,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
 
 def add_resume_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_dir", type=Path, help="a run directory (holds config.json)")
-    parser.add_argument("--threads", type=int, default=None,
+    parser.add_argument("--threads", type=threads_arg, default=None,
                         help="torch threads (default: the run's recorded count; another "
                              "count changes the numbers slightly, with a warning)")
     parser.add_argument("--workers", type=int, default=None,

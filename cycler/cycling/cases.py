@@ -30,6 +30,7 @@ from typing import Any
 import cftime
 from diffda.core.config import ConfigError, deep_merge, from_mapping, read_toml, require, set_dotted
 from diffda.core.io import atomic_write_text
+from diffda.core.runtime import resolve_threads
 from diffda.core.times import iso, parse_time
 from diffda.cycler.cycling.config import (
     RunConfig,
@@ -247,8 +248,8 @@ def run_cases(
     """Run (or continue) every case of ``which`` into ``out/<case>/``; returns the case
     directories. ``scheduler``: the address of a running dask scheduler; else
     ``cases.workers`` local processes (1: in this process). ``threads``: torch threads per
-    case (default: the config's ``runtime.threads``, divided among local workers so that
-    the cores are not oversubscribed is the caller's choice)."""
+    case (default: the config's ``runtime.threads``; ``"auto"``: the cores free now shared
+    among the local workers, or on a cluster resolved by each case where it runs)."""
     from diffda.emulators.forecast.data import open_nature
 
     out = Path(out)
@@ -258,7 +259,10 @@ def run_cases(
     labels = [label for label, _ in configs]
     prepare_experiment_dir(experiment, which, out, labels)
     rt = experiment.base.runtime
-    runtime = dataclasses.replace(rt, threads=threads or rt.threads,
+    threads = threads or rt.threads
+    if threads == "auto" and scheduler is None:  # the free cores, shared among the workers
+        threads = resolve_threads("auto", experiment.cases.workers)
+    runtime = dataclasses.replace(rt, threads=threads,
                                   progress=rt.progress and experiment.cases.workers == 1
                                   and scheduler is None)
     configs = [(label, dataclasses.replace(cfg, runtime=runtime)) for label, cfg in configs]

@@ -23,7 +23,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import cftime
 from diffda.core.config import (
@@ -227,12 +227,16 @@ class RuntimeConfig:
     """How the run executes (not hashed: it does not change what is computed, except that
     bit-identical resumes need the same thread count)."""
 
-    threads: int = 2  # torch threads per process
+    #: torch threads per process, or "auto": the cores free when the run starts, shared
+    #: among its worker processes (:func:`diffda.core.runtime.auto_threads`); a run records
+    #: the number it resolved to
+    threads: int | Literal["auto"] = "auto"
     workers: int = 1  # modes run in this many processes at once (1: one after the other)
     progress: bool = True
 
     def __post_init__(self) -> None:
-        require(self.threads >= 1, "runtime.threads", self.threads, "must be >= 1")
+        require(self.threads == "auto" or self.threads >= 1, "runtime.threads", self.threads,
+                "must be >= 1 or 'auto'")
         require(self.workers >= 1, "runtime.workers", self.workers, "must be >= 1")
 
 
@@ -370,3 +374,15 @@ def read_resolved(path: Path) -> RunConfig:
         raise ConfigError(f"{path}: its config_hash {body.get('config_hash')!r} does not match "
                           f"its contents ({config_hash(cfg)}): the file was edited")
     return cfg
+
+
+def with_resolved_threads(cfg: RunConfig) -> RunConfig:
+    """``cfg`` with ``runtime.threads = "auto"`` replaced by the number of threads each of
+    its ``runtime.workers`` processes gets now (:func:`diffda.core.runtime.auto_threads`)."""
+    from diffda.core.runtime import resolve_threads
+
+    rt = cfg.runtime
+    if rt.threads != "auto":
+        return cfg
+    threads = resolve_threads(rt.threads, rt.workers)
+    return dataclasses.replace(cfg, runtime=dataclasses.replace(rt, threads=threads))

@@ -39,7 +39,13 @@ from diffda.cycler.cycling.checkpoint import (
     load_cycle,
     save_cycle,
 )
-from diffda.cycler.cycling.config import SAMPLER_MODES, RunConfig, config_hash, write_resolved
+from diffda.cycler.cycling.config import (
+    SAMPLER_MODES,
+    RunConfig,
+    config_hash,
+    with_resolved_threads,
+    write_resolved,
+)
 from diffda.cycler.cycling.modes import MODES, CycleState
 from diffda.cycler.cycling.outputs import (
     analyses_dataset,
@@ -192,6 +198,7 @@ def _run_locked(cfg: RunConfig, run_dir: Path, *, resume: bool,
                 on_checkpoint: Callable[[str, int], None] | None, plots: bool | None
                 ) -> RunSummary:
     """:func:`run_experiment` once the run directory is locked."""
+    cfg = with_resolved_threads(cfg)  # "auto": the cores free now, recorded as a number
     write_config = prepare_run_dir(cfg, run_dir, resume)
     progress = cfg.runtime.progress
     world = load_world(cfg, progress=progress)

@@ -26,6 +26,7 @@ import xarray as xr
 from diffda.core.grid import Grid, coarsen_to
 from diffda.core.io import file_sha256
 from diffda.core.rng import numpy_generator
+from diffda.core.runtime import resolve_threads
 from diffda.core.times import iso
 from diffda.cycler.cycling.config import RunConfig, config_hash
 from diffda.cycler.cycling.forecast_fit import FittedErrorModel, read_fitted
@@ -158,7 +159,7 @@ def _observe(cfg: RunConfig, ds: xr.Dataset, times: Sequence[cftime.datetime],
 def load_world(cfg: RunConfig, *, progress: bool = False) -> World:
     """Open the truth, check it against the models, draw stations, make observations (as
     arrays, once), the emulator's free forecast and the EnKF's initial ensemble."""
-    torch.set_num_threads(cfg.runtime.threads)
+    torch.set_num_threads(resolve_threads(cfg.runtime.threads))
     emulator, prior = _load_models(cfg)
     variables = tuple(prior.variables)
     ds = open_nature(cfg.data.path)
