@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 import torch
 from diffda.core.config import require
+from diffda.core.profiling import clock
 from diffda.core.protocols import Denoiser, LikelihoodTerm
 from diffda.core.rng import randn_members
 from torch import Tensor
@@ -147,14 +148,16 @@ def denoise_with_likelihood_score(
     ``to_observed`` maps ``D`` to the space the terms expect (e.g. physical units).
     """
     if not terms:
-        with torch.no_grad():
+        with torch.no_grad(), clock.section("denoiser"):
             return denoiser(x, sigma), None, None
     with torch.enable_grad():
         xg = x.detach().requires_grad_(True)
-        d = denoiser(xg, sigma)
+        with clock.section("denoiser"):
+            d = denoiser(xg, sigma)
         x0 = to_observed(d) if to_observed is not None else d
         ll = composite_log_likelihood(terms, x0, sigma)
-        (s_l,) = torch.autograd.grad(ll.sum(), xg)  # members are independent: sum = per member
+        with clock.section("denoiser_vjp"):  # members are independent: sum = per member
+            (s_l,) = torch.autograd.grad(ll.sum(), xg)
     return d.detach(), s_l, ll.detach()
 
 

@@ -80,6 +80,8 @@ GROUPS: dict[str, tuple[str, dict[str, Command]]] = {
                             emulator.add_bench_arguments, emulator.bench),
         "analysis": Command("one analysis (Algorithm 1) against its network cost",
                             analysis.add_bench_arguments, analysis.bench),
+        "run": Command("a whole cycling experiment: seconds per mode and cycle, NFE, the "
+                       "share outside the networks", run.add_bench_arguments, run.bench),
     }),
     "train": ("train a model from a TOML config (resumable)", {
         "emulator": Command("the SFNO emulator", emulator.add_train_arguments, emulator.train),

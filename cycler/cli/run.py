@@ -162,3 +162,33 @@ def sweep(args: argparse.Namespace) -> int:
     print(f"{len(configs)} runs in {time.perf_counter() - tic:.1f} s; written: "
           f"{out / 'sweep.json'}, {out / 'sweep.png'}")
     return 0
+
+
+def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", type=Path, nargs="?", default=Path("runs/sevenday.toml"),
+                        help="run config (default runs/sevenday.toml, the default experiment)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="KEY=VALUE", help="override a config key, e.g. data.days=1")
+    parser.add_argument("--threads", type=threads_arg, default=None,
+                        help="torch threads (default: the config's runtime.threads)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="a fresh directory for the checkpoints (default: a temporary one)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def bench(args: argparse.Namespace) -> int:
+    """``cycler bench run [CONFIG] [--json]``: seconds in total, per mode and cycle, network
+    evaluations and the share of the time outside the networks."""
+    import tempfile
+
+    from diffda.cycler.cycling.bench import bench_run, format_bench
+
+    cfg = _with_runtime(load_run_config(args.config, parse_overrides(args.overrides)),
+                        args.threads)
+    if args.out is None:
+        with tempfile.TemporaryDirectory(prefix="diffda-bench-") as tmp:
+            result = bench_run(cfg, tmp)
+    else:
+        result = bench_run(cfg, args.out)
+    print(json.dumps(result) if args.json else format_bench(result))
+    return 0

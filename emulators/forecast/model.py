@@ -42,6 +42,7 @@ from typing import Any
 import cftime
 import torch
 from diffda.core.grid import Grid, lat_weighted_mean
+from diffda.core.profiling import clock
 from diffda.core.weights import WeightsError, export_weights, load_weights
 from diffda.emulators.forecast.data import CoarseStates
 from diffda.emulators.forecast.forcing import (
@@ -262,7 +263,8 @@ class SFNOEmulator(nn.Module):
         at the valid time of ``z``. Returns ``(B, var, lat, lon)``.
         """
         static = self.static.to(z.dtype).expand(z.shape[0], *self.static.shape)
-        dz = self.net(torch.cat([z, f.to(z.dtype), static], dim=1))
+        with clock.section("emulator"):
+            dz = self.net(torch.cat([z, f.to(z.dtype), static], dim=1))
         out = z + self._bcast(self.tendency_std, z) * dz
         if self.tendency_correction is not None:
             out = out + self.tendency_correction.to(z.dtype)[..., None]
