@@ -27,7 +27,7 @@ coherent error are not independent observations.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -96,39 +96,37 @@ class FittedErrorModel:
         return table[key]
 
 
-def pooled_moments(records: Sequence[Mapping[str, Any]], mode: str, from_hours: float,
-                   by_lead: bool) -> dict[str, dict[int, Moments]]:
-    """The innovation moments of ``mode`` in ``records`` (any number of cases' metrics) at
-    leads above ``from_hours``, summed per variable (and per lead if ``by_lead``)."""
-    out: dict[str, dict[int, Moments]] = {}
+def _pooled(records: Sequence[Mapping[str, Any]], mode: str, from_hours: float,
+            by_lead: bool, name: str, parse: Callable[[Any], Any]) -> dict[str, dict[int, Any]]:
+    """The innovation sums ``name`` of ``mode`` in ``records`` (any number of cases' metrics)
+    at leads above ``from_hours``, each read with ``parse`` and added per variable (and per
+    lead if ``by_lead``)."""
+    out: dict[str, dict[int, Any]] = {}
     for r in records:
         if r.get("mode") != mode or r["lead_hours"] <= from_hours:
             continue
         for v, row in (r.get("innovations") or {}).items():
-            m = row.get("forecast_moments")
-            if m is None:
+            if row.get(name) is None:
                 continue
             key = int(round(r["lead_hours"])) if by_lead else 0
             table = out.setdefault(v, {})
-            table[key] = table.get(key, Moments.zero()) + Moments(**m)
+            value = parse(row[name])
+            table[key] = table[key] + value if key in table else value
     return out
+
+
+def pooled_moments(records: Sequence[Mapping[str, Any]], mode: str, from_hours: float,
+                   by_lead: bool) -> dict[str, dict[int, Moments]]:
+    """The innovation moments of ``mode``, summed per variable (and lead): :func:`_pooled`."""
+    return _pooled(records, mode, from_hours, by_lead, "forecast_moments",
+                   lambda m: Moments(**m))
 
 
 def pooled_pairs(records: Sequence[Mapping[str, Any]], mode: str, from_hours: float,
                  by_lead: bool) -> dict[str, dict[int, PairMoments]]:
     """As :func:`pooled_moments`, the station-pair sums by distance."""
-    out: dict[str, dict[int, PairMoments]] = {}
-    for r in records:
-        if r.get("mode") != mode or r["lead_hours"] <= from_hours:
-            continue
-        for v, row in (r.get("innovations") or {}).items():
-            p = row.get("forecast_pairs")
-            if p is None:
-                continue
-            key = int(round(r["lead_hours"])) if by_lead else 0
-            table = out.setdefault(v, {})
-            table[key] = table.get(key, PairMoments.zero()) + PairMoments.from_dict(p)
-    return out
+    return _pooled(records, mode, from_hours, by_lead, "forecast_pairs",
+                   PairMoments.from_dict)
 
 
 def fit_lengths(records: Sequence[Mapping[str, Any]], mode: str, from_hours: float,
