@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 import torch
 from diffda.core.config import require
+from diffda.core.execution import SERIAL, Execution
 from diffda.core.profiling import clock
 from diffda.core.protocols import Denoiser, LikelihoodTerm
 from diffda.core.rng import randn_members
@@ -95,6 +96,8 @@ class StepDiagnostics:
     guidance_ratio_max: float
     log_likelihood_mean: float  # sum_j lambda_j log p_j at this step, mean over members
     clipped_fraction: float  # fraction of members whose guidance was clipped
+    guidance_ratio: tuple[float, ...] = ()  # per member
+    clipped: tuple[bool, ...] = ()  # per member
 
 
 def edm_time_steps(
@@ -134,31 +137,72 @@ def composite_log_likelihood(terms: Sequence[LikelihoodTerm], x0: Tensor, sigma:
     return total
 
 
+class MemberBlocks:
+    """Likelihood terms per block of members, as one term: block ``b`` (members ``b m`` to
+    ``(b + 1) m - 1``) is guided by its own terms (e.g. the observations of its own cycle),
+    so that several independent analyses share one batch of network calls. Its
+    ``log_likelihood`` is each block's composite (Eq. 14, weights included); its weight 1."""
+
+    weight = 1.0
+
+    def __init__(self, blocks: Sequence[Sequence[LikelihoodTerm]], members: int) -> None:
+        self.blocks = [list(b) for b in blocks]
+        self.members = int(members)
+
+    def log_likelihood(self, x0: Tensor, sigma: Tensor) -> Tensor:
+        m = self.members
+        if x0.shape[0] != m * len(self.blocks):
+            raise ValueError(f"{len(self.blocks)} blocks of {m} members need "
+                             f"{m * len(self.blocks)} members, got {x0.shape[0]}")
+        return torch.cat([composite_log_likelihood(terms, x0[b * m:(b + 1) * m], sigma)
+                          for b, terms in enumerate(self.blocks)])
+
+
 def denoise_with_likelihood_score(
     denoiser: Denoiser,
     x: Tensor,
     sigma: Tensor,
     terms: Sequence[LikelihoodTerm],
     to_observed: Callable[[Tensor], Tensor] | None = None,
+    execution: Execution = SERIAL,
 ) -> tuple[Tensor, Tensor | None, Tensor | None]:
     """``D(x; sigma)``, the likelihood score ``s_l = grad_x sum_j lambda_j log p_j(y_j | D(x))``
     (Eq. 13-14; a vector-Jacobian product through ``D``) and the composite log-likelihood.
 
     ``x``: ``(member, *shape)``; ``sigma``: 0-d tensor. Without terms, ``D`` only (no graph).
     ``to_observed`` maps ``D`` to the space the terms expect (e.g. physical units).
+    ``execution``: the network's precision and, on a CPU, the member chunks evaluated in
+    parallel threads (:class:`~diffda.core.execution.Execution`); the terms see all members
+    at once, in ``x``'s dtype. The gradient is taken in two stages, ``g = dL/dD`` through
+    the terms, then ``g^T dD/dx`` through the network per chunk: the same chain rule as one
+    backward pass.
     """
     if not terms:
         with torch.no_grad(), clock.section("denoiser"):
-            return denoiser(x, sigma), None, None
+            parts = execution.map_members(lambda xc: denoiser(xc, sigma).to(x.dtype), x)
+        return torch.cat(parts) if len(parts) > 1 else parts[0], None, None
+
+    def forward(xc: Tensor) -> tuple[Tensor, Tensor]:
+        xg = xc.detach().requires_grad_(True)
+        return xg, denoiser(xg, sigma).to(x.dtype)
+
+    def vjp(xg: Tensor, d: Tensor, g: Tensor) -> Tensor:
+        (s,) = torch.autograd.grad(d, xg, g)
+        return s
+
     with torch.enable_grad():
-        xg = x.detach().requires_grad_(True)
         with clock.section("denoiser"):
-            d = denoiser(xg, sigma)
+            graphs = execution.map_members(forward, x)
+        d = torch.cat([dc.detach() for _, dc in graphs]).requires_grad_(True)
         x0 = to_observed(d) if to_observed is not None else d
         ll = composite_log_likelihood(terms, x0, sigma)
-        with clock.section("denoiser_vjp"):  # members are independent: sum = per member
-            (s_l,) = torch.autograd.grad(ll.sum(), xg)
-    return d.detach(), s_l, ll.detach()
+        (g,) = torch.autograd.grad(ll.sum(), d)  # members are independent: sum = per member
+        with clock.section("denoiser_vjp"):
+            sizes = [len(dc) for _, dc in graphs]
+            s_l = execution.each(lambda item: vjp(*item),
+                                 [(xg, dc, gc) for (xg, dc), gc
+                                  in zip(graphs, g.split(sizes), strict=True)])
+    return d.detach(), torch.cat(s_l) if len(s_l) > 1 else s_l[0], ll.detach()
 
 
 def _norms(v: Tensor) -> Tensor:
@@ -210,6 +254,7 @@ def _record(
         guidance_ratio_mean=float(ratio.mean()), guidance_ratio_max=float(ratio.max()),
         log_likelihood_mean=float(ll.mean()) if ll is not None else 0.0,
         clipped_fraction=float(clipped.float().mean()),
+        guidance_ratio=tuple(ratio.tolist()), clipped=tuple(clipped.tolist()),
     ))
 
 
@@ -222,7 +267,8 @@ def sample_posterior(
     *,
     to_observed: Callable[[Tensor], Tensor] | None = None,
     dtype: torch.dtype = torch.float32,
-    device: str | torch.device = "cpu",
+    device: str | torch.device | None = None,
+    execution: Execution = SERIAL,
     diagnostics: list[StepDiagnostics] | None = None,
     progress: bool = False,
 ) -> Tensor:
@@ -239,6 +285,11 @@ def sample_posterior(
             unconditional sampling (the EDM stochastic sampler).
         config: steps, churn, guidance scale, clipping.
         to_observed: applied to ``D`` before the terms (e.g. de-normalisation).
+        dtype: the sampler's state (the network may run in a lower precision:
+            ``execution``).
+        device: where the state lives (default ``execution.device``); the denoiser and the
+            terms must be there.
+        execution: the network's device, precision and CPU member threads.
         diagnostics: if a list, one :class:`StepDiagnostics` is appended per evaluation.
         progress: show a tqdm bar over the steps.
 
@@ -246,6 +297,7 @@ def sample_posterior(
         ``(member, *shape)`` samples in the denoiser's space.
     """
     config = config or SamplerConfig()
+    device = execution.device if device is None else torch.device(device)
     shape = tuple(int(s) for s in shape)
     t_steps = edm_time_steps(config.num_steps, config.sigma_min, config.sigma_max, config.rho)
     n = config.num_steps
@@ -270,7 +322,7 @@ def sample_posterior(
             eps = noise() * config.s_noise
             x = x + math.sqrt(t_hat**2 - t_cur**2) * eps
         x = _heun_step(denoiser, x, t_hat, t_next, as_t, terms, config, to_observed,
-                       lambda *a, i=i: _record(diagnostics, i, *a))
+                       lambda *a, i=i: _record(diagnostics, i, *a), execution)
     return x
 
 
@@ -278,11 +330,12 @@ def _heun_step(
     denoiser: Denoiser, x: Tensor, t_hat: float, t_next: float,
     as_t: Callable[[float], Tensor], terms: Sequence[LikelihoodTerm], config: SamplerConfig,
     to_observed: Callable[[Tensor], Tensor] | None, record: Callable[..., None],
+    execution: Execution = SERIAL,
 ) -> Tensor:
     """Algorithm 1, lines 9-19: the guided Euler step from ``t_hat`` to ``t_next`` and, unless
     ``t_next = 0``, its second-order (Heun) correction."""
     s_hat = as_t(t_hat)
-    d, s_l, ll = denoise_with_likelihood_score(denoiser, x, s_hat, terms, to_observed)
+    d, s_l, ll = denoise_with_likelihood_score(denoiser, x, s_hat, terms, to_observed, execution)
     d_pred, ratio, clipped = posterior_drift(x, d, s_l, s_hat, config)  # lines 9-11
     record("predictor", s_hat, ratio, ll, clipped)
     x_pred = x + d_pred * (t_next - t_hat)  # line 12
@@ -290,7 +343,8 @@ def _heun_step(
         return x_pred  # line 19
     s_next = as_t(t_next)  # lines 13-17
     use = terms if config.guide_corrector else ()
-    d, s_l, ll = denoise_with_likelihood_score(denoiser, x_pred, s_next, use, to_observed)
+    d, s_l, ll = denoise_with_likelihood_score(denoiser, x_pred, s_next, use, to_observed,
+                                               execution)
     d_corr, ratio, clipped = posterior_drift(x_pred, d, s_l, s_next, config)
     record("corrector", s_next, ratio, ll, clipped)
     return x + 0.5 * (d_pred + d_corr) * (t_next - t_hat)  # line 17
@@ -308,6 +362,7 @@ class DiffusionAnalysis:
     config: SamplerConfig = SamplerConfig()
     to_observed: Callable[[Tensor], Tensor] | None = None
     dtype: torch.dtype = torch.float32
+    execution: Execution = SERIAL
 
     def analyse(
         self,
@@ -322,6 +377,6 @@ class DiffusionAnalysis:
         :class:`StepDiagnostics` per network evaluation appended to ``diagnostics``."""
         return sample_posterior(
             prior, generators, self.shape, observations, self.config,
-            to_observed=self.to_observed, dtype=self.dtype, diagnostics=diagnostics,
-            progress=progress,
+            to_observed=self.to_observed, dtype=self.dtype, execution=self.execution,
+            diagnostics=diagnostics, progress=progress,
         )

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from diffda.core.profiling import measuring
-from diffda.cycler.cycling.config import RunConfig, with_resolved_threads
+from diffda.cycler.cycling.config import RunConfig, with_resolved_runtime
 from diffda.cycler.cycling.driver import run_mode
 from diffda.cycler.cycling.world import load_world
 
@@ -28,7 +28,8 @@ def bench_run(cfg: RunConfig, run_dir: str | Path) -> dict[str, Any]:
     must not hold a run; no analysis files or figures are written), and return the
     timings: ``seconds_total``, ``seconds_setup``, ``seconds_per_mode``,
     ``seconds_per_cycle`` (per mode), ``nfe`` (denoiser evaluations of all modes; one
-    evaluation is one network call on the batch of members), ``nfe_per_mode``,
+    evaluation is one network call on a batch of members: the members of one analysis, or
+    of several cycles of a mode whose cycles are independent), ``nfe_per_mode``,
     ``network_seconds`` (per section), ``share_outside_network`` (of the cycling time,
     setup excluded) and the last cycle's ensemble-mean RMSE per mode and variable (the
     skill the time bought)."""
@@ -37,7 +38,7 @@ def bench_run(cfg: RunConfig, run_dir: str | Path) -> dict[str, Any]:
         raise FileExistsError(f"{run_dir} holds a run already: a benchmark needs a fresh "
                               "directory (--out)")
     run_dir.mkdir(parents=True, exist_ok=True)
-    cfg = with_resolved_threads(dataclasses.replace(
+    cfg = with_resolved_runtime(dataclasses.replace(
         cfg, runtime=dataclasses.replace(cfg.runtime, workers=1, progress=False)))
     records: dict[str, list[dict[str, Any]]] = {}
     per_mode: dict[str, dict[str, Any]] = {}
@@ -63,6 +64,7 @@ def bench_run(cfg: RunConfig, run_dir: str | Path) -> dict[str, Any]:
                  if isinstance(row, dict) and "rmse" in row} for m, recs in records.items()}
     return {
         "config": cfg.name, "threads": cfg.runtime.threads, "members": cfg.members,
+        "device": cfg.runtime.device, "precision": cfg.runtime.precision,
         "sampler_steps": cfg.analysis.sampler.num_steps,
         "seconds_total": total, "seconds_setup": setup,
         "seconds_per_mode": {m: r["seconds"] for m, r in per_mode.items()},
@@ -84,7 +86,8 @@ def format_bench(result: dict[str, Any]) -> str:
     """A text table of :func:`bench_run`'s result."""
     lines = [f"{result['config']}: {result['seconds_total']:.1f} s in total "
              f"({result['seconds_setup']:.1f} s setup), {result['threads']} thread(s), "
-             f"{result['members']} members",
+             f"{result['members']} members, {result.get('device', 'cpu')} "
+             f"{result.get('precision', 'float32')}",
              f"{'mode':<15}{'cycles':>7}{'s/cycle':>9}{'total s':>9}{'NFE':>7}"
              f"{'network s':>11}{'outside':>9}"]
     for m, secs in result["seconds_per_mode"].items():

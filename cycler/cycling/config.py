@@ -35,6 +35,7 @@ from diffda.core.config import (
     set_dotted,
     to_mapping,
 )
+from diffda.core.execution import PRECISIONS, check_device_spec
 from diffda.core.times import parse_time
 from diffda.cycler.analysis.sampler import SamplerConfig
 
@@ -233,11 +234,19 @@ class RuntimeConfig:
     threads: int | Literal["auto"] = "auto"
     workers: int = 1  # modes run in this many processes at once (1: one after the other)
     progress: bool = True
+    #: where the networks run: "auto" (CUDA where there is one), "cpu", "cuda", "cuda:N"
+    device: str = "auto"
+    #: the networks' arithmetic: "auto" (bfloat16 where the hardware has it), "float32",
+    #: "bfloat16" (:mod:`diffda.core.execution`); same law, not the same bits
+    precision: str = "auto"
 
     def __post_init__(self) -> None:
         require(self.threads == "auto" or self.threads >= 1, "runtime.threads", self.threads,
                 "must be >= 1 or 'auto'")
         require(self.workers >= 1, "runtime.workers", self.workers, "must be >= 1")
+        check_device_spec(self.device)
+        require(self.precision == "auto" or self.precision in PRECISIONS, "runtime.precision",
+                self.precision, f"must be 'auto' or one of {sorted(PRECISIONS)}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -376,13 +385,18 @@ def read_resolved(path: Path) -> RunConfig:
     return cfg
 
 
-def with_resolved_threads(cfg: RunConfig) -> RunConfig:
-    """``cfg`` with ``runtime.threads = "auto"`` replaced by the number of threads each of
-    its ``runtime.workers`` processes gets now (:func:`diffda.core.runtime.auto_threads`)."""
+def with_resolved_runtime(cfg: RunConfig) -> RunConfig:
+    """``cfg`` with the machine-dependent ``"auto"`` of ``runtime`` made concrete, as a run
+    records it: ``threads`` the number each of its ``runtime.workers`` processes gets now
+    (:func:`diffda.core.runtime.auto_threads`), ``device`` and ``precision`` what this
+    machine has (:mod:`diffda.core.execution`)."""
+    from diffda.core.execution import precision_name, resolve_device, resolve_precision
     from diffda.core.runtime import resolve_threads
 
     rt = cfg.runtime
-    if rt.threads != "auto":
-        return cfg
-    threads = resolve_threads(rt.threads, rt.workers)
-    return dataclasses.replace(cfg, runtime=dataclasses.replace(rt, threads=threads))
+    device = resolve_device(rt.device)
+    resolved = dataclasses.replace(
+        rt, threads=resolve_threads(rt.threads, rt.workers),
+        device=str(device) if rt.device == "auto" else rt.device,
+        precision=precision_name(resolve_precision(rt.precision, device)))
+    return cfg if resolved == rt else dataclasses.replace(cfg, runtime=resolved)

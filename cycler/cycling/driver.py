@@ -43,7 +43,7 @@ from diffda.cycler.cycling.config import (
     SAMPLER_MODES,
     RunConfig,
     config_hash,
-    with_resolved_threads,
+    with_resolved_runtime,
     write_resolved,
 )
 from diffda.cycler.cycling.modes import MODES, CycleState
@@ -198,7 +198,7 @@ def _run_locked(cfg: RunConfig, run_dir: Path, *, resume: bool,
                 on_checkpoint: Callable[[str, int], None] | None, plots: bool | None
                 ) -> RunSummary:
     """:func:`run_experiment` once the run directory is locked."""
-    cfg = with_resolved_threads(cfg)  # "auto": the cores free now, recorded as a number
+    cfg = with_resolved_runtime(cfg)  # "auto": the cores free now, the device, recorded
     write_config = prepare_run_dir(cfg, run_dir, resume)
     progress = cfg.runtime.progress
     world = load_world(cfg, progress=progress)

@@ -40,7 +40,7 @@ EnKF's perturbations from ``(seed, "enkf", cycle, member)`` (the oracle's from
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -49,7 +49,7 @@ import torch
 from diffda.core.grid import Grid, coarsen_to
 from diffda.core.rng import member_generators, torch_generator
 from diffda.cycler.analysis.letkf import LocalizedEnKF, PointObservations
-from diffda.cycler.analysis.sampler import DiffusionAnalysis, StepDiagnostics
+from diffda.cycler.analysis.sampler import DiffusionAnalysis, MemberBlocks, StepDiagnostics
 from diffda.cycler.cycling.forecast_fit import ensemble_forecast_term, fitted_forecast_term
 from diffda.cycler.cycling.world import World
 from diffda.cycler.metrics import station_innovations
@@ -122,8 +122,10 @@ def emulator_forecast(emulator: SFNOEmulator, state: Tensor, start: cftime.datet
                       n_steps: int, generator: torch.Generator | None = None) -> Tensor:
     """``(member, var, lat_e, lon_e)`` physical at ``start`` -> the state ``n_steps`` later
     (with the emulator's stochastic term if it has one and ``generator`` is given)."""
-    states, _ = emulator.rollout(state, start, n_steps, every=n_steps, generator=generator)
-    return states[-1]
+    device = emulator.state_mean.device  # the run's device; the result comes back to the CPU
+    states, _ = emulator.rollout(state.to(device), start, n_steps, every=n_steps,
+                                 generator=generator)
+    return states[-1].cpu()
 
 
 def _error(cfg_error: ErrorModel | object) -> ErrorModel:
@@ -152,19 +154,76 @@ def _stations(world: World, k: int, weight: float, grid: Grid | None = None
 def _sample(world: World, terms: Sequence[ObservationTerm], k: int, stream: str = "analysis"
             ) -> tuple[Tensor, Tensor, dict[str, float]]:
     """Algorithm 1 for cycle ``k``: the analysis (physical), the members' initial generator
-    states and a summary of the sampler's diagnostics (largest guidance/prior drift ratio:
-    above ~1 the observations drive the steps; fraction of clipped members)."""
-    cfg = world.config
-    gens = member_generators(cfg.seed, stream, k, cfg.members)
+    states and a summary of the sampler's diagnostics (:func:`_sample_cycles`)."""
+    return _sample_cycles(world, [terms], [k], stream)[0]
+
+
+def _sample_cycles(world: World, terms: Sequence[Sequence[ObservationTerm]],
+                   cycles: Sequence[int], stream: str = "analysis"
+                   ) -> list[tuple[Tensor, Tensor, dict[str, float]]]:
+    """Algorithm 1 for independent analyses at ``cycles`` (``terms[i]`` guiding cycle
+    ``cycles[i]``) in one batch of network calls (:class:`~diffda.cycler.analysis.sampler.
+    MemberBlocks`); member ``m`` of cycle ``k`` draws from its own generator, so each
+    analysis is the one it would be alone. Per cycle: the analysis (physical), the members'
+    initial generator states and a summary of the sampler's diagnostics (largest
+    guidance/prior drift ratio: above ~1 the observations drive the steps; largest
+    fraction of clipped members)."""
+    cfg, ex, m = world.config, world.execution, world.config.members
+    gens = [g for k in cycles for g in member_generators(cfg.seed, stream, k, m)]
     states = _generator_states(gens)
+    if ex.device.type != "cpu":
+        terms = [[term.to(ex.device) for term in block] for block in terms]
+    guide = (list(terms[0]) if len(cycles) == 1
+             else [MemberBlocks(terms, m)] if any(terms) else [])
     diagnostics: list[StepDiagnostics] = []
-    method = DiffusionAnalysis(shape=world.prior.state_shape, config=cfg.analysis.sampler)
-    z = method.analyse(world.prior, terms, gens, diagnostics=diagnostics)
-    info = {"nfe": cfg.analysis.sampler.nfe}
-    if terms:
-        info["guidance_ratio_max"] = max(d.guidance_ratio_max for d in diagnostics)
-        info["clipped_fraction_max"] = max(d.clipped_fraction for d in diagnostics)
-    return world.prior.denormalise(z), states, info
+    method = DiffusionAnalysis(shape=world.prior.state_shape, config=cfg.analysis.sampler,
+                               execution=ex)
+    z = method.analyse(world.denoiser, guide, gens, diagnostics=diagnostics).cpu()
+    analysis = world.prior.denormalise(z)
+    out = []
+    for i, _ in enumerate(cycles):
+        rows = slice(i * m, (i + 1) * m)
+        info: dict[str, float] = {"nfe": cfg.analysis.sampler.nfe}
+        if terms[i]:
+            info["guidance_ratio_max"] = max(max(d.guidance_ratio[rows]) for d in diagnostics)
+            info["clipped_fraction_max"] = max(sum(d.clipped[rows]) / m for d in diagnostics)
+        out.append((analysis[rows], states[rows], info))
+    return out
+
+
+def cycle_group(world: World, k: int) -> list[int]:
+    """The cycles analysed in one batch with ``k`` by a mode whose cycles are independent:
+    ``world.execution.max_batch // members`` consecutive cycles in fixed groups from cycle 1
+    (a resume inside a group computes the rest of it). Each member draws from its own
+    generator and the network treats members independently, so an analysis does not depend
+    on the batch it shares: on the CPU kernels measured here the numbers are bitwise those
+    of the analysis alone (tests/test_execution.py); other kernels may differ in the last
+    bits with the batch size."""
+    g = max(1, world.execution.max_batch // world.config.members)
+    first = (k - 1) // g * g + 1
+    return list(range(first, min(first + g, world.n_cycles + 1)))
+
+
+def _batched(world: World, mode: str, k: int,
+             make: Callable[[World, int], tuple[list[ObservationTerm], dict[str, Tensor],
+                                                Tensor | None]]) -> CycleResult:
+    """Cycle ``k`` of a mode whose cycles do not depend on each other: its whole
+    :func:`cycle_group` is analysed at once and the later cycles of the group kept in
+    ``world.prefetched`` until the driver asks for them. ``make(world, j)``: the terms of
+    cycle ``j``, the observations the checkpoint keeps and the forecast (or None)."""
+    key = (mode, k)
+    if key not in world.prefetched:
+        group = [j for j in cycle_group(world, k) if j >= k]
+        made = [make(world, j) for j in group]
+        sampled = _sample_cycles(world, [terms for terms, _, _ in made], group)
+        for j, (_, used, forecast), (analysis, states, info) in zip(group, made, sampled,
+                                                                   strict=True):
+            tensors = {**used, **({} if forecast is None else {"forecast": forecast}),
+                       "generator_states": states}
+            world.prefetched[(mode, j)] = CycleResult(
+                analysis, tensors=tensors, info=info,
+                innovations=innovations(world, j, analysis, forecast))
+    return world.prefetched.pop(key)
 
 
 def innovations(world: World, k: int, analysis: Tensor, forecast: Tensor | None = None
@@ -195,9 +254,9 @@ def innovations(world: World, k: int, analysis: Tensor, forecast: Tensor | None 
                                hf, hf_var, climate, (stations.lat, stations.lon))
 
 
-def _guided(world: World, k: int, forecast: Tensor, mode: str, lead_hours: float
-            ) -> CycleResult:
-    """Forecast term (weight 1) + stations (weight ``lambda``), Algorithm 1. The forecast
+def _guided_terms(world: World, k: int, forecast: Tensor, mode: str, lead_hours: float
+                  ) -> tuple[list[ObservationTerm], dict[str, Tensor]]:
+    """Forecast term (weight 1) + stations (weight ``lambda``) at cycle ``k``. The forecast
     term is the fixed error model, or the fitted extended likelihood at ``lead_hours``."""
     cfg = world.config
     if world.forecast_error is None:
@@ -208,7 +267,14 @@ def _guided(world: World, k: int, forecast: Tensor, mode: str, lead_hours: float
         fc = fitted_forecast_term(world.prior, forecast, mu, world.forecast_error, mode,
                                   lead_hours, cfg.analysis.forecast.gamma)
     stations, used = _stations(world, k, world.config.analysis.lambda_)
-    analysis, states, info = _sample(world, [fc, stations], k)
+    return [fc, stations], used
+
+
+def _guided(world: World, k: int, forecast: Tensor, mode: str, lead_hours: float
+            ) -> CycleResult:
+    """Algorithm 1 with :func:`_guided_terms`."""
+    terms, used = _guided_terms(world, k, forecast, mode, lead_hours)
+    analysis, states, info = _sample(world, terms, k)
     return CycleResult(analysis, tensors={**used, "forecast": forecast,
                                           "generator_states": states}, info=info,
                        innovations=innovations(world, k, analysis, forecast))
@@ -218,21 +284,29 @@ def _guided(world: World, k: int, forecast: Tensor, mode: str, lead_hours: float
 
 
 class Climatological:
-    """Stations only (weight 1), every cycle independent."""
+    """Stations only (weight 1), every cycle independent (analysed in batches of cycles:
+    :func:`cycle_group`)."""
 
     def cycle(self, world: World, k: int, state: CycleState | None) -> CycleResult:
-        term, used = _stations(world, k, 1.0)
-        analysis, states, info = _sample(world, [term], k)
-        return CycleResult(analysis, tensors={**used, "generator_states": states}, info=info,
-                           innovations=innovations(world, k, analysis))
+        def make(world: World, j: int) -> tuple[list[ObservationTerm], dict[str, Tensor], None]:
+            term, used = _stations(world, j, 1.0)
+            return [term], used, None
+
+        return _batched(world, "climatological", k, make)
 
 
 class Precomputed:
-    """Forecast term from the uncorrected free forecast (weight 1) + stations (lambda)."""
+    """Forecast term from the uncorrected free forecast (weight 1) + stations (lambda);
+    every cycle independent (analysed in batches of cycles: :func:`cycle_group`)."""
 
     def cycle(self, world: World, k: int, state: CycleState | None) -> CycleResult:
-        return _guided(world, k, world.free[k], "precomputed",
-                       k * world.config.data.cadence_hours)
+        def make(world: World, j: int) -> tuple[list[ObservationTerm], dict[str, Tensor],
+                                                Tensor]:
+            terms, used = _guided_terms(world, j, world.free[j], "precomputed",
+                                        j * world.config.data.cadence_hours)
+            return terms, used, world.free[j]
+
+        return _batched(world, "precomputed", k, make)
 
 
 class Reinitialized:

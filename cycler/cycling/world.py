@@ -14,6 +14,7 @@ observations at ``times[k]`` (``stations[0]`` is ``None``: no analysis at ``t_0`
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,7 @@ import cftime
 import numpy as np
 import torch
 import xarray as xr
+from diffda.core.execution import SERIAL, Execution
 from diffda.core.grid import Grid, coarsen_to
 from diffda.core.io import file_sha256
 from diffda.core.rng import numpy_generator
@@ -62,7 +64,10 @@ class World:
     lon)`` physical (the ``mu`` of the forecast term's extended likelihood and of its
     innovation moments), and ``climatology_var`` their variance per cell (the ``c`` of the
     ensemble mode's forecast term). ``forecast_error``: the fitted forecast-error model, if the run
-    reads one (``analysis.forecast.error_model = "fitted:PATH"``).
+    reads one (``analysis.forecast.error_model = "fitted:PATH"``). ``execution``: where and in
+    which precision the networks run (``runtime.device``, ``runtime.precision``); the
+    emulator and :attr:`denoiser` live there, ``prior`` (normalisation, shapes) and every other
+    tensor of the world on the CPU.
     """
 
     config: RunConfig
@@ -87,6 +92,15 @@ class World:
     climatology: Tensor = field(default_factory=lambda: torch.empty(0))
     climatology_var: Tensor = field(default_factory=lambda: torch.empty(0))
     forecast_error: FittedErrorModel | None = None
+    execution: Execution = SERIAL
+    prior_on_device: DiffusionPrior | None = None
+    #: analyses computed ahead in a batch of independent cycles, until the driver asks
+    prefetched: dict[tuple[str, int], Any] = field(default_factory=dict)
+
+    @property
+    def denoiser(self) -> DiffusionPrior:
+        """The prior's denoiser on the run's device (the prior itself on a CPU)."""
+        return self.prior if self.prior_on_device is None else self.prior_on_device
 
     @property
     def steps_per_cycle(self) -> int:
@@ -159,8 +173,11 @@ def _observe(cfg: RunConfig, ds: xr.Dataset, times: Sequence[cftime.datetime],
 def load_world(cfg: RunConfig, *, progress: bool = False) -> World:
     """Open the truth, check it against the models, draw stations, make observations (as
     arrays, once), the emulator's free forecast and the EnKF's initial ensemble."""
-    torch.set_num_threads(resolve_threads(cfg.runtime.threads))
+    threads = resolve_threads(cfg.runtime.threads)
+    torch.set_num_threads(threads)
+    execution = Execution.resolve(cfg.runtime.device, cfg.runtime.precision, threads)
     emulator, prior = _load_models(cfg)
+    emulator.to(execution.device)
     variables = tuple(prior.variables)
     ds = open_nature(cfg.data.path)
     missing = [v for v in (*variables, "land_sea_mask") if v not in ds]
@@ -182,6 +199,9 @@ def load_world(cfg: RunConfig, *, progress: bool = False) -> World:
         observation_file=observations, stations=[None, *stations],
         station_mask=station_cell_mask(grid, network.lat, network.lon),
         emulator=emulator, prior=prior, config_hash=config_hash(cfg), weights=weights,
+        execution=execution,
+        prior_on_device=None if execution.device.type == "cpu" else copy.deepcopy(prior).to(
+            execution.device),
     )
     if abs(world.steps_per_cycle * emulator.dt_hours - cfg.data.cadence_hours) > 1e-9:
         raise ValueError(f"data.cadence_hours = {cfg.data.cadence_hours} is not a multiple of "
@@ -216,7 +236,9 @@ def free_forecast(world: World) -> Tensor:
     ``data.init`` says otherwise): ``(N + 1, 1, var, ...)``."""
     x0 = coarsen_to(world.initial, world.emulator.grid)
     s = world.steps_per_cycle
-    states, _ = world.emulator.rollout(x0, world.times[0], s * world.n_cycles, every=s)
+    states, _ = world.emulator.rollout(x0.to(world.execution.device), world.times[0],
+                                       s * world.n_cycles, every=s)
+    states = states.cpu()
     return torch.cat([x0[None], states])
 
 
