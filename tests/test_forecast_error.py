@@ -291,3 +291,32 @@ def test_ensemble_mode_runs_end_to_end(tmp_path):
         for v in ("height", "u", "v", "tracer"):
             assert np.isfinite(r[v]["rmse"]) and r[v]["spread"] > 0
             assert r["innovations"][v]["hbh_ensemble"] > 0  # the forecast ensemble's spread
+
+
+def test_relaxation_damps_an_oscillating_fixed_point_iteration():
+    """The calibration's relaxed step: alpha moves linearly, beta and the lengths
+    geometrically; on a map with slope -1 in log(beta) (beta -> c / beta: the undamped
+    iteration cycles forever between two values) the half step lands on the fixed point."""
+    from diffda.cycler.analysis.forecast_error import ForecastError
+    from diffda.cycler.cycling.calibrate import relax, relax_lengths
+
+    old = {"reinitialized": {"height": {0: ForecastError(0.2, 0.04, 10)}}}
+    new = {"reinitialized": {"height": {0: ForecastError(0.6, 0.01, 12)},
+                             "u": {0: ForecastError(0.5, 0.3, 12)}}}
+    r = relax(old, new, 0.5)["reinitialized"]
+    assert r["height"][0].alpha == pytest.approx(0.4) and r["height"][0].beta == pytest.approx(0.02)
+    assert r["u"][0] == new["reinitialized"]["u"][0]  # nothing to relax toward
+    assert relax(old, new, 1.0)["reinitialized"]["height"][0].beta == pytest.approx(0.01)
+    lengths = relax_lengths({"m": {"h": 400.0, "u": None}}, {"m": {"h": 1600.0, "u": 900.0}}, 0.5)
+    assert lengths == {"m": {"h": pytest.approx(800.0), "u": 900.0}}
+
+    c = 0.09  # fixed point beta = 0.3
+    def step(beta: float, omega: float) -> float:
+        fit = {"m": {"v": {0: ForecastError(0.5, c / beta, 1)}}}
+        return relax({"m": {"v": {0: ForecastError(0.5, beta, 1)}}}, fit, omega)["m"]["v"][0].beta
+
+    undamped = [0.05]
+    for _ in range(4):
+        undamped.append(step(undamped[-1], 1.0))
+    assert undamped[2] == pytest.approx(undamped[0]) and undamped[1] == pytest.approx(1.8)
+    assert step(0.05, 0.5) == pytest.approx(0.3)

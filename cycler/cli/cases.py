@@ -157,7 +157,10 @@ def add_calibrate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--iterations", type=int, default=3,
                         help="run -> fit iterations at most (3)")
     parser.add_argument("--tol", type=float, default=0.05,
-                        help="stop when no parameter moves by more than this (relative; 0.05)")
+                        help="stop when the fit differs from the model the runs used by less "
+                             "than this (relative; 0.05)")
+    parser.add_argument("--relaxation", type=float, default=0.5,
+                        help="step toward each new fit after the first (0.5; 1: undamped)")
     parser.add_argument("--out", type=Path, default=None,
                         help="calibration folder (default outputs/<name>-calibrate)")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
@@ -176,11 +179,11 @@ def calibrate(args: argparse.Namespace) -> int:
     name = load_experiment(args.config, overrides).base.name
     out = args.out or Path("outputs") / f"{name}-calibrate"
     record = run_calibration(args.config, out, iterations=args.iterations, tol=args.tol,
-                             overrides=overrides, scheduler=args.scheduler,
-                             threads=args.threads)
+                             relaxation=args.relaxation, overrides=overrides,
+                             scheduler=args.scheduler, threads=args.threads)
     for h in record["history"]:
-        print(f"iteration {h['iteration']} ({h['error_model']}): largest relative change "
-              f"{h['largest_relative_change']:.3g}")
+        print(f"iteration {h['iteration']} ({h['error_model']}): fit - model used, largest "
+              f"relative difference {h['largest_relative_change']:.3g}")
         for mode, table in h["parameters"].items():
             for v, leads in table.items():
                 pairs = ", ".join(f"{k} h: ({a:.3f}, {b:.3g})" if k != "0" else
