@@ -209,3 +209,25 @@ def test_an_experiment_file_states_only_what_it_changes_of_its_base(tmp_path):
     assert exp.base.members == ref.members and exp.base.analysis.modes == ("free",)
     assert [label for label, _ in exp.case_configs()] == ["case_0001-01-02T00",
                                                           "case_0001-01-04T00"]
+
+
+def test_guidance_summary_counts_capped_evaluations_in_the_steady_cycles():
+    from diffda.cycler.cycling.confidence import format_confidence, guidance_summary
+
+    def rec(mode: str, lead: float, frac: float, share: float | None, ratio: float) -> dict:
+        method = {"nfe": 23, "clipped_fraction_max": frac, "guidance_ratio_max": ratio}
+        if share is not None:
+            method["clipped_share"] = share
+        return {"mode": mode, "lead_hours": lead, "method": method}
+
+    cases = [[rec("reinitialized", 12, 1.0, 0.9, 50.0), rec("reinitialized", 36, 0.5, 0.2, 3.0),
+              rec("reinitialized", 48, 0.0, 0.0, 0.5), rec("climatological", 48, 0.0, None, 0.3),
+              {"mode": "enkf", "lead_hours": 48}]]
+    g = guidance_summary(cases, steady_from_hours=24.0)
+    assert set(g) == {"reinitialized", "climatological"}  # the EnKF has no guidance
+    assert g["reinitialized"] == {"cycles": 2, "cycles_capped": 0.5, "capped_share": 0.1,
+                                  "guidance_ratio_max_median": 1.75}
+    assert "capped_share" not in g["climatological"]
+    table = {"n_cases": 1, "leads_hours": [], "steady_from_hours": 24.0, "modes": {},
+             "paired": {}, "guidance": g}
+    assert "reinitialized      50%   10.0%    1.75" in format_confidence(table)

@@ -127,6 +127,7 @@ def compare_cases(cases: Sequence[Sequence[Mapping[str, Any]]], steady_from_hour
         "paired": {},
     }
     out["calibration"] = calibration_summary(cases, steady_from_hours)
+    out["guidance"] = guidance_summary(cases, steady_from_hours)
     for i, a in enumerate(modes):
         for b in modes[i + 1:]:
             pair = {}
@@ -140,6 +141,33 @@ def compare_cases(cases: Sequence[Sequence[Mapping[str, Any]]], steady_from_hour
                            "rmse_diff_ci95": [bootstrap_mean_ci(by_lead[:, j], seed)
                                               for j in range(by_lead.shape[1])]}
             out["paired"][f"{a}-{b}"] = pair
+    return out
+
+
+def guidance_summary(cases: Sequence[Sequence[Mapping[str, Any]]],
+                     steady_from_hours: float) -> dict[str, dict[str, float]]:
+    """How often the sampler's guidance cap (``max_guidance_ratio``) bound, per diffusion
+    mode over the steady cycles of every case: ``capped_share`` (the share of guided
+    evaluations, steps x members, whose guidance was capped; runs that record it),
+    ``cycles_capped`` (the share of cycles with any capped evaluation) and the median over
+    cycles of the largest guidance/prior drift ratio (``guidance_ratio_max_median``)."""
+    acc: dict[str, dict[str, list[float]]] = {}
+    for records in cases:
+        for r in records:
+            method = r.get("method", {})
+            if float(r["lead_hours"]) <= steady_from_hours or "clipped_fraction_max" not in method:
+                continue
+            a = acc.setdefault(r["mode"], {"any": [], "share": [], "ratio": []})
+            a["any"].append(float(method["clipped_fraction_max"] > 0))
+            a["ratio"].append(float(method["guidance_ratio_max"]))
+            if "clipped_share" in method:
+                a["share"].append(float(method["clipped_share"]))
+    out: dict[str, dict[str, float]] = {}
+    for mode, a in acc.items():
+        out[mode] = {"cycles": len(a["any"]), "cycles_capped": float(np.mean(a["any"])),
+                     "guidance_ratio_max_median": float(np.median(a["ratio"]))}
+        if a["share"]:
+            out[mode]["capped_share"] = float(np.mean(a["share"]))
     return out
 
 
@@ -230,6 +258,14 @@ def format_confidence(table: Mapping[str, Any], days: Sequence[float] = (1, 3, 5
                  f"{'*' if significant(s['steady_diff_ci95']) else ' '}"
                  for v, s in per_var.items()]
         lines.append(f"  {pair:<{wp}}" + "  ".join(cells))
+    guidance = table.get("guidance", {})
+    if guidance:
+        lines.append("guidance cap (steady cycles): cycles with a capped evaluation; share of "
+                     "evaluations capped; median largest guidance/prior ratio")
+        for mode, g in guidance.items():
+            share = f"{g['capped_share']:.1%}" if "capped_share" in g else "-"
+            lines.append(f"  {mode:<{wm}}{g['cycles_capped']:>7.0%}{share:>8}"
+                         f"{g['guidance_ratio_max_median']:>8.3g}")
     return "\n".join(lines)
 
 

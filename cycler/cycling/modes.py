@@ -187,6 +187,9 @@ def _sample_cycles(world: World, terms: Sequence[Sequence[ObservationTerm]],
         if terms[i]:
             info["guidance_ratio_max"] = max(max(d.guidance_ratio[rows]) for d in diagnostics)
             info["clipped_fraction_max"] = max(sum(d.clipped[rows]) / m for d in diagnostics)
+            # the share of guided evaluations (steps x members) whose guidance was capped
+            info["clipped_share"] = sum(sum(d.clipped[rows]) for d in diagnostics) / (
+                m * len(diagnostics))
         out.append((analysis[rows], states[rows], info))
     return out
 
