@@ -269,6 +269,25 @@ def test_ensemble_term_log_likelihood_equals_a_dense_gaussian(tmp_path):
     torch.testing.assert_close(got - got[0], want - want[0], rtol=1e-6, atol=1e-4)
 
 
+def test_ensemble_correlation_length_recovers_a_known_soar_length():
+    """An ensemble drawn with SOAR-correlated anomalies (length 1200 km) on the 16x32
+    emulator grid: the length its cell pairs show is the one it was drawn with; the
+    ensemble term's variance then grows per row by that length's correlation inflation."""
+    from diffda.cycler.analysis.forecast_error import ensemble_correlation_length
+
+    grid, length = Grid(16, 32), 1200.0
+    lat = torch.as_tensor(grid.lat, dtype=torch.float64)[:, None].expand(16, 32).reshape(-1)
+    lon = torch.as_tensor(grid.lon, dtype=torch.float64)[None, :].expand(16, 32).reshape(-1)
+    cov = soar(great_circle_km(lat, lon, lat, lon), length)
+    chol = torch.linalg.cholesky(cov + 1e-6 * torch.eye(len(lat), dtype=torch.float64))
+    g = torch.Generator().manual_seed(3)
+    members = (chol @ torch.randn(len(lat), 400, generator=g, dtype=torch.float64)).T
+    anomalies = (members - members.mean(0)).reshape(400, 16, 32)
+    assert ensemble_correlation_length(anomalies, grid) == pytest.approx(length, rel=0.15)
+    with pytest.raises(ValueError, match="fewer than two cells"):
+        ensemble_correlation_length(torch.zeros(4, 16, 32), grid)
+
+
 def test_ensemble_mode_runs_end_to_end(tmp_path):
     import importlib.util
     from pathlib import Path
@@ -282,15 +301,17 @@ def test_ensemble_mode_runs_end_to_end(tmp_path):
     helpers = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(helpers)
     torch.set_num_threads(1)
-    cfg = load_run_config(helpers.tiny_world(tmp_path / "w", modes=("ensemble",)),
-                          {"analysis.ensemble_inflation": 1.1})
-    run_experiment(cfg, tmp_path / "run", plots=False)
-    records = read_metrics(tmp_path / "run")
-    assert [r["cycle"] for r in records] == [1, 2]
-    for r in records:
-        for v in ("height", "u", "v", "tracer"):
-            assert np.isfinite(r[v]["rmse"]) and r[v]["spread"] > 0
-            assert r["innovations"][v]["hbh_ensemble"] > 0  # the forecast ensemble's spread
+    path = helpers.tiny_world(tmp_path / "w", modes=("ensemble",))
+    for correlated in (False, True):
+        cfg = load_run_config(path, {"analysis.ensemble_inflation": 1.1,
+                                     "analysis.ensemble_correlation": correlated})
+        run_experiment(cfg, tmp_path / f"run{correlated}", plots=False)
+        records = read_metrics(tmp_path / f"run{correlated}")
+        assert [r["cycle"] for r in records] == [1, 2]
+        for r in records:
+            for v in ("height", "u", "v", "tracer"):
+                assert np.isfinite(r[v]["rmse"]) and r[v]["spread"] > 0
+                assert r["innovations"][v]["hbh_ensemble"] > 0  # the forecast ensemble's spread
 
 
 def test_relaxation_damps_an_oscillating_fixed_point_iteration():

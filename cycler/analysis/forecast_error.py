@@ -242,3 +242,34 @@ def correlation_inflation(grid: Grid, length_km: float | None) -> Tensor:
     glon = lon[None, :].expand(grid.nlat, grid.nlon).reshape(-1)
     d = great_circle_km(lat, torch.zeros_like(lat), glat, glon)  # (nlat, cells)
     return soar(d, float(length_km)).sum(1)
+
+
+def ensemble_correlation_length(anomalies: Tensor, grid: Grid,
+                                bounds_km: tuple[float, float] = (50.0, 5000.0)) -> float:
+    """The SOAR length (km) of the correlations between the cells of ``grid`` that an
+    ensemble's ``anomalies`` ``(member, lat, lon)`` (one variable, members minus their mean)
+    show, averaged per distance bin (:data:`PAIR_BIN_EDGES_KM`) over every pair of cells
+    and fitted like the station pairs' (:func:`correlation_length`). Cells without spread
+    are left out."""
+    a = anomalies.double().reshape(anomalies.shape[0], -1)
+    std = a.std(0)
+    ok = std > 1e-12 * float(std.max().clamp_min(1e-300))
+    a = a[:, ok] / std[ok]
+    if a.shape[1] < 2:
+        raise ValueError("the ensemble has spread in fewer than two cells")
+    corr = (a.T @ a) / (a.shape[0] - 1)
+    lat = torch.as_tensor(grid.lat, dtype=torch.float64)
+    lon = torch.as_tensor(grid.lon, dtype=torch.float64)
+    glat = lat[:, None].expand(grid.nlat, grid.nlon).reshape(-1)[ok]
+    glon = lon[None, :].expand(grid.nlat, grid.nlon).reshape(-1)[ok]
+    d = great_circle_km(glat, glon, glat, glon)
+    edges = torch.as_tensor(PAIR_BIN_EDGES_KM, dtype=torch.float64)
+    off = ~torch.eye(len(glat), dtype=torch.bool)
+    which = torch.bucketize(d[off], edges, right=True) - 1
+    keep = (which >= 0) & (which < len(edges) - 1)
+    n = torch.bincount(which[keep], minlength=len(edges) - 1).double()
+    total = torch.bincount(which[keep], weights=corr[off][keep], minlength=len(edges) - 1)
+    has = n > 0
+    centres = 0.5 * (edges[1:] + edges[:-1])
+    return correlation_length(centres[has].numpy(), (total[has] / n[has]).numpy(),
+                              n[has].numpy(), bounds_km)

@@ -177,6 +177,9 @@ class AnalysisConfig:
     reinitialize_from: str = "mean"  # "mean" (one forecast) or "members" (one per member)
     # the ensemble mode: its forecast ensemble's variance is multiplied by this
     ensemble_inflation: float = 1.0
+    # the ensemble mode: the term's variance grown per latitude row by the forecast error's
+    # spatial correlation, its SOAR length measured on the forecast ensemble itself
+    ensemble_correlation: bool = False
     station: ErrorModelConfig = ErrorModelConfig(sigma_y=1e-2, gamma=0.3)
     # Gamma 0.1, not the 1e-2 of an 8x16 grid: the 2x2 coarsening to the emulator grid has
     # lambda_max(A A^T) = 1/4 (4x that of 4x4 averaging), so the guidance gain (NOTES.md) is
@@ -335,6 +338,7 @@ _LATER_KEYS: tuple[tuple[tuple[str, ...], object], ...] = (
     (("data", "init"), "truth"),
     (("analysis", "forecast", "error_model"), "fixed"),
     (("analysis", "ensemble_inflation"), 1.0),
+    (("analysis", "ensemble_correlation"), False),
 )
 
 

@@ -44,6 +44,7 @@ from diffda.cycler.analysis.forecast_error import (
     PairMoments,
     correlation_inflation,
     correlation_length,
+    ensemble_correlation_length,
     equivalent_observation,
     error_covariance_sums,
     fit_from_moments,
@@ -247,7 +248,7 @@ def fitted_forecast_term(prior: DiffusionPrior, forecast: Tensor, climatology: T
 
 def ensemble_forecast_term(prior: DiffusionPrior, forecast: Tensor, climatology: Tensor,
                            climatology_var: Tensor, grid: Grid, inflation: float, gamma: float,
-                           weight: float = 1.0) -> ObservationTerm:
+                           weight: float = 1.0, correlated: bool = False) -> ObservationTerm:
     """The ensemble mode's forecast term: the extended likelihood whose ``(alpha, beta)``
     make ``p(x) p(f | x)`` the forecast ensemble's distribution per cell (the prior already
     is the climatology; :func:`~diffda.cycler.analysis.kalman.ensemble_forecast_parameters`):
@@ -255,7 +256,11 @@ def ensemble_forecast_term(prior: DiffusionPrior, forecast: Tensor, climatology:
     ``alpha = 1 - P_f / c``, ``beta = alpha P_f``. ``forecast`` ``(member, var, lat_e,
     lon_e)``, ``climatology``, ``climatology_var`` ``(1, var, lat_e, lon_e)``, physical on
     the emulator grid ``grid``. Cells where ``P_f >= c`` carry no information (their
-    variance is set to 1e6)."""
+    variance is set to 1e6). ``correlated``: each variable's variance grown per latitude
+    row by :func:`~diffda.cycler.analysis.forecast_error.correlation_inflation` with the
+    SOAR length the forecast ensemble's own anomalies show
+    (:func:`~diffda.cycler.analysis.forecast_error.ensemble_correlation_length`), as the
+    fitted term does with the length its station pairs show."""
     if forecast.shape[0] < 2:
         raise ValueError("the ensemble forecast term needs at least 2 members")
     op = forecast_grid_operator(prior.grid, prior.variables, coarse=grid)
@@ -269,5 +274,12 @@ def ensemble_forecast_term(prior: DiffusionPrior, forecast: Tensor, climatology:
     beta = alpha * p_f
     y, sigma = equivalent_observation(f.mean(0), mu, alpha, beta)
     y = torch.where(informative, y, mu)
-    sigma = torch.where(informative, torch.as_tensor(sigma), torch.full_like(c, 1e6))
+    sigma = torch.as_tensor(sigma)
+    if correlated:
+        anomalies = f - f.mean(0, keepdim=True)
+        rows = torch.stack([correlation_inflation(
+            grid, ensemble_correlation_length(anomalies[:, v], grid))
+            for v in range(f.shape[1])])  # (var, lat_e)
+        sigma = sigma * rows[:, :, None]
+    sigma = torch.where(informative, sigma, torch.full_like(c, 1e6))
     return ObservationTerm(op, y.reshape(-1), sigma.reshape(-1), gamma, weight, name="forecast")

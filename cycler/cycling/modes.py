@@ -346,7 +346,8 @@ class EnsembleForecast:
         g = world.emulator.grid
         fc = ensemble_forecast_term(world.prior, forecast, coarsen_to(world.climatology, g),
                                     coarsen_to(world.climatology_var, g), g,
-                                    cfg.analysis.ensemble_inflation, cfg.analysis.forecast.gamma)
+                                    cfg.analysis.ensemble_inflation, cfg.analysis.forecast.gamma,
+                                    correlated=cfg.analysis.ensemble_correlation)
         stations, used = _stations(world, k, cfg.analysis.lambda_)
         analysis, states, info = _sample(world, [fc, stations], k)
         return CycleResult(analysis, tensors={**used, "forecast": forecast,
