@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import pytest
 import torch
+from diffda.core.config import ConfigError
 from diffda.core.protocols import Analysis, Denoiser, LikelihoodTerm
 from diffda.core.rng import member_generators
 from diffda.cycler.analysis.gaussian import GaussianDenoiser, exact_gamma, kalman_posterior
@@ -269,3 +270,37 @@ def test_guides_a_network_prior_with_the_observation_terms():
     assert misfit(bad) > misfit(post)
     assert max(d.guidance_ratio_max for d in diag_bad) > 10 * max(
         d.guidance_ratio_max for d in diag)
+
+
+def test_reused_corrector_guidance_converges_to_kalman_with_half_the_gradients():
+    """Algorithm 1 with its optional line 15 skipped (``guide_corrector = "reuse"``): the
+    corrector takes the predictor's likelihood gradient and its network call builds no graph.
+    The guidance is then a first-order (Euler) term: the linear-Gaussian posterior converges
+    to the Kalman one as the steps grow (error about halved per doubling), where dropping the
+    corrector's guidance (``false``) stays biased."""
+    mean, cov, op, obs_cov, y = _problem()
+    m_a, s_a = kalman_posterior(mean, cov, op, obs_cov, y)
+    den = GaussianDenoiser(mean, cov)
+    term = ExactLinearGaussianTerm(op, y, obs_cov, cov)
+    graphs = []
+
+    def counting(x, s):
+        graphs.append(x.requires_grad)
+        return den(x, s)
+
+    def sample(mode, steps, denoiser=den):
+        cfg = SamplerConfig(**{**EQUIV_CONFIG.__dict__, "guide_corrector": mode,
+                               "num_steps": steps})
+        return sample_posterior(denoiser, member_generators(1, "sampler-test", 0, 2000), (6,),
+                                [term], cfg, dtype=DT)
+
+    def mean_error(x):
+        return float(((x.mean(0) - m_a) / s_a.diagonal().sqrt()).abs().max())
+
+    x = sample("reuse", 128, counting)
+    assert len(graphs) == 2 * 128 - 1 and sum(graphs) == 128  # one VJP per step
+    assert _matches_kalman(x, m_a, s_a, step_tol=0.03)
+    assert not _matches_kalman(sample(False, 128), m_a, s_a, step_tol=0.03)
+    assert mean_error(sample("reuse", 64)) < 0.7 * mean_error(sample("reuse", 32))
+    with pytest.raises(ConfigError, match="guide_corrector"):
+        SamplerConfig(guide_corrector="sometimes")  # type: ignore[arg-type]

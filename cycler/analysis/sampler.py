@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from diffda.core.config import require
@@ -57,7 +58,11 @@ class SamplerConfig:
     s_tmax: float = math.inf
     s_noise: float = 1.0  # std of the churn noise (Karras et al. Alg. 2)
     guidance_scale: float = 1.0  # lambda_g
-    guide_corrector: bool = True  # Algorithm 1 line 15 (optional re-evaluation)
+    # Algorithm 1 line 15, "re-evaluate likelihood gradient (optional)": true re-evaluates
+    # it at the corrector's point (a second vector-Jacobian product); "reuse" skips line 15,
+    # so line 16 takes the predictor's s_l (the corrector's network call needs no graph);
+    # false: no guidance in the corrector (its drift is the prior's alone)
+    guide_corrector: bool | Literal["reuse"] = True
     clip_grad_norm: float | None = None  # per-member L2 cap on s_l (paper Sec. 3.4)
     max_guidance_ratio: float | None = 1.0  # per-member cap on |lambda_g t s_l| / |d_prior|
 
@@ -74,6 +79,8 @@ class SamplerConfig:
                 self.clip_grad_norm, "must be positive (or absent for no clipping)")
         require(self.max_guidance_ratio is None or self.max_guidance_ratio > 0,
                 "max_guidance_ratio", self.max_guidance_ratio, "must be positive (or absent)")
+        require(self.guide_corrector in (True, False, "reuse"), "guide_corrector",
+                self.guide_corrector, 'expected true, false or "reuse"')
 
     @property
     def nfe(self) -> int:
@@ -342,10 +349,13 @@ def _heun_step(
     if t_next <= 0:
         return x_pred  # line 19
     s_next = as_t(t_next)  # lines 13-17
-    use = terms if config.guide_corrector else ()
-    d, s_l, ll = denoise_with_likelihood_score(denoiser, x_pred, s_next, use, to_observed,
-                                               execution)
-    d_corr, ratio, clipped = posterior_drift(x_pred, d, s_l, s_next, config)
+    reevaluate = config.guide_corrector is True
+    d, s_corr, ll = denoise_with_likelihood_score(denoiser, x_pred, s_next,
+                                                  terms if reevaluate else (), to_observed,
+                                                  execution)
+    if not reevaluate:  # line 15 skipped: line 16 with the predictor's s_l, or none
+        s_corr = s_l if config.guide_corrector == "reuse" else None
+    d_corr, ratio, clipped = posterior_drift(x_pred, d, s_corr, s_next, config)
     record("corrector", s_next, ratio, ll, clipped)
     return x + 0.5 * (d_pred + d_corr) * (t_next - t_hat)  # line 17
 
