@@ -20,6 +20,9 @@ autodiff, ``torch.func.jvp`` and ``vmap`` work), members independent:
   coarsen_to`, the very function that makes the emulator's training data, so the
   low-resolution (default 8x16) and forecast-grid (default 16x32) observations are
   identical by construction to the coarsened truth.
+- :class:`ProjectedOperator`: another operator's values, shifted and projected on an
+  orthonormal basis: ``B^T (M(x) - m)``; a Gaussian term with a full covariance becomes a
+  diagonal one in the basis of that covariance's eigenvectors.
 
 The indices and weights are precomputed once (buffers); the math is in pure functions
 (:func:`keys_weights`, :func:`bicubic_stencil`, :func:`apply_stencil`).
@@ -267,6 +270,31 @@ class CoarseGridOperator(nn.Module):
     def unflatten(self, y: Tensor) -> Tensor:
         """``(..., n_obs)`` -> ``(..., n_var_obs, nlat_c, nlon_c)``."""
         return y.reshape(*y.shape[:-1], len(self.observed), self.coarse.nlat, self.coarse.nlon)
+
+
+class ProjectedOperator(nn.Module):
+    """``x -> B^T (M(x) - m)``: ``(member, *state) -> (member, K)`` with ``M`` an operator of
+    ``n`` values, ``shift`` ``m`` ``(n,)`` and ``basis`` ``B`` ``(n, K)``."""
+
+    shift: Tensor
+    basis: Tensor
+
+    def __init__(self, operator: nn.Module, shift: Tensor, basis: Tensor) -> None:
+        super().__init__()
+        if shift.shape != basis.shape[:1]:
+            raise ValueError(f"shift {tuple(shift.shape)} must be ({basis.shape[0]},), the "
+                             "basis' rows")
+        self.operator = operator
+        self.register_buffer("shift", shift)
+        self.register_buffer("basis", basis)
+
+    @property
+    def n_obs(self) -> int:
+        return int(self.basis.shape[1])
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.operator(x)
+        return (h - self.shift.to(h.dtype)) @ self.basis.to(h.dtype)
 
 
 LOW_RESOLUTION_GRID = Grid(8, 16)

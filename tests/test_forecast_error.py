@@ -223,24 +223,30 @@ def test_calibrate_fits_each_forecast_mode_and_runs_read_the_file(tmp_path):
         load_experiment(path, {"analysis.forecast.error_model": "auto"})
 
 
-def test_ensemble_term_log_likelihood_equals_a_dense_gaussian(tmp_path):
-    """The ensemble mode's term, on a tiny prior: its log-likelihood of states x equals that
-    of the dense Gaussian N(f_mean; alpha C(x) + (1 - alpha) mu, diag(beta)) up to a
-    constant, with (alpha, beta) = (1 - P_f/c, alpha P_f) per cell."""
+def _tiny_prior(folder):
+    """The tiny world's prior and its emulator grid."""
     import importlib.util
     from pathlib import Path
 
-    from diffda.core.grid import coarsen_to
-    from diffda.cycler.cycling.forecast_fit import ensemble_forecast_term
     from diffda.emulators.prior.model import DiffusionPrior
 
     spec = importlib.util.spec_from_file_location(
         "driver_helpers", Path(__file__).with_name("test_driver.py"))
     helpers = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(helpers)
-    helpers.tiny_world(tmp_path)
-    prior = DiffusionPrior.load(tmp_path / "prior.safetensors")
-    coarse, g = helpers.COARSE, torch.Generator().manual_seed(0)
+    helpers.tiny_world(folder)
+    return DiffusionPrior.load(folder / "prior.safetensors"), helpers.COARSE
+
+
+def test_ensemble_term_log_likelihood_equals_a_dense_gaussian(tmp_path):
+    """The ensemble mode's term, on a tiny prior: its log-likelihood of states x equals that
+    of the dense Gaussian N(f_mean; alpha C(x) + (1 - alpha) mu, diag(beta)) up to a
+    constant, with (alpha, beta) = (1 - P_f/c, alpha P_f) per cell."""
+    from diffda.core.grid import coarsen_to
+    from diffda.cycler.cycling.forecast_fit import ensemble_forecast_term
+
+    prior, coarse = _tiny_prior(tmp_path)
+    g = torch.Generator().manual_seed(0)
     std = prior.std.double()[:, None, None]
     shape = (4, coarse.nlat, coarse.nlon)
     mu = prior.mean.double()[:, None, None] + 0.3 * std * torch.randn(shape, generator=g,
@@ -269,6 +275,74 @@ def test_ensemble_term_log_likelihood_equals_a_dense_gaussian(tmp_path):
     torch.testing.assert_close(got - got[0], want - want[0], rtol=1e-6, atol=1e-4)
 
 
+def test_localized_ensemble_term_is_the_dense_extended_likelihood(tmp_path):
+    """The ensemble term with the forecast ensemble's localized covariance ``P`` (all cells
+    and variables, Gaspari-Cohn 3000 km, 30 % kept uncorrelated): (1) its log-likelihood of
+    states x is the dense Gaussian's ``-1/2 r^T (R + s^2 Gamma C)^-1 r``, ``r = f' - C(x)``,
+    ``R^-1 = P^-1 - C^-1``, ``f' = mu + (I - P C^-1)^-1 (f_mean - mu)``, Eq. 13's
+    ``sigma^2 Gamma`` added as in every term (``-1/2 r^T (R + s^2 Gamma I)^-1 r``); (2) its product
+    with the climatology ``N(mu, C)`` is the forecast distribution ``N(f_mean, P)`` (the
+    climatology counted once); (3) with all of the variance uncorrelated it is the diagonal
+    term; (4) it refuses the per-row correlation inflation beside it."""
+    from diffda.core.grid import coarsen_to
+    from diffda.cycler.analysis.ensemble_covariance import VARIANCE_FLOOR
+    from diffda.cycler.analysis.letkf import gaspari_cohn
+    from diffda.cycler.cycling.forecast_fit import ensemble_forecast_term
+
+    prior, coarse = _tiny_prior(tmp_path)
+    g = torch.Generator().manual_seed(1)
+    dt, n_member, radius, share, gamma = torch.float64, 6, 3000.0, 0.3, 0.05
+    std = prior.std.double()[:, None, None]
+    shape = (4, coarse.nlat, coarse.nlon)
+    mu = prior.mean.double()[:, None, None] + 0.3 * std * torch.randn(shape, generator=g, dtype=dt)
+    c_var = (std * (1.5 + 0.5 * torch.rand(shape, generator=g, dtype=dt))) ** 2
+    forecast = mu + 0.5 * std * torch.randn((n_member, *shape), generator=g, dtype=dt)
+    term = ensemble_forecast_term(prior, forecast, mu[None], c_var[None], coarse, 1.2, gamma,
+                                  localization_km=radius, uncorrelated_share=share)
+    # the dense reference, built here from its definition
+    f = prior.normalise(forecast).reshape(n_member, -1)
+    m = prior.normalise(mu[None]).reshape(-1)
+    c = (c_var / std.square()).reshape(-1)
+    a = f - f.mean(0)
+    lat = torch.as_tensor(coarse.lat, dtype=dt)[:, None].expand(shape[1:]).reshape(-1)
+    lon = torch.as_tensor(coarse.lon, dtype=dt)[None, :].expand(shape[1:]).reshape(-1)
+    cells = gaspari_cohn(great_circle_km(lat, lon, lat, lon) / radius)
+    taper = (1 - share) * torch.kron(torch.ones(4, 4, dtype=dt), cells) + share * torch.eye(
+        f.shape[1], dtype=dt)
+    p = 1.2 * taper * (a.T @ a) / (n_member - 1)
+    cm = torch.diag(c)
+    p = p + VARIANCE_FLOOR * cm  # what keeps cells without spread defined
+    w = torch.linalg.eigvalsh(p / c.sqrt()[:, None] / c.sqrt()[None, :])
+    assert float(w.max()) < 0.99 and float(w.min()) > 0  # every component informative
+    r_cov = torch.linalg.inv(torch.linalg.inv(p) - torch.linalg.inv(cm))
+    f_eq = m + torch.linalg.solve(torch.eye(len(c), dtype=dt) - p @ torch.linalg.inv(cm),
+                                  f.mean(0) - m)
+    x = torch.randn((3, 4, prior.grid.nlat, prior.grid.nlon), generator=g, dtype=dt)
+    cx = coarsen_to(x, coarse).reshape(3, -1)
+    for s in (0.0, 0.7):
+        r = f_eq - cx
+        r_t = r_cov + s**2 * gamma * torch.eye(len(c), dtype=dt)
+        want = -0.5 * (r * torch.linalg.solve(r_t, r.T).T).sum(1)
+        torch.testing.assert_close(term.log_likelihood(x, s), want, rtol=1e-7, atol=1e-7)
+    # (2) the term's own precision and centre, from its basis, scale and variances
+    op = term.operator
+    q = op.basis @ torch.diag(1 / term.sigma_y) @ op.basis.T
+    centre = m + op.basis @ term.y
+    post = torch.linalg.inv(torch.linalg.inv(cm) + q)
+    torch.testing.assert_close(post, p, rtol=1e-6, atol=1e-9)
+    torch.testing.assert_close(post @ (m / c + q @ centre), f.mean(0), rtol=1e-6, atol=1e-8)
+    # (3) all of the variance uncorrelated: the diagonal term
+    diag = ensemble_forecast_term(prior, forecast, mu[None], c_var[None], coarse, 1.2, gamma)
+    full = ensemble_forecast_term(prior, forecast, mu[None], c_var[None], coarse, 1.2, gamma,
+                                  localization_km=radius, uncorrelated_share=1.0)
+    for s in (0.0, 0.7):  # to the variance floor's 1e-8 of the climate variance
+        torch.testing.assert_close(full.log_likelihood(x, s), diag.log_likelihood(x, s),
+                                   rtol=1e-6, atol=0)
+    with pytest.raises(ValueError, match="already holds the forecast error's correlations"):
+        ensemble_forecast_term(prior, forecast, mu[None], c_var[None], coarse, 1.2, gamma,
+                               correlated=True, localization_km=radius)
+
+
 def test_ensemble_correlation_length_recovers_a_known_soar_length():
     """An ensemble drawn with SOAR-correlated anomalies (length 1200 km) on the 16x32
     emulator grid: the length its cell pairs show is the one it was drawn with; the
@@ -292,6 +366,7 @@ def test_ensemble_mode_runs_end_to_end(tmp_path):
     import importlib.util
     from pathlib import Path
 
+    from diffda.core.config import ConfigError
     from diffda.cycler.cycling.config import load_run_config
     from diffda.cycler.cycling.driver import run_experiment
     from diffda.cycler.cycling.outputs import read_metrics
@@ -302,16 +377,25 @@ def test_ensemble_mode_runs_end_to_end(tmp_path):
     spec.loader.exec_module(helpers)
     torch.set_num_threads(1)
     path = helpers.tiny_world(tmp_path / "w", modes=("ensemble",))
-    for correlated in (False, True):
-        cfg = load_run_config(path, {"analysis.ensemble_inflation": 1.1,
-                                     "analysis.ensemble_correlation": correlated})
-        run_experiment(cfg, tmp_path / f"run{correlated}", plots=False)
-        records = read_metrics(tmp_path / f"run{correlated}")
+    variants = {"diagonal": {}, "correlated": {"analysis.ensemble_correlation": True},
+                "localized": {"analysis.ensemble_localization_km": 3000.0}}
+    heights = {}
+    for name, overrides in variants.items():
+        cfg = load_run_config(path, {"analysis.ensemble_inflation": 1.1, **overrides})
+        run_experiment(cfg, tmp_path / name, plots=False)
+        records = read_metrics(tmp_path / name)
         assert [r["cycle"] for r in records] == [1, 2]
         for r in records:
             for v in ("height", "u", "v", "tracer"):
                 assert np.isfinite(r[v]["rmse"]) and r[v]["spread"] > 0
                 assert r["innovations"][v]["hbh_ensemble"] > 0  # the forecast ensemble's spread
+        heights[name] = [r["height"]["rmse"] for r in records]
+    assert heights["localized"] != heights["diagonal"]
+    with pytest.raises(ConfigError, match="ensemble_localization_km > 0"):
+        load_run_config(path, {"analysis.ensemble_correlation": True,
+                               "analysis.ensemble_localization_km": 3000.0})
+    with pytest.raises(ConfigError, match="ensemble_uncorrelated_share"):
+        load_run_config(path, {"analysis.ensemble_uncorrelated_share": 0.0})
 
 
 def test_relaxation_damps_an_oscillating_fixed_point_iteration():

@@ -180,6 +180,11 @@ class AnalysisConfig:
     # the ensemble mode: the term's variance grown per latitude row by the forecast error's
     # spatial correlation, its SOAR length measured on the forecast ensemble itself
     ensemble_correlation: bool = False
+    # the ensemble mode: > 0, the forecast ensemble's covariance between all cells and
+    # variables, localized with this Gaspari-Cohn half-width (km); 0, per-cell variances only
+    ensemble_localization_km: float = 0.0
+    # ... and the share of each cell's forecast variance kept uncorrelated (0 < w <= 1)
+    ensemble_uncorrelated_share: float = 0.5
     station: ErrorModelConfig = ErrorModelConfig(sigma_y=1e-2, gamma=0.3)
     # Gamma 0.1, not the 1e-2 of an 8x16 grid: the 2x2 coarsening to the emulator grid has
     # lambda_max(A A^T) = 1/4 (4x that of 4x4 averaging), so the guidance gain (NOTES.md) is
@@ -200,6 +205,14 @@ class AnalysisConfig:
                 self.reinitialize_from, "expected 'mean' or 'members'")
         require(self.ensemble_inflation >= 1.0, "analysis.ensemble_inflation",
                 self.ensemble_inflation, "must be >= 1")
+        require(self.ensemble_localization_km >= 0, "analysis.ensemble_localization_km",
+                self.ensemble_localization_km, "must be >= 0 (0: per-cell variances)")
+        require(0 < self.ensemble_uncorrelated_share <= 1, "analysis.ensemble_uncorrelated_share",
+                self.ensemble_uncorrelated_share, "must be in (0, 1]")
+        require(not (self.ensemble_correlation and self.ensemble_localization_km > 0),
+                "analysis.ensemble_correlation", self.ensemble_correlation,
+                "cannot be combined with ensemble_localization_km > 0 (the localized "
+                "covariance already holds the correlations)")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -339,6 +352,8 @@ _LATER_KEYS: tuple[tuple[tuple[str, ...], object], ...] = (
     (("analysis", "forecast", "error_model"), "fixed"),
     (("analysis", "ensemble_inflation"), 1.0),
     (("analysis", "ensemble_correlation"), False),
+    (("analysis", "ensemble_localization_km"), 0.0),
+    (("analysis", "ensemble_uncorrelated_share"), 0.5),
 )
 
 

@@ -37,6 +37,10 @@ import torch
 from diffda.core.config import ConfigError
 from diffda.core.grid import Grid
 from diffda.core.io import atomic_write_text
+from diffda.cycler.analysis.ensemble_covariance import (
+    extended_likelihood,
+    localized_covariance,
+)
 from diffda.cycler.analysis.forecast_error import (
     PAIR_BIN_EDGES_KM,
     ForecastError,
@@ -53,7 +57,7 @@ from diffda.cycler.cycling.config import RunConfig
 from diffda.cycler.cycling.tuning import _differences, identity, identity_hash
 from diffda.emulators.prior.model import DiffusionPrior
 from diffda.observations.likelihood import ObservationTerm
-from diffda.observations.operators import forecast_grid_operator
+from diffda.observations.operators import ProjectedOperator, forecast_grid_operator
 from torch import Tensor
 
 FORMAT = "diffda-forecast-error-v1"
@@ -248,7 +252,9 @@ def fitted_forecast_term(prior: DiffusionPrior, forecast: Tensor, climatology: T
 
 def ensemble_forecast_term(prior: DiffusionPrior, forecast: Tensor, climatology: Tensor,
                            climatology_var: Tensor, grid: Grid, inflation: float, gamma: float,
-                           weight: float = 1.0, correlated: bool = False) -> ObservationTerm:
+                           weight: float = 1.0, correlated: bool = False,
+                           localization_km: float = 0.0, uncorrelated_share: float = 0.5
+                           ) -> ObservationTerm:
     """The ensemble mode's forecast term: the extended likelihood whose ``(alpha, beta)``
     make ``p(x) p(f | x)`` the forecast ensemble's distribution per cell (the prior already
     is the climatology; :func:`~diffda.cycler.analysis.kalman.ensemble_forecast_parameters`):
@@ -260,7 +266,10 @@ def ensemble_forecast_term(prior: DiffusionPrior, forecast: Tensor, climatology:
     row by :func:`~diffda.cycler.analysis.forecast_error.correlation_inflation` with the
     SOAR length the forecast ensemble's own anomalies show
     (:func:`~diffda.cycler.analysis.forecast_error.ensemble_correlation_length`), as the
-    fitted term does with the length its station pairs show."""
+    fitted term does with the length its station pairs show. ``localization_km > 0``: the
+    forecast ensemble's covariance between all cells and variables, localized with that
+    Gaspari-Cohn half-width and ``uncorrelated_share`` of it kept on the diagonal, in the
+    extended likelihood's matrix form (:mod:`~diffda.cycler.analysis.ensemble_covariance`)."""
     if forecast.shape[0] < 2:
         raise ValueError("the ensemble forecast term needs at least 2 members")
     op = forecast_grid_operator(prior.grid, prior.variables, coarse=grid)
@@ -268,6 +277,17 @@ def ensemble_forecast_term(prior: DiffusionPrior, forecast: Tensor, climatology:
     mu = prior.normalise(climatology.double())[0]
     std = prior.std.double()[:, None, None]
     c = climatology_var.double()[0] / std.square()
+    if localization_km > 0:
+        if correlated:
+            raise ValueError("the localized covariance already holds the forecast error's "
+                             "correlations: do not also grow the variances (correlated)")
+        mean = f.mean(0)
+        p_f = inflation * localized_covariance(f - mean, grid, localization_km,
+                                               uncorrelated_share)
+        basis, y, variance = extended_likelihood(mean.reshape(-1), mu.reshape(-1),
+                                                 c.reshape(-1), p_f)
+        projected = ProjectedOperator(op, mu.reshape(-1), basis)
+        return ObservationTerm(projected, y, variance, gamma, weight, name="forecast")
     p_f = inflation * f.var(0)
     informative = p_f < 0.99 * c
     alpha = torch.where(informative, 1.0 - p_f / c, torch.ones_like(c))

@@ -347,7 +347,9 @@ class EnsembleForecast:
         fc = ensemble_forecast_term(world.prior, forecast, coarsen_to(world.climatology, g),
                                     coarsen_to(world.climatology_var, g), g,
                                     cfg.analysis.ensemble_inflation, cfg.analysis.forecast.gamma,
-                                    correlated=cfg.analysis.ensemble_correlation)
+                                    correlated=cfg.analysis.ensemble_correlation,
+                                    localization_km=cfg.analysis.ensemble_localization_km,
+                                    uncorrelated_share=cfg.analysis.ensemble_uncorrelated_share)
         stations, used = _stations(world, k, cfg.analysis.lambda_)
         analysis, states, info = _sample(world, [fc, stations], k)
         return CycleResult(analysis, tensors={**used, "forecast": forecast,
