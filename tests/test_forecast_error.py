@@ -367,8 +367,10 @@ def test_ensemble_mode_runs_end_to_end(tmp_path):
     from pathlib import Path
 
     from diffda.core.config import ConfigError
+    from diffda.cycler.cycling.checkpoint import cycle_path
     from diffda.cycler.cycling.config import load_run_config
     from diffda.cycler.cycling.driver import run_experiment
+    from diffda.cycler.cycling.modes import bilinear_upsample
     from diffda.cycler.cycling.outputs import read_metrics
 
     spec = importlib.util.spec_from_file_location(
@@ -378,8 +380,9 @@ def test_ensemble_mode_runs_end_to_end(tmp_path):
     torch.set_num_threads(1)
     path = helpers.tiny_world(tmp_path / "w", modes=("ensemble",))
     variants = {"diagonal": {}, "correlated": {"analysis.ensemble_correlation": True},
-                "localized": {"analysis.ensemble_localization_km": 3000.0}}
-    heights = {}
+                "localized": {"analysis.ensemble_localization_km": 3000.0},
+                "rtps": {"analysis.ensemble_rtps": 1.0}}
+    heights, spreads = {}, {}
     for name, overrides in variants.items():
         cfg = load_run_config(path, {"analysis.ensemble_inflation": 1.1, **overrides})
         run_experiment(cfg, tmp_path / name, plots=False)
@@ -390,12 +393,23 @@ def test_ensemble_mode_runs_end_to_end(tmp_path):
                 assert np.isfinite(r[v]["rmse"]) and r[v]["spread"] > 0
                 assert r["innovations"][v]["hbh_ensemble"] > 0  # the forecast ensemble's spread
         heights[name] = [r["height"]["rmse"] for r in records]
+        spreads[name] = [r["height"]["spread"] for r in records]
     assert heights["localized"] != heights["diagonal"]
+    # RTPS 1: each cell of the analysis ensemble takes the (upsampled) forecast's spread
+    assert spreads["rtps"][0] != spreads["diagonal"][0]
+    ckpt = torch.load(cycle_path(tmp_path / "rtps", "ensemble", 1), weights_only=True)
+    tensors = ckpt["tensors"]
+    torch.testing.assert_close(
+        tensors["analysis"].double().std(0),
+        bilinear_upsample(tensors["forecast"], Grid(*tensors["analysis"].shape[-2:])).double()
+        .std(0), rtol=1e-3, atol=1e-3)  # float32 analyses
     with pytest.raises(ConfigError, match="ensemble_localization_km > 0"):
         load_run_config(path, {"analysis.ensemble_correlation": True,
                                "analysis.ensemble_localization_km": 3000.0})
     with pytest.raises(ConfigError, match="ensemble_uncorrelated_share"):
         load_run_config(path, {"analysis.ensemble_uncorrelated_share": 0.0})
+    with pytest.raises(ConfigError, match="ensemble_rtps"):
+        load_run_config(path, {"analysis.ensemble_rtps": 1.5})
 
 
 def test_relaxation_damps_an_oscillating_fixed_point_iteration():

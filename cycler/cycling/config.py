@@ -185,6 +185,9 @@ class AnalysisConfig:
     ensemble_localization_km: float = 0.0
     # ... and the share of each cell's forecast variance kept uncorrelated (0 < w <= 1)
     ensemble_uncorrelated_share: float = 0.5
+    # the ensemble mode: relaxation of the analysis ensemble's spread toward the forecast
+    # ensemble's (RTPS, Whitaker and Hamill 2012), per cell: 0 none, 1 the forecast's spread
+    ensemble_rtps: float = 0.0
     station: ErrorModelConfig = ErrorModelConfig(sigma_y=1e-2, gamma=0.3)
     # Gamma 0.1, not the 1e-2 of an 8x16 grid: the 2x2 coarsening to the emulator grid has
     # lambda_max(A A^T) = 1/4 (4x that of 4x4 averaging), so the guidance gain (NOTES.md) is
@@ -209,6 +212,8 @@ class AnalysisConfig:
                 self.ensemble_localization_km, "must be >= 0 (0: per-cell variances)")
         require(0 < self.ensemble_uncorrelated_share <= 1, "analysis.ensemble_uncorrelated_share",
                 self.ensemble_uncorrelated_share, "must be in (0, 1]")
+        require(0 <= self.ensemble_rtps <= 1, "analysis.ensemble_rtps", self.ensemble_rtps,
+                "must be in [0, 1] (0: no relaxation to the forecast spread)")
         require(not (self.ensemble_correlation and self.ensemble_localization_km > 0),
                 "analysis.ensemble_correlation", self.ensemble_correlation,
                 "cannot be combined with ensemble_localization_km > 0 (the localized "
@@ -354,6 +359,7 @@ _LATER_KEYS: tuple[tuple[tuple[str, ...], object], ...] = (
     (("analysis", "ensemble_correlation"), False),
     (("analysis", "ensemble_localization_km"), 0.0),
     (("analysis", "ensemble_uncorrelated_share"), 0.5),
+    (("analysis", "ensemble_rtps"), 0.0),
 )
 
 

@@ -48,7 +48,7 @@ import cftime
 import torch
 from diffda.core.grid import Grid, coarsen_to
 from diffda.core.rng import member_generators, torch_generator
-from diffda.cycler.analysis.letkf import LocalizedEnKF, PointObservations
+from diffda.cycler.analysis.letkf import LocalizedEnKF, PointObservations, relax_to_prior_spread
 from diffda.cycler.analysis.sampler import DiffusionAnalysis, MemberBlocks, StepDiagnostics
 from diffda.cycler.cycling.forecast_fit import ensemble_forecast_term, fitted_forecast_term
 from diffda.cycler.cycling.world import World
@@ -333,7 +333,8 @@ class EnsembleForecast:
     extended likelihood of the forecast ensemble's mean and per-cell variance
     (:func:`~diffda.cycler.cycling.forecast_fit.ensemble_forecast_term`), beside the
     stations (weight ``lambda``): an approximation of the cycling prior without retraining
-    the diffusion model."""
+    the diffusion model. With ``analysis.ensemble_rtps > 0`` the analysis ensemble's spread
+    is relaxed toward the (upsampled) forecast ensemble's, cell by cell."""
 
     def cycle(self, world: World, k: int, state: CycleState | None) -> CycleResult:
         cfg = world.config
@@ -352,6 +353,9 @@ class EnsembleForecast:
                                     uncorrelated_share=cfg.analysis.ensemble_uncorrelated_share)
         stations, used = _stations(world, k, cfg.analysis.lambda_)
         analysis, states, info = _sample(world, [fc, stations], k)
+        if cfg.analysis.ensemble_rtps > 0:
+            analysis = relax_to_prior_spread(analysis, bilinear_upsample(forecast, world.grid),
+                                             cfg.analysis.ensemble_rtps)
         return CycleResult(analysis, tensors={**used, "forecast": forecast,
                                               "generator_states": states}, info=info,
                            innovations=innovations(world, k, analysis, forecast))
