@@ -16,7 +16,7 @@ from diffda.cycler.analysis.letkf import (
     inflate,
     localization,
     localized_enkf_analysis,
-    relax_to_prior_spread,
+    rtps_factor,
 )
 from diffda.observations.operators import PointOperator
 
@@ -102,21 +102,21 @@ def test_analysis_moves_the_mean_towards_accurate_observations():
     assert after < 0.3 * before
 
 
-def test_relax_to_prior_spread():
+def test_rtps_factor():
     g = torch.Generator().manual_seed(0)
     analysis = 3.0 + 0.5 * torch.randn(16, 2, 4, 5, generator=g, dtype=torch.float64)
     forecast = -1.0 + 2.0 * torch.randn(16, 2, 4, 5, generator=g, dtype=torch.float64)
     analysis[:, 0, 0, 0] = 7.0  # no analysis spread: left as it is
-    sa, sf = analysis.std(0), forecast.std(0)
+    sa, sf, mean = analysis.std(0), forecast.std(0), analysis.mean(0)
     for alpha in (0.0, 0.3, 1.0):
-        out = relax_to_prior_spread(analysis, forecast, alpha)
+        out = mean + rtps_factor(analysis, forecast, alpha) * (analysis - mean)
         torch.testing.assert_close(out.mean(0), analysis.mean(0))
         want = torch.where(sa > 0, alpha * sf + (1 - alpha) * sa, sa)
         torch.testing.assert_close(out.std(0), want)
     # the relaxed anomalies are the analysis's, rescaled: their correlations are kept
-    out = relax_to_prior_spread(analysis, forecast, 0.5)
+    out = mean + rtps_factor(analysis, forecast, 0.5) * (analysis - mean)
     a, o = analysis - analysis.mean(0), out - out.mean(0)
     cosine = (a[:, 1] * o[:, 1]).sum(0) / (a[:, 1].norm(dim=0) * o[:, 1].norm(dim=0))
     torch.testing.assert_close(cosine, torch.ones(4, 5, dtype=torch.float64))
     with pytest.raises(ValueError, match="RTPS alpha = 1.5"):
-        relax_to_prior_spread(analysis, forecast, 1.5)
+        rtps_factor(analysis, forecast, 1.5)

@@ -87,22 +87,19 @@ def inflate(ensemble: Tensor, factor: float) -> Tensor:
     return mean + factor * (ensemble - mean)
 
 
-def relax_to_prior_spread(analysis: Tensor, forecast: Tensor, alpha: float) -> Tensor:
-    """Relaxation to prior spread (RTPS; Whitaker and Hamill 2012, MWR 140, 3078): each
-    element's analysis anomalies (dim 0) rescaled so that its spread becomes
-    ``alpha sigma_f + (1 - alpha) sigma_a``; the mean is kept. ``forecast`` has the analysis's
-    shape but for its member count. ``alpha = 0`` returns ``analysis``; where the analysis has
-    no spread it is left as it is."""
+def rtps_factor(analysis: Tensor, forecast: Tensor, alpha: float) -> Tensor:
+    """The factor ``1 + alpha (sigma_f - sigma_a) / sigma_a`` of relaxation to prior spread
+    (RTPS; Whitaker and Hamill 2012, MWR 140, 3078) per element, over the members (dim 0,
+    kept with size 1): anomalies times it have the spread ``alpha sigma_f + (1 - alpha)
+    sigma_a``. ``forecast`` has the analysis's shape but for its member count; where the
+    analysis has no spread the factor is 1."""
     if not 0 <= alpha <= 1:
         raise ValueError(f"RTPS alpha = {alpha}: must be in [0, 1]")
-    if alpha == 0:
-        return analysis
-    mean = analysis.mean(0, keepdim=True)
     sigma_a = analysis.std(0, keepdim=True)
     sigma_f = forecast.std(0, keepdim=True).to(sigma_a.dtype)
-    factor = torch.where(sigma_a > 0, 1 + alpha * (sigma_f - sigma_a) / sigma_a.clamp_min(
-        torch.finfo(sigma_a.dtype).tiny), torch.ones_like(sigma_a))
-    return mean + factor * (analysis - mean)
+    tiny = torch.finfo(sigma_a.dtype).tiny
+    return torch.where(sigma_a > 0, 1 + alpha * (sigma_f - sigma_a) / sigma_a.clamp_min(tiny),
+                       torch.ones_like(sigma_a))
 
 
 def localized_enkf_analysis(

@@ -48,7 +48,7 @@ import cftime
 import torch
 from diffda.core.grid import Grid, coarsen_to
 from diffda.core.rng import member_generators, torch_generator
-from diffda.cycler.analysis.letkf import LocalizedEnKF, PointObservations, relax_to_prior_spread
+from diffda.cycler.analysis.letkf import LocalizedEnKF, PointObservations, rtps_factor
 from diffda.cycler.analysis.sampler import DiffusionAnalysis, MemberBlocks, StepDiagnostics
 from diffda.cycler.cycling.forecast_fit import ensemble_forecast_term, fitted_forecast_term
 from diffda.cycler.cycling.world import World
@@ -334,7 +334,8 @@ class EnsembleForecast:
     (:func:`~diffda.cycler.cycling.forecast_fit.ensemble_forecast_term`), beside the
     stations (weight ``lambda``): an approximation of the cycling prior without retraining
     the diffusion model. With ``analysis.ensemble_rtps > 0`` the analysis ensemble's spread
-    is relaxed toward the (upsampled) forecast ensemble's, cell by cell."""
+    is relaxed toward the forecast ensemble's (RTPS: the factor per emulator cell, from the
+    coarsened analysis, interpolated to the analysis grid)."""
 
     def cycle(self, world: World, k: int, state: CycleState | None) -> CycleResult:
         cfg = world.config
@@ -354,8 +355,11 @@ class EnsembleForecast:
         stations, used = _stations(world, k, cfg.analysis.lambda_)
         analysis, states, info = _sample(world, [fc, stations], k)
         if cfg.analysis.ensemble_rtps > 0:
-            analysis = relax_to_prior_spread(analysis, bilinear_upsample(forecast, world.grid),
-                                             cfg.analysis.ensemble_rtps)
+            # RTPS with the spreads compared on the emulator grid, where the forecast
+            # ensemble is (the analysis's finer scales have no forecast spread to relax to)
+            factor = rtps_factor(coarsen_to(analysis, g), forecast, cfg.analysis.ensemble_rtps)
+            mean = analysis.mean(0, keepdim=True)
+            analysis = mean + bilinear_upsample(factor, world.grid) * (analysis - mean)
         return CycleResult(analysis, tensors={**used, "forecast": forecast,
                                               "generator_states": states}, info=info,
                            innovations=innovations(world, k, analysis, forecast))
