@@ -273,6 +273,14 @@ def test_ensemble_term_log_likelihood_equals_a_dense_gaussian(tmp_path):
     got = term.log_likelihood(x, 0.0)
     # equal up to a constant in x; the uninformative cells add (almost) nothing
     torch.testing.assert_close(got - got[0], want - want[0], rtol=1e-6, atol=1e-4)
+    # the direct term: N(f_mean; C(x), diag(P_f)) over every cell
+    direct = ensemble_forecast_term(prior, forecast, mu[None], c_var[None], coarse, 1.2, 0.0,
+                                    extended=False)
+    dense = torch.distributions.MultivariateNormal(
+        torch.zeros(p_f.numel(), dtype=torch.float64), covariance_matrix=torch.diag(p_f.flatten()))
+    want = dense.log_prob((f.mean(0) - cx).flatten(1))
+    got = direct.log_likelihood(x, 0.0)
+    torch.testing.assert_close(got - got[0], want - want[0], rtol=1e-6, atol=1e-4)
 
 
 def test_localized_ensemble_term_is_the_dense_extended_likelihood(tmp_path):
@@ -383,7 +391,8 @@ def test_ensemble_mode_runs_end_to_end(tmp_path):
     path = helpers.tiny_world(tmp_path / "w", modes=("ensemble",))
     variants = {"diagonal": {}, "correlated": {"analysis.ensemble_correlation": True},
                 "localized": {"analysis.ensemble_localization_km": 3000.0},
-                "rtps": {"analysis.ensemble_rtps": 1.0}}
+                "rtps": {"analysis.ensemble_rtps": 1.0},
+                "direct": {"analysis.ensemble_term": "direct"}}
     heights, spreads = {}, {}
     for name, overrides in variants.items():
         cfg = load_run_config(path, {"analysis.ensemble_inflation": 1.1, **overrides})
@@ -397,6 +406,7 @@ def test_ensemble_mode_runs_end_to_end(tmp_path):
         heights[name] = [r["height"]["rmse"] for r in records]
         spreads[name] = [r["height"]["spread"] for r in records]
     assert heights["localized"] != heights["diagonal"]
+    assert heights["direct"] != heights["diagonal"]
     # RTPS 1: cycle 1 is the diagonal run's analysis (same draws), its anomalies times the
     # factor that gives its coarsened spread the forecast ensemble's, interpolated
     assert spreads["rtps"][0] != spreads["diagonal"][0]
@@ -414,6 +424,11 @@ def test_ensemble_mode_runs_end_to_end(tmp_path):
         load_run_config(path, {"analysis.ensemble_uncorrelated_share": 0.0})
     with pytest.raises(ConfigError, match="ensemble_rtps"):
         load_run_config(path, {"analysis.ensemble_rtps": 1.5})
+    with pytest.raises(ConfigError, match="ensemble_term"):
+        load_run_config(path, {"analysis.ensemble_term": "naive"})
+    with pytest.raises(ConfigError, match="extended likelihood only"):
+        load_run_config(path, {"analysis.ensemble_term": "direct",
+                               "analysis.ensemble_localization_km": 3000.0})
 
 
 def test_relaxation_damps_an_oscillating_fixed_point_iteration():

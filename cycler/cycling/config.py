@@ -188,6 +188,12 @@ class AnalysisConfig:
     # the ensemble mode: relaxation of the analysis ensemble's spread toward the forecast
     # ensemble's (RTPS, Whitaker and Hamill 2012), per cell: 0 none, 1 the forecast's spread
     ensemble_rtps: float = 0.0
+    # the ensemble mode's forecast term: "extended" (the extended likelihood whose product
+    # with the climatological prior is the forecast distribution, alpha = 1 - P_f / c) or
+    # "direct" (the forecast mean as a direct observation of x with the ensemble's variance,
+    # N(f; x, P_f), as the fixed term of the other modes: the climatology counted twice in
+    # the Gaussian theory)
+    ensemble_term: str = "extended"
     station: ErrorModelConfig = ErrorModelConfig(sigma_y=1e-2, gamma=0.3)
     # Gamma 0.1, not the 1e-2 of an 8x16 grid: the 2x2 coarsening to the emulator grid has
     # lambda_max(A A^T) = 1/4 (4x that of 4x4 averaging), so the guidance gain (NOTES.md) is
@@ -212,6 +218,11 @@ class AnalysisConfig:
                 self.ensemble_localization_km, "must be >= 0 (0: per-cell variances)")
         require(0 < self.ensemble_uncorrelated_share <= 1, "analysis.ensemble_uncorrelated_share",
                 self.ensemble_uncorrelated_share, "must be in (0, 1]")
+        require(self.ensemble_term in ("extended", "direct"), "analysis.ensemble_term",
+                self.ensemble_term, "expected 'extended' or 'direct'")
+        require(not (self.ensemble_term == "direct" and self.ensemble_localization_km > 0),
+                "analysis.ensemble_term", self.ensemble_term,
+                "the localized covariance is built as the extended likelihood only")
         require(0 <= self.ensemble_rtps <= 1, "analysis.ensemble_rtps", self.ensemble_rtps,
                 "must be in [0, 1] (0: no relaxation to the forecast spread)")
         require(not (self.ensemble_correlation and self.ensemble_localization_km > 0),
@@ -360,6 +371,7 @@ _LATER_KEYS: tuple[tuple[tuple[str, ...], object], ...] = (
     (("analysis", "ensemble_localization_km"), 0.0),
     (("analysis", "ensemble_uncorrelated_share"), 0.5),
     (("analysis", "ensemble_rtps"), 0.0),
+    (("analysis", "ensemble_term"), "extended"),
 )
 
 

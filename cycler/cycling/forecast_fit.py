@@ -253,8 +253,8 @@ def fitted_forecast_term(prior: DiffusionPrior, forecast: Tensor, climatology: T
 def ensemble_forecast_term(prior: DiffusionPrior, forecast: Tensor, climatology: Tensor,
                            climatology_var: Tensor, grid: Grid, inflation: float, gamma: float,
                            weight: float = 1.0, correlated: bool = False,
-                           localization_km: float = 0.0, uncorrelated_share: float = 0.5
-                           ) -> ObservationTerm:
+                           localization_km: float = 0.0, uncorrelated_share: float = 0.5,
+                           extended: bool = True) -> ObservationTerm:
     """The ensemble mode's forecast term: the extended likelihood whose ``(alpha, beta)``
     make ``p(x) p(f | x)`` the forecast ensemble's distribution per cell (the prior already
     is the climatology; :func:`~diffda.cycler.analysis.kalman.ensemble_forecast_parameters`):
@@ -269,7 +269,9 @@ def ensemble_forecast_term(prior: DiffusionPrior, forecast: Tensor, climatology:
     fitted term does with the length its station pairs show. ``localization_km > 0``: the
     forecast ensemble's covariance between all cells and variables, localized with that
     Gaspari-Cohn half-width and ``uncorrelated_share`` of it kept on the diagonal, in the
-    extended likelihood's matrix form (:mod:`~diffda.cycler.analysis.ensemble_covariance`)."""
+    extended likelihood's matrix form (:mod:`~diffda.cycler.analysis.ensemble_covariance`).
+    ``extended = False``: instead the forecast mean as a direct observation of ``x`` with
+    variance ``P_f`` (``alpha = 1``, ``beta = P_f``), the form of the fixed term."""
     if forecast.shape[0] < 2:
         raise ValueError("the ensemble forecast term needs at least 2 members")
     op = forecast_grid_operator(prior.grid, prior.variables, coarse=grid)
@@ -278,6 +280,9 @@ def ensemble_forecast_term(prior: DiffusionPrior, forecast: Tensor, climatology:
     std = prior.std.double()[:, None, None]
     c = climatology_var.double()[0] / std.square()
     if localization_km > 0:
+        if not extended:
+            raise ValueError("the localized covariance is built as the extended likelihood "
+                             "only (extended=True)")
         if correlated:
             raise ValueError("the localized covariance already holds the forecast error's "
                              "correlations: do not also grow the variances (correlated)")
@@ -289,8 +294,11 @@ def ensemble_forecast_term(prior: DiffusionPrior, forecast: Tensor, climatology:
         projected = ProjectedOperator(op, mu.reshape(-1), basis)
         return ObservationTerm(projected, y, variance, gamma, weight, name="forecast")
     p_f = inflation * f.var(0)
-    informative = p_f < 0.99 * c
-    alpha = torch.where(informative, 1.0 - p_f / c, torch.ones_like(c))
+    if extended:
+        informative = p_f < 0.99 * c
+        alpha = torch.where(informative, 1.0 - p_f / c, torch.ones_like(c))
+    else:  # the direct observation N(f; x, P_f): every cell, alpha = 1
+        informative, alpha = torch.ones_like(c, dtype=torch.bool), torch.ones_like(c)
     beta = alpha * p_f
     y, sigma = equivalent_observation(f.mean(0), mu, alpha, beta)
     y = torch.where(informative, y, mu)

@@ -351,7 +351,8 @@ class EnsembleForecast:
                                     cfg.analysis.ensemble_inflation, cfg.analysis.forecast.gamma,
                                     correlated=cfg.analysis.ensemble_correlation,
                                     localization_km=cfg.analysis.ensemble_localization_km,
-                                    uncorrelated_share=cfg.analysis.ensemble_uncorrelated_share)
+                                    uncorrelated_share=cfg.analysis.ensemble_uncorrelated_share,
+                                    extended=cfg.analysis.ensemble_term == "extended")
         stations, used = _stations(world, k, cfg.analysis.lambda_)
         analysis, states, info = _sample(world, [fc, stations], k)
         if cfg.analysis.ensemble_rtps > 0:
