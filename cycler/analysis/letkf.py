@@ -81,8 +81,9 @@ def localization(
     return rho_grid.repeat(n_var, 1), rho_yy
 
 
-def inflate(ensemble: Tensor, factor: float) -> Tensor:
-    """Multiplicative inflation ``mean + factor (x_m - mean)`` over dim 0, any shape."""
+def inflate(ensemble: Tensor, factor: Tensor | float) -> Tensor:
+    """Multiplicative inflation ``mean + factor (x_m - mean)`` over dim 0, any shape (a tensor
+    ``factor`` broadcasts: one per element, e.g. :func:`rtps_factor`)."""
     mean = ensemble.mean(0, keepdim=True)
     return mean + factor * (ensemble - mean)
 

@@ -48,7 +48,12 @@ import cftime
 import torch
 from diffda.core.grid import Grid, coarsen_to
 from diffda.core.rng import member_generators, torch_generator
-from diffda.cycler.analysis.letkf import LocalizedEnKF, PointObservations, rtps_factor
+from diffda.cycler.analysis.letkf import (
+    LocalizedEnKF,
+    PointObservations,
+    inflate,
+    rtps_factor,
+)
 from diffda.cycler.analysis.sampler import DiffusionAnalysis, MemberBlocks, StepDiagnostics
 from diffda.cycler.cycling.forecast_fit import ensemble_forecast_term, fitted_forecast_term
 from diffda.cycler.cycling.world import World
@@ -359,8 +364,7 @@ class EnsembleForecast:
             # RTPS with the spreads compared on the emulator grid, where the forecast
             # ensemble is (the analysis's finer scales have no forecast spread to relax to)
             factor = rtps_factor(coarsen_to(analysis, g), forecast, cfg.analysis.ensemble_rtps)
-            mean = analysis.mean(0, keepdim=True)
-            analysis = mean + bilinear_upsample(factor, world.grid) * (analysis - mean)
+            analysis = inflate(analysis, bilinear_upsample(factor, world.grid))
         return CycleResult(analysis, tensors={**used, "forecast": forecast,
                                               "generator_states": states}, info=info,
                            innovations=innovations(world, k, analysis, forecast))
