@@ -49,6 +49,25 @@ def test_recovers_known_alpha_beta_from_synthetic_innovations(alpha, beta):
     assert fit.beta == pytest.approx(beta, rel=0.03, abs=0.005)
 
 
+@pytest.mark.parametrize("alpha, beta", [(1.0, 0.05), (0.7, 0.2)])
+def test_direct_form_recovers_the_forecast_error_variance(alpha, beta):
+    """The direct form: alpha = 1 and beta = E[(f - x)^2], from observations and forecasts
+    alone; for a forecast that regresses to the climatology (alpha < 1) that is its
+    regression's error plus the lost anomaly, (1 - alpha)^2 c + beta."""
+    rng = np.random.default_rng(2)
+    n, c, r = 200_000, 1.3, 0.2
+    mu = rng.normal(0, 3, n)
+    x = mu + np.sqrt(c) * rng.standard_normal(n)
+    y = x + np.sqrt(r) * rng.standard_normal(n)
+    f = alpha * x + (1 - alpha) * mu + np.sqrt(beta) * rng.standard_normal(n)
+    fit = fit_from_moments(innovation_moments(y, f, r, mu), form="direct")
+    assert fit.alpha == 1.0
+    assert fit.beta == pytest.approx((1 - alpha) ** 2 * c + beta, rel=0.03)
+    assert fit.beta == pytest.approx(float(np.mean((f - x) ** 2)), rel=0.03)
+    with pytest.raises(ValueError, match="form 'both'"):
+        fit_from_moments(innovation_moments(y, f, r, mu), form="both")
+
+
 def test_recovers_a_known_correlation_length_from_station_innovations():
     """Hollingsworth-Lonnberg without the truth: the truth's anomalies and the forecast
     errors both spatially correlated (different lengths), independent observation errors;
@@ -458,3 +477,79 @@ def test_relaxation_damps_an_oscillating_fixed_point_iteration():
         undamped.append(step(undamped[-1], 1.0))
     assert undamped[2] == pytest.approx(undamped[0]) and undamped[1] == pytest.approx(1.8)
     assert step(0.05, 0.5) == pytest.approx(0.3)
+
+
+def test_direct_form_file_round_trip_and_term(tmp_path):
+    """A fitted file of the direct form: written with its form, read back, its term is the
+    forecast itself with the fitted variance (times the row's correlation inflation); a
+    file of an unknown form is refused naming it."""
+    import json
+
+    from diffda.core.config import ConfigError
+    from diffda.core.grid import coarsen_to
+    from diffda.cycler.analysis.forecast_error import ForecastError
+    from diffda.cycler.cycling.forecast_fit import (
+        fitted_forecast_term,
+        read_fitted,
+        write_fitted,
+    )
+
+    prior, coarse = _tiny_prior(tmp_path / "world")
+    from diffda.cycler.cycling.config import RunConfig
+
+    cfg = RunConfig()
+    params = {"reinitialized": {v: {0: ForecastError(1.0, 0.1 * (i + 1), 50)}
+                                for i, v in enumerate(prior.variables)}}
+    lengths = {"reinitialized": {prior.variables[0]: 900.0}}
+    path = tmp_path / "fitted.json"
+    record = write_fitted(path, cfg, prior.variables, coarse, params, lengths=lengths,
+                          form="direct")
+    assert record["form"] == "direct"
+    model = read_fitted(f"fitted:{path}", cfg, prior.variables, coarse)
+    assert model.form == "direct"
+    clim = torch.zeros(1, len(prior.variables), prior.grid.nlat, prior.grid.nlon)
+    clim += prior.mean.float()[None, :, None, None]
+    forecast = clim + prior.std.float()[None, :, None, None] * torch.randn(
+        2, len(prior.variables), prior.grid.nlat, prior.grid.nlon)
+    fc = coarsen_to(forecast, coarse)
+    term = fitted_forecast_term(prior, fc, coarsen_to(clim, coarse), model, "reinitialized",
+                                12.0, gamma=0.0)
+    torch.testing.assert_close(term.y, prior.normalise(fc.double()).reshape(2, -1))
+    sig = term.sigma_y.reshape(len(prior.variables), coarse.nlat, coarse.nlon)
+    rows = correlation_inflation(coarse, 900.0)
+    torch.testing.assert_close(sig[0], (0.1 * rows)[:, None].expand_as(sig[0]))
+    torch.testing.assert_close(sig[1], torch.full_like(sig[1], 0.2))
+    bad = dict(record, form="both")
+    (tmp_path / "bad.json").write_text(json.dumps(bad))
+    with pytest.raises(ConfigError, match="form 'both'"):
+        read_fitted(f"fitted:{tmp_path / 'bad.json'}", cfg, prior.variables, coarse)
+    with pytest.raises(ValueError, match="form 'both'"):
+        write_fitted(path, cfg, prior.variables, coarse, params, form="both")
+
+
+def test_calibrate_direct_form_fits_the_error_variance_with_alpha_one(tmp_path):
+    import json
+
+    from diffda.cycler.analysis.forecast_error import fit_from_moments
+    from diffda.cycler.cli.main import main as cli_main
+    from diffda.cycler.cycling.cases import load_cases
+    from diffda.cycler.cycling.forecast_fit import pooled_moments
+
+    torch.set_num_threads(1)
+    path = _tiny_experiment(tmp_path / "world")
+    out = tmp_path / "cal"
+    assert cli_main(["calibrate", str(path), "--iterations", "1", "--form", "direct",
+                     "--out", str(out)]) == 0
+    record = json.loads((out / "fitted.json").read_text())
+    assert record["form"] == "direct" and record["history"][0]["form"] == "direct"
+    # the reinitialized mode's parameters: the runs' own innovations, direct form
+    _, cases, _ = load_cases([out / "iteration_0"])
+    moments = pooled_moments([r for case in cases for r in case], "reinitialized", 12.0, False)
+    for v, table in record["parameters"]["reinitialized"].items():
+        fit = fit_from_moments(moments[v][0], form="direct")
+        assert table["0"]["alpha"] == 1.0
+        assert table["0"]["beta"] == pytest.approx(fit.beta, rel=1e-12)
+        assert table["0"]["beta"] != pytest.approx(fit_from_moments(moments[v][0]).beta,
+                                                   rel=1e-3)
+    assert all(e["alpha"] == 1.0 for t in record["parameters"]["precomputed"].values()
+               for e in t.values())

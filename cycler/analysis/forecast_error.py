@@ -21,6 +21,14 @@ the linear test bed that is the exact fixed point of
 :func:`~diffda.cycler.analysis.kalman.extended_fixed_point`
 (:func:`diffda.cycler.linear.testbed.innovation_alpha_beta`).
 
+The same sums give the forecast's error variance at the stations directly,
+``E[(a - b)^2] - r = E[(Hf - Hx)^2]`` (the innovation variance less the observation
+error's, what operational centres monitor): the *direct* form of the term, ``N(f; x,
+E[(f - x)^2])`` with ``alpha = 1`` (``fit_from_moments(..., form="direct")``). In the
+Gaussian theory it counts the climatology twice (the prior already is the climatology);
+with the diffusion prior the ensemble mode's direct term was nevertheless the more accurate
+(docs/results.md), so both forms can be fitted.
+
 Given ``(alpha, beta)`` the likelihood is an ordinary Gaussian term in ``x``:
 ``N(f; alpha x + (1 - alpha) mu, beta) ∝ N(f'; x, beta / alpha^2)`` with
 ``f' = (f - (1 - alpha) mu) / alpha`` (:func:`equivalent_observation`).
@@ -102,13 +110,27 @@ class ForecastError:
     n: int
 
 
-def fit_from_moments(m: Moments, min_alpha: float = 0.05) -> ForecastError:
+#: The forms of the fitted forecast term: the extended likelihood ``N(f; alpha x + (1 -
+#: alpha) mu, beta)``, or the forecast as a direct observation ``N(f; x, beta)`` (``alpha =
+#: 1``, ``beta`` the forecast's error variance).
+FORMS = ("extended", "direct")
+
+
+def fit_from_moments(m: Moments, min_alpha: float = 0.05, form: str = "extended"
+                     ) -> ForecastError:
     """``(alpha, beta)`` from pooled innovation moments (module docstring). ``alpha`` is
     kept at least ``min_alpha`` (a forecast that carries no information about the truth
-    is better left out than inverted), ``beta`` positive."""
+    is better left out than inverted), ``beta`` positive. ``form = "direct"``: ``alpha =
+    1`` and ``beta = E[(a - b)^2] - r``, the forecast's error variance."""
+    if form not in FORMS:
+        raise ValueError(f"form {form!r}: expected one of {FORMS}")
     if m.n < 2:
         raise ValueError(f"{m.n} observation-forecast pairs: too few to fit the forecast "
                          "error")
+    if form == "direct":
+        scale = max(m.aa, m.bb) / m.n
+        var = (m.aa - 2.0 * m.ab + m.bb - m.r) / m.n
+        return ForecastError(1.0, float(max(var, 1e-8 * scale, 1e-30)), m.n)
     var_x = (m.aa - m.r) / m.n
     if var_x <= 0:
         raise ValueError(f"observation anomaly variance {m.aa / m.n:.4g} is not above the "

@@ -161,6 +161,10 @@ def add_calibrate_arguments(parser: argparse.ArgumentParser) -> None:
                              "than this (relative; 0.05)")
     parser.add_argument("--relaxation", type=float, default=0.5,
                         help="step toward each new fit after the first (0.5; 1: undamped)")
+    parser.add_argument("--form", choices=("extended", "direct"), default="extended",
+                        help="extended: fit the extended likelihood's (alpha, beta) "
+                             "(default); direct: the forecast as an observation of the state "
+                             "with the error variance its innovations show (alpha = 1)")
     parser.add_argument("--out", type=Path, default=None,
                         help="calibration folder (default outputs/<name>-calibrate)")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
@@ -179,7 +183,8 @@ def calibrate(args: argparse.Namespace) -> int:
     name = load_experiment(args.config, overrides).base.name
     out = args.out or Path("outputs") / f"{name}-calibrate"
     record = run_calibration(args.config, out, iterations=args.iterations, tol=args.tol,
-                             relaxation=args.relaxation, overrides=overrides,
+                             relaxation=args.relaxation, form=args.form,
+                             overrides=overrides,
                              scheduler=args.scheduler, threads=args.threads)
     for h in record["history"]:
         print(f"iteration {h['iteration']} ({h['error_model']}): fit - model used, largest "

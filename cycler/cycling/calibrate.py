@@ -4,7 +4,8 @@ tuning cases (the nonlinear analogue of the linear test bed's self-consistent
 
 Iteration ``i`` runs the tuning cases with the forecast modes of the experiment
 (:data:`~diffda.cycler.cycling.forecast_fit.FITTED_MODES`) and the current error model
-(iteration 0: the config's, normally the fixed one), fits ``(alpha, beta)`` per mode and
+(iteration 0: the config's, normally the fixed one), fits ``(alpha, beta)`` (or, with
+``form = "direct"``, the forecast's error variance with ``alpha = 1``) per mode and
 variable from the innovation moments those runs recorded (no truth) and the forecast error's
 correlation length from their station-pair products (Hollingsworth-Lönnberg), and writes
 ``fitted_<i + 1>.json``; the next iteration runs with it. From the second iteration on, the
@@ -27,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from diffda.core.config import ConfigError
-from diffda.cycler.analysis.forecast_error import ForecastError
+from diffda.cycler.analysis.forecast_error import FORMS, ForecastError
 from diffda.cycler.cycling.cases import load_cases, load_experiment, run_cases
 from diffda.cycler.cycling.confidence import compare_cases
 from diffda.cycler.cycling.forecast_fit import (
@@ -90,14 +91,19 @@ def relax_lengths(applied: Lengths, fit: Lengths, omega: float) -> Lengths:
 
 def calibrate(
     path: str | Path, out: str | Path, *, iterations: int = 3, tol: float = 0.05,
-    relaxation: float = 0.5, overrides: Mapping[str, Any] | None = None,
+    relaxation: float = 0.5, form: str = "extended",
+    overrides: Mapping[str, Any] | None = None,
     scheduler: str | None = None, threads: int | None = None,
 ) -> dict[str, Any]:
     """Iterate run -> fit on the tuning cases of the experiment file ``path`` into
     ``out/iteration_<i>/``; returns the record of ``out/fitted.json``. ``relaxation``: the
-    step toward each new fit after the first (1: the undamped iteration)."""
+    step toward each new fit after the first (1: the undamped iteration). ``form``: fit the
+    extended likelihood's ``(alpha, beta)`` or the direct term's error variance
+    (:data:`~diffda.cycler.analysis.forecast_error.FORMS`)."""
     if not 0 < relaxation <= 1:
         raise ConfigError(f"relaxation = {relaxation}: must be in (0, 1]")
+    if form not in FORMS:
+        raise ConfigError(f"form = {form!r}: expected one of {list(FORMS)}")
     from diffda.emulators.forecast.model import SFNOEmulator
     from diffda.emulators.prior.model import DiffusionPrior
 
@@ -126,13 +132,14 @@ def calibrate(
         # the precomputed mode: every lead (its forecast is the free run from t0); the
         # reinitialized mode: after its first cycle (which forecasts from t0 as well)
         start = {m: 0.0 if FITTED_MODES[m] else cadence for m in modes}
-        new: Fits = {m: fit_runs(records, m, start[m], FITTED_MODES[m]) for m in modes}
+        new: Fits = {m: fit_runs(records, m, start[m], FITTED_MODES[m], form) for m in modes}
         lengths = {m: fit_lengths(records, m, start[m], FITTED_MODES[m], new[m])
                    for m in modes}
         table = compare_cases(cases, 24.0 * experiment.cases.steady_from_days)
         change = _largest_change(applied, new)  # the fixed-point residual
         history.append({
-            "iteration": it, "error_model": current, "largest_relative_change": change,
+            "iteration": it, "error_model": current, "form": form,
+            "largest_relative_change": change,
             "relaxation": 1.0 if applied is None else relaxation,
             "steady_rmse": {m: {v: s["steady_rmse"] for v, s in table["modes"][m].items()}
                             for m in modes},
@@ -148,7 +155,7 @@ def calibrate(
             new = relax(applied, new, relaxation)
             lengths = relax_lengths(applied_lengths, lengths, relaxation)
         record = write_fitted(target, experiment.base, prior.variables, grid, new, history,
-                              lengths)
+                              lengths, form)
         applied, applied_lengths, current = new, lengths, f"{PREFIX}{target}"
         if change < tol:
             break

@@ -156,7 +156,8 @@ class ForecastErrorConfig(ErrorModelConfig):
     """The forecast term's error model: ``error_model = "fixed"`` (``Sigma_y``, ``Gamma`` as
     given, the forecast taken at face value: ``alpha = 1``) or ``"fitted:PATH"``: the
     extended likelihood's ``(alpha, beta)`` per variable fitted from the cycling's own
-    innovations (``cycler calibrate``; ``Gamma`` still applies)."""
+    innovations, or of the direct form the forecast's error variance with ``alpha = 1``
+    (``cycler calibrate [--form direct]``; the file says which; ``Gamma`` still applies)."""
 
     error_model: str = "fixed"
 

@@ -16,6 +16,11 @@ Each cycle also records the innovations' products between station pairs by dista
 them :func:`fit_lengths` measures the forecast error's spatial correlation (Hollingsworth and
 Lönnberg's method, no truth) and fits its length per variable.
 
+Both forms of :func:`~diffda.cycler.analysis.forecast_error.fit_from_moments` can be
+fitted (``cycler calibrate --form``): the extended likelihood, and the forecast as a direct
+observation whose variance is the forecast's error variance the innovations show
+(``alpha = 1``); the file records which.
+
 In a run, :func:`fitted_forecast_term` turns the fitted extended likelihood
 ``N(f; alpha x + (1 - alpha) mu, beta)`` into the equivalent Gaussian term in ``x`` on the
 emulator grid (``mu`` the climatology there), its variance grown per latitude row by the
@@ -42,6 +47,7 @@ from diffda.cycler.analysis.ensemble_covariance import (
     localized_covariance,
 )
 from diffda.cycler.analysis.forecast_error import (
+    FORMS,
     PAIR_BIN_EDGES_KM,
     ForecastError,
     Moments,
@@ -85,6 +91,9 @@ class FittedErrorModel:
     #: ``{mode: {variable: L}}``: the forecast error's correlation length (km); a variable
     #: without one is treated as independent between cells.
     lengths: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    #: ``"extended"`` (``alpha`` fitted) or ``"direct"`` (``alpha = 1``, ``beta`` the
+    #: forecast's error variance): :data:`~diffda.cycler.analysis.forecast_error.FORMS`.
+    form: str = "extended"
 
     def length(self, mode: str, variable: str) -> float | None:
         return self.lengths.get(mode, {}).get(variable)
@@ -159,26 +168,32 @@ def fit_lengths(records: Sequence[Mapping[str, Any]], mode: str, from_hours: flo
 
 
 def fit_runs(records: Sequence[Mapping[str, Any]], mode: str, from_hours: float,
-             by_lead: bool = False) -> dict[str, dict[int, ForecastError]]:
-    """``(alpha, beta)`` per variable (and lead) from the pooled innovation moments."""
+             by_lead: bool = False, form: str = "extended"
+             ) -> dict[str, dict[int, ForecastError]]:
+    """``(alpha, beta)`` per variable (and lead) from the pooled innovation moments, of the
+    extended or the direct ``form`` (:func:`~diffda.cycler.analysis.forecast_error.
+    fit_from_moments`)."""
     moments = pooled_moments(records, mode, from_hours, by_lead)
     if not moments:
         raise ValueError(f"no innovation moments of mode {mode!r} after lead {from_hours:g} h "
                          "(runs of a mode with a forecast term, made by this version)")
-    return {v: {k: fit_from_moments(m) for k, m in sorted(t.items())}
+    return {v: {k: fit_from_moments(m, form=form) for k, m in sorted(t.items())}
             for v, t in moments.items()}
 
 
 def write_fitted(path: str | Path, cfg: RunConfig, variables: Sequence[str], grid: Grid,
                  parameters: Mapping[str, Mapping[str, Mapping[int, ForecastError]]],
                  history: Sequence[Mapping[str, Any]] = (),
-                 lengths: Mapping[str, Mapping[str, float]] | None = None) -> dict[str, Any]:
-    """Write the fitted parameters (``{mode: {variable: {lead: fit}}}``) and correlation
-    lengths (``{mode: {variable: km}}``) with the configuration they belong to; returns the
-    record."""
+                 lengths: Mapping[str, Mapping[str, float]] | None = None,
+                 form: str = "extended") -> dict[str, Any]:
+    """Write the fitted parameters (``{mode: {variable: {lead: fit}}}``) of ``form`` and
+    correlation lengths (``{mode: {variable: km}}``) with the configuration they belong to;
+    returns the record."""
+    if form not in FORMS:
+        raise ValueError(f"form {form!r}: expected one of {FORMS}")
     ident = identity(cfg, list(_FITTED_KEYS))
     record = {
-        "format": FORMAT, "variables": list(variables),
+        "format": FORMAT, "form": form, "variables": list(variables),
         "emulator_grid": [grid.nlat, grid.nlon], "units": "normalised",
         "parameters": {mode: {v: {str(k): {"alpha": e.alpha, "beta": e.beta, "n": e.n}
                                   for k, e in t.items()} for v, t in table.items()}
@@ -221,12 +236,15 @@ def read_fitted(spec: str, cfg: RunConfig, variables: Sequence[str], grid: Grid
         diff = _differences(mine, record["identity"])
         raise ConfigError(f"{path} was fitted for another configuration: "
                           + "; ".join(diff[:5]) + (" ..." if len(diff) > 5 else ""))
+    form = record.get("form", "extended")  # files written before the direct form
+    if form not in FORMS:
+        raise ConfigError(f"{path}: form {form!r}, expected one of {list(FORMS)}")
     params = {mode: {v: {int(k): ForecastError(e["alpha"], e["beta"], e["n"])
                          for k, e in t.items()} for v, t in table.items()}
               for mode, table in record["parameters"].items()}
     lengths = {m: {v: float(km) for v, km in t.items()}
                for m, t in record.get("correlation_km", {}).items()}
-    return FittedErrorModel(tuple(variables), grid, params, str(path), lengths)
+    return FittedErrorModel(tuple(variables), grid, params, str(path), lengths, form)
 
 
 def fitted_forecast_term(prior: DiffusionPrior, forecast: Tensor, climatology: Tensor,
