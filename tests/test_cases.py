@@ -209,6 +209,16 @@ def test_an_experiment_file_states_only_what_it_changes_of_its_base(tmp_path):
     assert exp.base.members == ref.members and exp.base.analysis.modes == ("free",)
     assert [label for label, _ in exp.case_configs()] == ["case_0001-01-02T00",
                                                           "case_0001-01-04T00"]
+    # an experiment based on that experiment: its cases and values, its own on top
+    child = tmp_path / "world" / "child.toml"
+    child.write_text('base = "exp.toml"\nname = "child"\nmembers = 3\n[cases]\ncount = 3\n')
+    exp2 = load_experiment(child)
+    assert exp2.base.name == "child" and exp2.base.members == 3
+    assert exp2.base.analysis.lambda_ == 3.0 and len(exp2.case_configs()) == 3
+    (tmp_path / "world" / "a.toml").write_text('base = "b.toml"\n')
+    (tmp_path / "world" / "b.toml").write_text('base = "a.toml"\n')
+    with pytest.raises(ConfigError, match=r"in a loop: a.toml -> b.toml -> a.toml"):
+        load_experiment(tmp_path / "world" / "a.toml")
 
 
 def test_guidance_summary_counts_capped_evaluations_in_the_steady_cycles():

@@ -139,16 +139,29 @@ def case_label(t0: cftime.datetime) -> str:
     return f"case_{t0.year:04d}-{t0.month:02d}-{t0.day:02d}T{t0.hour:02d}"
 
 
+def _read_with_bases(path: Path) -> dict[str, Any]:
+    """The TOML mapping of ``path`` laid over those of its ``base`` files, followed to the
+    first file without one (each relative to the file that names it)."""
+    chain = [path.resolve()]
+    data = read_toml(path)
+    while (base_file := data.pop("base", None)) is not None:
+        nxt = (chain[-1].parent / str(base_file)).resolve()
+        if nxt in chain:
+            raise ConfigError(f"{path}: its base files name each other in a loop: "
+                              + " -> ".join(p.name for p in [*chain, nxt]))
+        chain.append(nxt)
+        data = deep_merge(read_toml(nxt), data)
+    return data
+
+
 def load_experiment(path: str | Path, overrides: dict[str, Any] | None = None) -> Experiment:
     """Read an experiment file: a run config plus a ``[cases]`` table. ``base = "FILE"``
-    (relative to the experiment file) names a run config whose tables the experiment's own
-    are laid over, so an experiment states only what it changes. ``overrides`` maps dotted
+    (relative to the experiment file) names a run config, or another experiment, whose tables
+    the experiment's own are laid over (followed through their own ``base``), so an
+    experiment states only what it changes. ``overrides`` maps dotted
     keys to values (``cases.workers``, ``analysis.lambda``, ...)."""
     path = Path(path)
-    data = read_toml(path)
-    base_file = data.pop("base", None)
-    if base_file is not None:  # the run config this experiment varies, tables laid over it
-        data = deep_merge(read_toml(path.parent / str(base_file)), data)
+    data = _read_with_bases(path)
     cases_table = data.pop("cases", {})
     if not isinstance(cases_table, dict):
         raise ConfigError(f"{path}: cases must be a table")
