@@ -241,3 +241,21 @@ def test_guidance_summary_counts_capped_evaluations_in_the_steady_cycles():
     table = {"n_cases": 1, "leads_hours": [], "steady_from_hours": 24.0, "modes": {},
              "paired": {}, "guidance": g}
     assert "reinitialized      50%   10.0%    1.75" in format_confidence(table)
+
+
+def test_calibration_summary_checks_innovations_against_the_ensemble_and_the_term():
+    """Desroziers' ratios over the steady cycles: E[d_ob^2] / (HBH + R) against the forecast
+    ensemble's variance, and against the (inflated) variance the ensemble mode's term
+    assumes; cycles of the spin-up left out."""
+    from diffda.cycler.cycling.confidence import calibration_summary
+
+    def rec(lead: float, omf_var: float) -> dict:
+        row = {"n": 10, "omf_var": omf_var, "r_assumed": 1.0, "hbh_ensemble": 2.0,
+               "hbh_term": 6.0, "desroziers_r": 1.5}
+        return {"mode": "ensemble", "lead_hours": lead, "innovations": {"height": row}}
+
+    out = calibration_summary([[rec(12, 100.0), rec(60, 6.0)], [rec(72, 8.0)]], 48.0)
+    stats = out["ensemble"]["height"]["innovations"]
+    assert stats["omf_var_ratio"] == pytest.approx(7.0 / 3.0)
+    assert stats["omf_var_ratio_term"] == pytest.approx(1.0)
+    assert stats["desroziers_r_ratio"] == pytest.approx(1.5)

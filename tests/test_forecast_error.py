@@ -421,7 +421,10 @@ def test_ensemble_mode_runs_end_to_end(tmp_path):
         for r in records:
             for v in ("height", "u", "v", "tracer"):
                 assert np.isfinite(r[v]["rmse"]) and r[v]["spread"] > 0
-                assert r["innovations"][v]["hbh_ensemble"] > 0  # the forecast ensemble's spread
+                row = r["innovations"][v]
+                assert row["hbh_ensemble"] > 0  # the forecast ensemble's spread
+                # what the term assumes there: that spread times the inflation
+                assert row["hbh_term"] == pytest.approx(1.1 * row["hbh_ensemble"], rel=1e-12)
         heights[name] = [r["height"]["rmse"] for r in records]
         spreads[name] = [r["height"]["spread"] for r in records]
     assert heights["localized"] != heights["diagonal"]

@@ -177,7 +177,8 @@ def calibration_summary(cases: Sequence[Sequence[Mapping[str, Any]]],
     (relative frequencies at grid and station cells) and the mean innovation statistics at
     the stations with the Desroziers ratios ``E[d_oa d_ob] / R`` (1 when the observation
     error is what the term assumes) and ``E[d_ob^2] / (H B H^T + R)`` (1 when the forecast
-    ensemble's spread is its error; ensemble forecasts only), and the forecast's
+    ensemble's spread is its error; ensemble forecasts only; ``omf_var_ratio_term`` against
+    the variance the ensemble mode's term assumes, the inflated one), and the forecast's
     ``(alpha, beta)`` (normalised) its pooled innovation moments imply
     (:mod:`diffda.cycler.analysis.forecast_error`)."""
     ranks: dict[tuple[str, str, str], np.ndarray] = {}
@@ -213,6 +214,8 @@ def calibration_summary(cases: Sequence[Sequence[Mapping[str, Any]]],
             mean["desroziers_r_ratio"] = mean["desroziers_r"] / mean["r_assumed"]
         if "hbh_ensemble" in mean and "omf_var" in mean:
             mean["omf_var_ratio"] = mean["omf_var"] / (mean["hbh_ensemble"] + mean["r_assumed"])
+        if "hbh_term" in mean and "omf_var" in mean:
+            mean["omf_var_ratio_term"] = mean["omf_var"] / (mean["hbh_term"] + mean["r_assumed"])
         if (mode, v) in moments:  # the forecast's error model its innovations imply
             try:
                 fit = fit_from_moments(moments[(mode, v)])

@@ -36,7 +36,26 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
     path = path / "metrics.jsonl" if path.is_dir() else path
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no metrics (has the run started?)")
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return _with_term_variance(records, path.parent / "config.json")
+
+
+def _with_term_variance(records: list[dict[str, Any]], config: Path) -> list[dict[str, Any]]:
+    """Add to the ensemble mode's innovation statistics ``hbh_term``: the forecast error
+    variance its forecast term assumes at the stations, the forecast ensemble's
+    (``hbh_ensemble``) times the run's ``analysis.ensemble_inflation`` (read from the run's
+    ``config.json``), for the innovation check against the term's own error model."""
+    if not config.is_file():
+        return records
+    analysis = json.loads(config.read_text()).get("config", {}).get("analysis", {})
+    inflation = float(analysis.get("ensemble_inflation", 1.0))
+    for r in records:
+        if r.get("mode") != "ensemble":
+            continue
+        for row in (r.get("innovations") or {}).values():
+            if "hbh_ensemble" in row:
+                row["hbh_term"] = inflation * row["hbh_ensemble"]
+    return records
 
 
 def _encoding(times: Sequence[cftime.datetime]) -> dict[str, Any]:
