@@ -68,6 +68,23 @@ def test_direct_form_recovers_the_forecast_error_variance(alpha, beta):
         fit_from_moments(innovation_moments(y, f, r, mu), form="both")
 
 
+def test_innovation_inflation_recovers_how_much_too_narrow_an_ensemble_is():
+    """An ensemble whose variance at the stations is 1/3 (variable 0) or 3x (variable 1) of
+    its mean's error variance: the innovations give back 3 and the floor 1; a variable
+    without observations keeps the floor."""
+    from diffda.cycler.analysis.forecast_error import innovation_inflation
+
+    rng = np.random.default_rng(5)
+    n, r = 100_000, 0.3
+    idx = torch.as_tensor(np.repeat([0, 1], n))
+    hbh = torch.as_tensor(np.concatenate([np.full(n, 0.5), np.full(n, 4.5)]))
+    err_var = np.concatenate([np.full(n, 1.5), np.full(n, 1.5)])
+    d = torch.as_tensor(rng.standard_normal(2 * n) * np.sqrt(err_var + r))
+    lam = innovation_inflation(d, torch.full((2 * n,), r), hbh, idx, 3)
+    assert lam[0] == pytest.approx(3.0, rel=0.02)
+    assert lam[1] == 1.0 and lam[2] == 1.0
+
+
 def test_recovers_a_known_correlation_length_from_station_innovations():
     """Hollingsworth-Lonnberg without the truth: the truth's anomalies and the forecast
     errors both spatially correlated (different lengths), independent observation errors;
@@ -300,6 +317,12 @@ def test_ensemble_term_log_likelihood_equals_a_dense_gaussian(tmp_path):
     want = dense.log_prob((f.mean(0) - cx).flatten(1))
     got = direct.log_likelihood(x, 0.0)
     torch.testing.assert_close(got - got[0], want - want[0], rtol=1e-6, atol=1e-4)
+    # one inflation per variable: the variable's P_f times its own factor
+    lam = torch.tensor([1.0, 2.0, 3.0, 4.0], dtype=torch.float64)
+    per_var = ensemble_forecast_term(prior, forecast, mu[None], c_var[None], coarse, lam, 0.0,
+                                     extended=False)
+    want_var = lam[:, None, None] * f.var(0)
+    torch.testing.assert_close(per_var.sigma_y.reshape(want_var.shape), want_var)
 
 
 def test_localized_ensemble_term_is_the_dense_extended_likelihood(tmp_path):
@@ -411,7 +434,9 @@ def test_ensemble_mode_runs_end_to_end(tmp_path):
     variants = {"diagonal": {}, "correlated": {"analysis.ensemble_correlation": True},
                 "localized": {"analysis.ensemble_localization_km": 3000.0},
                 "rtps": {"analysis.ensemble_rtps": 1.0},
-                "direct": {"analysis.ensemble_term": "direct"}}
+                "direct": {"analysis.ensemble_term": "direct"},
+                "adaptive": {"analysis.ensemble_term": "direct",
+                             "analysis.ensemble_adaptive_inflation": True}}
     heights, spreads = {}, {}
     for name, overrides in variants.items():
         cfg = load_run_config(path, {"analysis.ensemble_inflation": 1.1, **overrides})
@@ -423,12 +448,17 @@ def test_ensemble_mode_runs_end_to_end(tmp_path):
                 assert np.isfinite(r[v]["rmse"]) and r[v]["spread"] > 0
                 row = r["innovations"][v]
                 assert row["hbh_ensemble"] > 0  # the forecast ensemble's spread
-                # what the term assumes there: that spread times the inflation
-                assert row["hbh_term"] == pytest.approx(1.1 * row["hbh_ensemble"], rel=1e-12)
+                # what the term assumes there: that spread times the inflation (adaptive:
+                # times the factor the innovations asked for, at least 1)
+                lam = r["method"].get(f"inflation_{v}", 1.1)
+                assert lam >= 1.1 - 1e-12 and (name == "adaptive") == (f"inflation_{v}"
+                                                                        in r["method"])
+                assert row["hbh_term"] == pytest.approx(lam * row["hbh_ensemble"], rel=1e-12)
         heights[name] = [r["height"]["rmse"] for r in records]
         spreads[name] = [r["height"]["spread"] for r in records]
     assert heights["localized"] != heights["diagonal"]
     assert heights["direct"] != heights["diagonal"]
+    assert heights["adaptive"] != heights["direct"]
     # RTPS 1: cycle 1 is the diagonal run's analysis (same draws), its anomalies times the
     # factor that gives its coarsened spread the forecast ensemble's, interpolated
     assert spreads["rtps"][0] != spreads["diagonal"][0]

@@ -148,6 +148,23 @@ def equivalent_observation(f: Tensor, mu: Tensor, alpha: Tensor | float,
     return (f - (1 - alpha) * mu) / alpha, beta / alpha**2  # type: ignore[operator]
 
 
+def innovation_inflation(d: Tensor, r: Tensor, hbh: Tensor, variable_index: Tensor,
+                         n_variables: int, floor: float = 1.0) -> Tensor:
+    """Per variable the factor that makes an ensemble's spread at the stations account for
+    its innovations: ``max(floor, (<d^2> - <r>) / <HBH>)`` (``E[d^2] = HBH + R`` when the
+    ensemble's variance is its error's; Wang and Bishop 2003, Li et al. 2009), ``d`` the
+    observations minus the forecast ensemble's mean, ``r`` their error variances, ``hbh``
+    the ensemble's variance there, all ``(n_obs,)`` and ``variable_index`` ``(n_obs,)``
+    naming each one's variable; a variable without observations keeps ``floor``."""
+    out = torch.full((n_variables,), float(floor), dtype=torch.float64)
+    for k in range(n_variables):
+        sel = variable_index == k
+        if bool(sel.any()):
+            d2, rr, b = (t[sel].double().mean() for t in (d.square(), r, hbh))
+            out[k] = torch.clamp((d2 - rr) / b.clamp_min(1e-30), min=floor)
+    return out
+
+
 @dataclass(frozen=True)
 class PairMoments:
     """Sums over station pairs ``i < j`` per distance bin (:data:`PAIR_BIN_EDGES_KM`) of the

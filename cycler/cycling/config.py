@@ -195,6 +195,11 @@ class AnalysisConfig:
     # N(f; x, P_f), as the fixed term of the other modes: the climatology counted twice in
     # the Gaussian theory)
     ensemble_term: str = "extended"
+    # the ensemble mode: each cycle, per variable, the forecast ensemble's variance is first
+    # inflated to what the stations' innovations show, (<d^2> - <R>) / <HBH> (at least 1;
+    # innovation-based inflation after Wang and Bishop 2003, Li et al. 2009), then
+    # multiplied by ensemble_inflation
+    ensemble_adaptive_inflation: bool = False
     station: ErrorModelConfig = ErrorModelConfig(sigma_y=1e-2, gamma=0.3)
     # Gamma 0.1, not the 1e-2 of an 8x16 grid: the 2x2 coarsening to the emulator grid has
     # lambda_max(A A^T) = 1/4 (4x that of 4x4 averaging), so the guidance gain (NOTES.md) is
@@ -373,6 +378,7 @@ _LATER_KEYS: tuple[tuple[tuple[str, ...], object], ...] = (
     (("analysis", "ensemble_uncorrelated_share"), 0.5),
     (("analysis", "ensemble_rtps"), 0.0),
     (("analysis", "ensemble_term"), "extended"),
+    (("analysis", "ensemble_adaptive_inflation"), False),
 )
 
 

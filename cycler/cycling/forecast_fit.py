@@ -269,14 +269,16 @@ def fitted_forecast_term(prior: DiffusionPrior, forecast: Tensor, climatology: T
 
 
 def ensemble_forecast_term(prior: DiffusionPrior, forecast: Tensor, climatology: Tensor,
-                           climatology_var: Tensor, grid: Grid, inflation: float, gamma: float,
+                           climatology_var: Tensor, grid: Grid, inflation: float | Tensor,
+                           gamma: float,
                            weight: float = 1.0, correlated: bool = False,
                            localization_km: float = 0.0, uncorrelated_share: float = 0.5,
                            extended: bool = True) -> ObservationTerm:
     """The ensemble mode's forecast term: the extended likelihood whose ``(alpha, beta)``
     make ``p(x) p(f | x)`` the forecast ensemble's distribution per cell (the prior already
     is the climatology; :func:`~diffda.cycler.analysis.kalman.ensemble_forecast_parameters`):
-    ``P_f`` the ensemble's variance times ``inflation``, ``c`` the climatology's variance,
+    ``P_f`` the ensemble's variance times ``inflation`` (a number, or one per variable
+    ``(var,)``), ``c`` the climatology's variance,
     ``alpha = 1 - P_f / c``, ``beta = alpha P_f``. ``forecast`` ``(member, var, lat_e,
     lon_e)``, ``climatology``, ``climatology_var`` ``(1, var, lat_e, lon_e)``, physical on
     the emulator grid ``grid``. Cells where ``P_f >= c`` carry no information (their
@@ -305,13 +307,15 @@ def ensemble_forecast_term(prior: DiffusionPrior, forecast: Tensor, climatology:
             raise ValueError("the localized covariance already holds the forecast error's "
                              "correlations: do not also grow the variances (correlated)")
         mean = f.mean(0)
-        p_f = inflation * localized_covariance(f - mean, grid, localization_km,
-                                               uncorrelated_share)
+        scale = torch.as_tensor(inflation, dtype=f.dtype).sqrt().reshape(-1, 1, 1)
+        scale = scale.expand(f.shape[1:]).reshape(-1)  # D^1/2 P D^1/2, per variable
+        p_f = scale[:, None] * localized_covariance(f - mean, grid, localization_km,
+                                                    uncorrelated_share) * scale[None, :]
         basis, y, variance = extended_likelihood(mean.reshape(-1), mu.reshape(-1),
                                                  c.reshape(-1), p_f)
         projected = ProjectedOperator(op, mu.reshape(-1), basis)
         return ObservationTerm(projected, y, variance, gamma, weight, name="forecast")
-    p_f = inflation * f.var(0)
+    p_f = torch.as_tensor(inflation, dtype=f.dtype).reshape(-1, 1, 1) * f.var(0)
     if extended:
         informative = p_f < 0.99 * c
         alpha = torch.where(informative, 1.0 - p_f / c, torch.ones_like(c))

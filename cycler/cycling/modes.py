@@ -48,6 +48,7 @@ import cftime
 import torch
 from diffda.core.grid import Grid, coarsen_to
 from diffda.core.rng import member_generators, torch_generator
+from diffda.cycler.analysis.forecast_error import innovation_inflation
 from diffda.cycler.analysis.letkf import (
     LocalizedEnKF,
     PointObservations,
@@ -234,6 +235,32 @@ def _batched(world: World, mode: str, k: int,
     return world.prefetched.pop(key)
 
 
+def _station_error_var(world: World, k: int) -> Tensor:
+    """The error variance the station term assumes for each observation of cycle ``k``
+    (physical): the file's error std squared, else ``Sigma_y`` times the climate variance."""
+    stations = world.stations[k]
+    assert stations is not None
+    idx = stations.operator(world.grid, world.variables).obs_variable_index
+    err = torch.as_tensor(stations.error_std)
+    return torch.where(torch.isfinite(err), err.square(),
+                       world.config.analysis.station.sigma_y
+                       * world.prior.std.double()[idx].square())
+
+
+def adaptive_inflation(world: World, k: int, forecast: Tensor) -> Tensor:
+    """Per variable the inflation of the forecast ensemble's variance that its innovations
+    at the stations of cycle ``k`` ask for (at least 1;
+    :func:`~diffda.cycler.analysis.forecast_error.innovation_inflation`)."""
+    stations = world.stations[k]
+    assert stations is not None
+    op = stations.operator(world.emulator.grid, world.variables)
+    with torch.no_grad():
+        f = op(forecast.double())
+    d = torch.as_tensor(stations.value).double() - f.mean(0)
+    return innovation_inflation(d, _station_error_var(world, k), f.var(0),
+                                op.obs_variable_index, len(world.variables))
+
+
 def innovations(world: World, k: int, analysis: Tensor, forecast: Tensor | None = None
                 ) -> dict[str, dict[str, float]]:
     """Observation minus analysis (full grid) and minus forecast (emulator grid) at the
@@ -244,9 +271,7 @@ def innovations(world: World, k: int, analysis: Tensor, forecast: Tensor | None 
     op = stations.operator(world.grid, world.variables)
     idx = op.obs_variable_index
     std = world.prior.std.double()[idx]
-    err = torch.as_tensor(stations.error_std)
-    r = torch.where(torch.isfinite(err), err.square(),
-                    world.config.analysis.station.sigma_y * std.square())
+    r = _station_error_var(world, k)
     hf = hf_var = climate = None
     with torch.no_grad():
         ha = op(analysis.double().mean(0, keepdim=True))[0]
@@ -351,9 +376,13 @@ class EnsembleForecast:
         forecast = emulator_forecast(world.emulator, start, world.times[k - 1],
                                      world.steps_per_cycle, generator=noise)
         g = world.emulator.grid
+        inflation = torch.full((len(world.variables),), cfg.analysis.ensemble_inflation,
+                               dtype=torch.float64)
+        if cfg.analysis.ensemble_adaptive_inflation and world.stations[k] is not None:
+            inflation = inflation * adaptive_inflation(world, k, forecast)
         fc = ensemble_forecast_term(world.prior, forecast, coarsen_to(world.climatology, g),
                                     coarsen_to(world.climatology_var, g), g,
-                                    cfg.analysis.ensemble_inflation, cfg.analysis.forecast.gamma,
+                                    inflation, cfg.analysis.forecast.gamma,
                                     correlated=cfg.analysis.ensemble_correlation,
                                     localization_km=cfg.analysis.ensemble_localization_km,
                                     uncorrelated_share=cfg.analysis.ensemble_uncorrelated_share,
@@ -365,9 +394,15 @@ class EnsembleForecast:
             # ensemble is (the analysis's finer scales have no forecast spread to relax to)
             factor = rtps_factor(coarsen_to(analysis, g), forecast, cfg.analysis.ensemble_rtps)
             analysis = inflate(analysis, bilinear_upsample(factor, world.grid))
+        stats = innovations(world, k, analysis, forecast)
+        for v, lam in zip(world.variables, inflation.tolist(), strict=True):
+            if "hbh_ensemble" in stats.get(v, {}):  # what the term assumed there
+                stats[v]["hbh_term"] = lam * stats[v]["hbh_ensemble"]
+            if cfg.analysis.ensemble_adaptive_inflation:
+                info[f"inflation_{v}"] = lam
         return CycleResult(analysis, tensors={**used, "forecast": forecast,
                                               "generator_states": states}, info=info,
-                           innovations=innovations(world, k, analysis, forecast))
+                           innovations=stats)
 
 
 class EnKF:

@@ -44,7 +44,8 @@ def _with_term_variance(records: list[dict[str, Any]], config: Path) -> list[dic
     """Add to the ensemble mode's innovation statistics ``hbh_term``: the forecast error
     variance its forecast term assumes at the stations, the forecast ensemble's
     (``hbh_ensemble``) times the run's ``analysis.ensemble_inflation`` (read from the run's
-    ``config.json``), for the innovation check against the term's own error model."""
+    ``config.json``), for the innovation check against the term's own error model; runs
+    that recorded it (adaptive inflation) keep theirs."""
     if not config.is_file():
         return records
     analysis = json.loads(config.read_text()).get("config", {}).get("analysis", {})
@@ -53,7 +54,7 @@ def _with_term_variance(records: list[dict[str, Any]], config: Path) -> list[dic
         if r.get("mode") != "ensemble":
             continue
         for row in (r.get("innovations") or {}).values():
-            if "hbh_ensemble" in row:
+            if "hbh_ensemble" in row and "hbh_term" not in row:  # runs that did not record it
                 row["hbh_term"] = inflation * row["hbh_ensemble"]
     return records
 
