@@ -10,6 +10,7 @@ from pathlib import Path
 from diffda.core.config import parse_assignment, parse_overrides, parse_value
 from diffda.core.io import atomic_write_text
 from diffda.core.runtime import threads_arg
+from diffda.cycler.analysis.forecast_error import FORMS
 from diffda.cycler.cycling.cases import load_cases, load_experiment, run_cases
 from diffda.cycler.cycling.cases import tune as run_tuning
 from diffda.cycler.cycling.compare import DEFAULT_LEAD_DAYS, compare_runs, format_table
@@ -161,7 +162,7 @@ def add_calibrate_arguments(parser: argparse.ArgumentParser) -> None:
                              "than this (relative; 0.05)")
     parser.add_argument("--relaxation", type=float, default=0.5,
                         help="step toward each new fit after the first (0.5; 1: undamped)")
-    parser.add_argument("--form", choices=("extended", "direct"), default="extended",
+    parser.add_argument("--form", choices=FORMS, default="extended",
                         help="extended: fit the extended likelihood's (alpha, beta) "
                              "(default); direct: the forecast as an observation of the state "
                              "with the error variance its innovations show (alpha = 1)")

@@ -235,12 +235,12 @@ def _batched(world: World, mode: str, k: int,
     return world.prefetched.pop(key)
 
 
-def _station_error_var(world: World, k: int) -> Tensor:
+def _station_error_var(world: World, k: int, idx: Tensor) -> Tensor:
     """The error variance the station term assumes for each observation of cycle ``k``
-    (physical): the file's error std squared, else ``Sigma_y`` times the climate variance."""
+    (physical; ``idx`` the variable of each, a station operator's ``obs_variable_index``):
+    the file's error std squared, else ``Sigma_y`` times the climate variance."""
     stations = world.stations[k]
     assert stations is not None
-    idx = stations.operator(world.grid, world.variables).obs_variable_index
     err = torch.as_tensor(stations.error_std)
     return torch.where(torch.isfinite(err), err.square(),
                        world.config.analysis.station.sigma_y
@@ -257,8 +257,9 @@ def adaptive_inflation(world: World, k: int, forecast: Tensor) -> Tensor:
     with torch.no_grad():
         f = op(forecast.double())
     d = torch.as_tensor(stations.value).double() - f.mean(0)
-    return innovation_inflation(d, _station_error_var(world, k), f.var(0),
-                                op.obs_variable_index, len(world.variables))
+    idx = op.obs_variable_index
+    return innovation_inflation(d, _station_error_var(world, k, idx), f.var(0), idx,
+                                len(world.variables))
 
 
 def innovations(world: World, k: int, analysis: Tensor, forecast: Tensor | None = None
@@ -271,7 +272,7 @@ def innovations(world: World, k: int, analysis: Tensor, forecast: Tensor | None 
     op = stations.operator(world.grid, world.variables)
     idx = op.obs_variable_index
     std = world.prior.std.double()[idx]
-    r = _station_error_var(world, k)
+    r = _station_error_var(world, k, idx)
     hf = hf_var = climate = None
     with torch.no_grad():
         ha = op(analysis.double().mean(0, keepdim=True))[0]
